@@ -1,0 +1,343 @@
+//! Events: what happened, to whom, and the counts at that moment.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::lifecycle::{AbortCause, Detection, EventKind, ExitReason, LockOp, RunEnd, StartKind};
+
+/// A worker, as the original library names it: `"<generation>-<pid>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerId {
+    pub generation: u64,
+    pub pid: u32,
+    /// The worker's index within its generation (`ngx.worker.id()`).
+    pub index: u32,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.generation, self.pid)
+    }
+}
+
+/// Live workers around the event's generation, as the callbacks get them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Live workers of the next-older tracked generation; `None` when there is none.
+    pub prev: Option<u32>,
+    /// Live workers of the event's generation (including a starting or exiting caller;
+    /// 0 for master events).
+    pub mine: u32,
+    /// Live workers of the next-newer tracked generation; `None` when there is none.
+    pub next: Option<u32>,
+}
+
+/// What an event says beyond its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    MasterStart {
+        kind: StartKind,
+        /// For a restart: how the previous node run ended.
+        previous_run: Option<RunEnd>,
+        master_pid: u32,
+    },
+    WorkerStart {
+        worker: WorkerId,
+        /// The dead worker of the same generation and index that this one replaces.
+        replaces: Option<WorkerId>,
+    },
+    WorkerExit {
+        worker: WorkerId,
+        reason: ExitReason,
+    },
+    MasterExit {
+        reason: ExitReason,
+    },
+    WorkerCrash {
+        worker: WorkerId,
+        detection: Detection,
+        /// The worker died holding the registry lock.
+        held_lock: bool,
+        /// The process that noticed.
+        detected_by: u32,
+    },
+    GenerationAbort {
+        cause: AbortCause,
+    },
+    WorkerHang {
+        worker: WorkerId,
+        /// How long since its last heartbeat.
+        silent_for: Duration,
+    },
+    WorkerRecover {
+        worker: WorkerId,
+        /// How long it had been declared hung.
+        hung_for: Duration,
+    },
+    LockRecovered {
+        holder_pid: u32,
+        holder_op: LockOp,
+    },
+}
+
+/// One lifecycle event, as journalled and as handed to callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the journal; increases by one per event for the registry's life.
+    pub seq: u64,
+    /// Wall-clock time.
+    pub time: SystemTime,
+    /// The generation the event is about.
+    pub generation: u64,
+    pub counts: Counts,
+    pub detail: Detail,
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self.detail {
+            Detail::MasterStart { .. } => EventKind::MasterStart,
+            Detail::WorkerStart { .. } => EventKind::WorkerStart,
+            Detail::WorkerExit { .. } => EventKind::WorkerExit,
+            Detail::MasterExit { .. } => EventKind::MasterExit,
+            Detail::WorkerCrash { .. } => EventKind::WorkerCrash,
+            Detail::GenerationAbort { .. } => EventKind::GenerationAbort,
+            Detail::WorkerHang { .. } => EventKind::WorkerHang,
+            Detail::WorkerRecover { .. } => EventKind::WorkerRecover,
+            Detail::LockRecovered { .. } => EventKind::LockRecovered,
+        }
+    }
+
+    /// The worker the event is about, if any.
+    pub fn worker(&self) -> Option<WorkerId> {
+        match self.detail {
+            Detail::WorkerStart { worker, .. }
+            | Detail::WorkerExit { worker, .. }
+            | Detail::WorkerCrash { worker, .. }
+            | Detail::WorkerHang { worker, .. }
+            | Detail::WorkerRecover { worker, .. } => Some(worker),
+            _ => None,
+        }
+    }
+
+    /// The callbacks' `id`: the worker id for worker events, the generation otherwise.
+    pub fn id(&self) -> String {
+        match self.worker() {
+            Some(w) => w.to_string(),
+            None => self.generation.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |c: Option<u32>| c.map_or("nil".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "#{} {} id={} n_prev={} n_mine={} n_next={}",
+            self.seq,
+            self.kind(),
+            self.id(),
+            count(self.counts.prev),
+            self.counts.mine,
+            count(self.counts.next)
+        )?;
+        match self.detail {
+            Detail::MasterStart {
+                kind,
+                previous_run,
+                master_pid,
+            } => {
+                write!(f, " kind={kind} master_pid={master_pid}")?;
+                if let Some(run) = previous_run {
+                    write!(f, " previous_run={run}")?;
+                }
+                Ok(())
+            }
+            Detail::WorkerStart { worker, replaces } => {
+                write!(f, " index={} respawn={}", worker.index, replaces.is_some())?;
+                match replaces {
+                    Some(dead) => write!(f, " replaces={dead}"),
+                    None => Ok(()),
+                }
+            }
+            Detail::WorkerExit { worker, reason } => {
+                write!(f, " index={} reason={reason}", worker.index)
+            }
+            Detail::MasterExit { reason } => write!(f, " reason={reason}"),
+            Detail::WorkerCrash {
+                worker,
+                detection,
+                held_lock,
+                detected_by,
+            } => write!(
+                f,
+                " index={} pid={} detection={detection} held_lock={held_lock} detected_by={detected_by}",
+                worker.index, worker.pid
+            ),
+            Detail::GenerationAbort { cause } => write!(f, " cause={cause}"),
+            Detail::WorkerHang { worker, silent_for } => {
+                write!(f, " index={} silent_for={silent_for:?}", worker.index)
+            }
+            Detail::WorkerRecover { worker, hung_for } => {
+                write!(f, " index={} hung_for={hung_for:?}", worker.index)
+            }
+            Detail::LockRecovered {
+                holder_pid,
+                holder_op,
+            } => write!(f, " dead_holder={holder_pid} during={holder_op}"),
+        }
+    }
+}
+
+/// The fixed fields an event is stored as (see `docs/design.md`, journal entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Encoded {
+    pub time_ns: u64,
+    pub kind: u32,
+    pub detail: u32,
+    pub generation: u64,
+    pub pid: u32,
+    pub index: i32,
+    pub n_prev: i32,
+    pub n_mine: i32,
+    pub n_next: i32,
+    pub other_pid: u32,
+    pub flags: u32,
+    pub value: u64,
+}
+
+fn encode_count(c: Option<u32>) -> i32 {
+    c.map_or(-1, |n| n.min(i32::MAX as u32) as i32)
+}
+
+fn decode_count(c: i32) -> Option<u32> {
+    u32::try_from(c).ok()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Event {
+    pub(crate) fn encode(&self) -> Encoded {
+        let time_ns = self
+            .time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, crate::clock::nanos);
+        let mut e = Encoded {
+            time_ns,
+            kind: self.kind().code(),
+            generation: self.generation,
+            index: -1,
+            n_prev: encode_count(self.counts.prev),
+            n_mine: encode_count(Some(self.counts.mine)),
+            n_next: encode_count(self.counts.next),
+            ..Encoded::default()
+        };
+        if let Some(w) = self.worker() {
+            e.pid = w.pid;
+            e.index = w.index as i32;
+        }
+        match self.detail {
+            Detail::MasterStart {
+                kind,
+                previous_run,
+                master_pid,
+            } => {
+                e.detail = kind.code();
+                e.value = previous_run.map_or(0, |r| r.code() as u64);
+                e.pid = master_pid;
+            }
+            Detail::WorkerStart { replaces, .. } => {
+                e.other_pid = replaces.map_or(0, |w| w.pid);
+            }
+            Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {
+                e.detail = reason.code();
+            }
+            Detail::WorkerCrash {
+                detection,
+                held_lock,
+                detected_by,
+                ..
+            } => {
+                e.detail = detection.code();
+                e.flags = held_lock as u32;
+                e.other_pid = detected_by;
+            }
+            Detail::GenerationAbort { cause } => e.detail = cause.code(),
+            Detail::WorkerHang { silent_for, .. } => e.value = millis(silent_for),
+            Detail::WorkerRecover { hung_for, .. } => e.value = millis(hung_for),
+            Detail::LockRecovered {
+                holder_pid,
+                holder_op,
+            } => {
+                e.other_pid = holder_pid;
+                e.detail = holder_op.code();
+            }
+        }
+        e
+    }
+
+    /// Decodes a stored event; `None` for codes this build does not know.
+    pub(crate) fn decode(seq: u64, e: &Encoded) -> Option<Event> {
+        let worker = WorkerId {
+            generation: e.generation,
+            pid: e.pid,
+            index: u32::try_from(e.index).unwrap_or(u32::MAX),
+        };
+        let detail = match EventKind::from_code(e.kind)? {
+            EventKind::MasterStart => Detail::MasterStart {
+                kind: StartKind::from_code(e.detail)?,
+                previous_run: RunEnd::from_code(e.value as u32),
+                master_pid: e.pid,
+            },
+            EventKind::WorkerStart => Detail::WorkerStart {
+                worker,
+                replaces: (e.other_pid != 0).then_some(WorkerId {
+                    pid: e.other_pid,
+                    ..worker
+                }),
+            },
+            EventKind::WorkerExit => Detail::WorkerExit {
+                worker,
+                reason: ExitReason::from_code(e.detail)?,
+            },
+            EventKind::MasterExit => Detail::MasterExit {
+                reason: ExitReason::from_code(e.detail)?,
+            },
+            EventKind::WorkerCrash => Detail::WorkerCrash {
+                worker,
+                detection: Detection::from_code(e.detail)?,
+                held_lock: e.flags & 1 != 0,
+                detected_by: e.other_pid,
+            },
+            EventKind::GenerationAbort => Detail::GenerationAbort {
+                cause: AbortCause::from_code(e.detail)?,
+            },
+            EventKind::WorkerHang => Detail::WorkerHang {
+                worker,
+                silent_for: Duration::from_millis(e.value),
+            },
+            EventKind::WorkerRecover => Detail::WorkerRecover {
+                worker,
+                hung_for: Duration::from_millis(e.value),
+            },
+            EventKind::LockRecovered => Detail::LockRecovered {
+                holder_pid: e.other_pid,
+                holder_op: LockOp::from_code(e.detail)?,
+            },
+        };
+        Some(Event {
+            seq,
+            time: UNIX_EPOCH + Duration::from_nanos(e.time_ns),
+            generation: e.generation,
+            counts: Counts {
+                prev: decode_count(e.n_prev),
+                mine: decode_count(e.n_mine)?,
+                next: decode_count(e.n_next),
+            },
+            detail,
+        })
+    }
+}

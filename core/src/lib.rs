@@ -1,0 +1,52 @@
+//! Worker and generation lifecycle tracking for nginx/OpenResty and any pre-fork
+//! server, in a crash-safe shared-memory registry.
+//!
+//! A master registers a *generation* (one loaded configuration) with
+//! [`Registry::register_generation`]; each worker process registers itself with
+//! [`Registry::register_worker`], heartbeats with [`Registry::heartbeat`] and leaves
+//! with [`Registry::exit_worker`]; anyone calls [`Registry::sweep`] to have deaths,
+//! hangs and abandoned generations reported. Every operation hands its [`Event`]s to
+//! a callback, under the registry's cross-process lock, with the counts the callbacks
+//! of Kong's lua-resty-worker-manager get.
+//!
+//! ```no_run
+//! use worker_manager::{GenerationConfig, Options, Registry};
+//!
+//! let registry = Registry::open("/dev/shm/example.wm", &Options::default())?;
+//! let generation = registry.register_generation(&GenerationConfig::default(), |e| println!("{e}"))?;
+//! // ... fork; in each child:
+//! let worker = registry.register_worker(generation, 0, |e| println!("{e}"))?;
+//! registry.heartbeat(&worker)?;
+//! registry.exit_worker(worker, true, |e| println!("{e}"))?;
+//! # Ok::<(), worker_manager::Error>(())
+//! ```
+//!
+//! The design (region layout, locks, rules) is in `docs/design.md`. All `unsafe`
+//! code is in three small modules: `region::map` (the mapping), `lock` (the robust
+//! mutex) and `sys` (system calls).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+
+mod clock;
+mod error;
+mod event;
+mod journal;
+pub mod lifecycle;
+mod lock;
+mod process;
+mod region;
+mod registry;
+mod snapshot;
+mod sys;
+
+pub use error::{Error, Result};
+pub use event::{Counts, Detail, Event, WorkerId};
+pub use lifecycle::{
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
+    StartKind, WorkerState,
+};
+pub use process::Identity;
+pub use region::{Capacities, Opened};
+pub use registry::{GenerationConfig, Options, Registry, Worker};
+pub use snapshot::{GenerationInfo, LockInfo, Snapshot, Stats, WorkerInfo};

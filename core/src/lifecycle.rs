@@ -1,0 +1,213 @@
+//! The lifecycle as data: every state and every kind of event is an enum with a
+//! fixed numeric code, which is what the registry stores. Unknown codes (a corrupt
+//! or newer file) decode to `None`, never to a guess.
+
+use std::fmt;
+
+macro_rules! coded_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $code:literal => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $code,)+
+        }
+
+        impl $name {
+            /// Every variant, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The code stored in the registry.
+            pub const fn code(self) -> u32 {
+                self as u32
+            }
+
+            /// The variant for a stored code.
+            pub const fn from_code(code: u32) -> Option<$name> {
+                match code {
+                    $($code => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The lower-case name used in logs, JSON and the Lua API.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+coded_enum! {
+    /// Why a generation started.
+    StartKind {
+        /// The registry had never seen a generation.
+        Start = 1 => "start",
+        /// The registry belongs to an earlier node run that has ended.
+        Restart = 2 => "restart",
+        /// The same master loaded its configuration again (SIGHUP).
+        Reload = 3 => "reload",
+        /// A different master process while the older one lives (binary upgrade).
+        Upgrade = 4 => "upgrade",
+    }
+}
+
+coded_enum! {
+    /// How a node run ended.
+    RunEnd {
+        /// Its last worker exited through the API.
+        Clean = 1 => "clean",
+        /// Some process died without exiting.
+        Unclean = 2 => "unclean",
+    }
+}
+
+coded_enum! {
+    /// Why a worker (or a whole generation) exits.
+    ExitReason {
+        /// A newer generation of the same master replaces it.
+        Reload = 1 => "reload",
+        /// A newer generation of another master replaces it.
+        Upgrade = 2 => "upgrade",
+        /// Graceful stop of the node (SIGQUIT), or nothing replaces it.
+        Stop = 3 => "stop",
+        /// Fast stop (SIGTERM, SIGINT): no graceful shutdown.
+        FastStop = 4 => "fast_stop",
+    }
+}
+
+coded_enum! {
+    /// How a worker's death was noticed.
+    Detection {
+        /// Its slot's robust mutex was marked owner-died by the kernel.
+        OwnerDied = 1 => "owner_died",
+        /// Its slot's mutex was free although the slot was in use: the registry
+        /// outlived the processes (for example across a reboot).
+        Abandoned = 2 => "abandoned",
+    }
+}
+
+coded_enum! {
+    /// Why a generation that never had a worker was given up.
+    AbortCause {
+        /// A newer generation registered first.
+        Superseded = 1 => "superseded",
+        /// No worker registered within the start timeout.
+        TimedOut = 2 => "timed_out",
+    }
+}
+
+coded_enum! {
+    /// The state of a tracked generation.
+    GenerationState {
+        /// Registered; no worker yet.
+        Starting = 1 => "starting",
+        /// Has had workers; none has exited gracefully.
+        Running = 2 => "running",
+        /// Its workers are exiting (a worker exited gracefully).
+        Draining = 3 => "draining",
+        /// No live worker left; kept only while it is the newest.
+        Exited = 4 => "exited",
+    }
+}
+
+coded_enum! {
+    /// The state of a worker slot.
+    WorkerState {
+        /// Unused.
+        Free = 0 => "free",
+        /// A live registered worker.
+        Running = 1 => "running",
+        /// A worker that died without exiting, kept so that its respawn is recognised.
+        Dead = 2 => "dead",
+    }
+}
+
+coded_enum! {
+    /// The kind of an event.
+    EventKind {
+        MasterStart = 1 => "master_start",
+        WorkerStart = 2 => "worker_start",
+        WorkerExit = 3 => "worker_exit",
+        MasterExit = 4 => "master_exit",
+        WorkerCrash = 5 => "worker_crash",
+        GenerationAbort = 6 => "generation_abort",
+        WorkerHang = 7 => "worker_hang",
+        WorkerRecover = 8 => "worker_recover",
+        /// The registry lock's holder died holding it; the registry was repaired.
+        LockRecovered = 9 => "lock_recovered",
+    }
+}
+
+coded_enum! {
+    /// What the registry lock's holder is doing, for diagnostics.
+    LockOp {
+        None = 0 => "nothing",
+        RegisterGeneration = 1 => "register_generation",
+        RegisterWorker = 2 => "register_worker",
+        ExitWorker = 3 => "exit_worker",
+        Sweep = 4 => "sweep",
+        Snapshot = 5 => "snapshot",
+    }
+}
+
+/// The state of a node run, stored in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// The registry has never had a generation.
+    Never,
+    /// A run is in progress.
+    Running,
+    /// The last run ended.
+    Ended(RunEnd),
+}
+
+impl RunState {
+    pub(crate) const fn code(self) -> u32 {
+        match self {
+            RunState::Never => 0,
+            RunState::Running => 1,
+            RunState::Ended(RunEnd::Clean) => 2,
+            RunState::Ended(RunEnd::Unclean) => 3,
+        }
+    }
+
+    pub(crate) const fn from_code(code: u32) -> Option<RunState> {
+        match code {
+            0 => Some(RunState::Never),
+            1 => Some(RunState::Running),
+            2 => Some(RunState::Ended(RunEnd::Clean)),
+            3 => Some(RunState::Ended(RunEnd::Unclean)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_are_refused() {
+        for &k in EventKind::ALL {
+            assert_eq!(EventKind::from_code(k.code()), Some(k));
+        }
+        for &r in ExitReason::ALL {
+            assert_eq!(ExitReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(EventKind::from_code(0), None);
+        assert_eq!(StartKind::from_code(99), None);
+        for code in 0..4 {
+            assert_eq!(RunState::from_code(code).map(RunState::code), Some(code));
+        }
+        assert_eq!(RunState::from_code(4), None);
+        assert_eq!(ExitReason::FastStop.to_string(), "fast_stop");
+    }
+}

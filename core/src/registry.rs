@@ -1,0 +1,1003 @@
+//! The registry: the lifecycle operations over the shared region.
+//!
+//! Every operation takes the registry lock, sweeps for dead workers first, applies
+//! the rules of `docs/design.md` section 4, journals the events in order, and then
+//! hands them to the caller's callback, still under the lock. This module is safe
+//! code over `region` and `lock`.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::clock::{self, monotonic_ns};
+use crate::error::{Error, Result};
+use crate::event::{Counts, Detail, Event, WorkerId};
+use crate::journal;
+use crate::lifecycle::{
+    AbortCause, Detection, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind,
+    WorkerState,
+};
+use crate::lock::{Locked, TryLocked};
+use crate::process::Identity;
+use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
+use crate::region::map::Region;
+use crate::region::{Capacities, Opened};
+use crate::snapshot::{GenerationInfo, LockInfo, Snapshot, Stats, WorkerInfo};
+use crate::sys;
+
+/// How to open (and, if needed, create) a registry.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Capacities of a registry created by this opening; an existing one keeps its own.
+    pub capacities: Capacities,
+    /// How long an operation waits for the registry lock before failing.
+    pub lock_timeout: Duration,
+    /// File mode of a created registry.
+    pub mode: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacities: Capacities::default(),
+            lock_timeout: Duration::from_secs(30),
+            mode: 0o600,
+        }
+    }
+}
+
+/// Settings of one generation, chosen by its master when it registers.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    /// Heartbeat interval of its workers.
+    pub interval: Duration,
+    /// Heartbeat overrun after which a worker is declared hung.
+    pub failed: Duration,
+    /// How long the generation may wait for its first worker before it is aborted.
+    pub start_timeout: Duration,
+    /// Workers the master will start (`worker_processes`); 0 when unknown.
+    pub expected_workers: u32,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            interval: Duration::from_secs(10),
+            failed: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(60),
+            expected_workers: 0,
+        }
+    }
+}
+
+impl GenerationConfig {
+    fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("interval", self.interval),
+            ("failed", self.failed),
+            ("start_timeout", self.start_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(86_400) {
+                return Err(Error::InvalidArgument {
+                    name,
+                    reason: format!("{value:?} is outside (0 s, 1 day]"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A registered worker of this process. Heartbeats and the exit go through it; it
+/// must stay with the thread that registered (see `docs/design.md` 3.2).
+#[derive(Debug)]
+pub struct Worker {
+    slot: u32,
+    id: WorkerId,
+}
+
+impl Worker {
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+}
+
+/// A handle on a mapped registry. One per process is enough; it is inherited across
+/// `fork`, which is how a pre-fork master hands the registry to its workers.
+pub struct Registry {
+    region: Region,
+    path: PathBuf,
+    opened: Opened,
+    lock_timeout: Duration,
+    /// How many times this process holds the registry lock (re-entrancy).
+    depth: Cell<u32>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .field("opened", &self.opened)
+            .field("capacities", &self.region.capacities())
+            .field("lock_timeout", &self.lock_timeout)
+            .finish()
+    }
+}
+
+/// The registry lock, held. Only the outermost guard of a process unlocks.
+struct LockGuard<'r> {
+    reg: &'r Registry,
+    /// Events of a repair after the previous holder died, delivered with the
+    /// operation's own.
+    recovered: Vec<Event>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let depth = self.reg.depth.get() - 1;
+        self.reg.depth.set(depth);
+        if depth == 0 {
+            let h = self.reg.region.header();
+            let held = monotonic_ns().saturating_sub(h.lock_acquired_mono_ns.load(Relaxed));
+            h.stats[Stat::LockHoldNs as usize].fetch_add(held, Relaxed);
+            h.lock_holder_pid.store(0, Relaxed);
+            h.lock_holder_op.store(LockOp::None.code(), Relaxed);
+            // An unlock can only fail if this thread does not hold the mutex, which the
+            // depth count rules out; there is nothing better to do in a destructor.
+            let _ = h.lock.unlock();
+        }
+    }
+}
+
+/// Live workers per tracked generation, ordered by generation id.
+struct Census(Vec<(u64, u32)>);
+
+impl Census {
+    fn live(&self, generation: u64) -> u32 {
+        self.0
+            .iter()
+            .find(|&&(id, _)| id == generation)
+            .map_or(0, |&(_, n)| n)
+    }
+
+    fn counts(&self, generation: u64, mine: u32) -> Counts {
+        Counts {
+            prev: self
+                .0
+                .iter()
+                .rev()
+                .find(|&&(id, _)| id < generation)
+                .map(|&(_, n)| n),
+            mine,
+            next: self
+                .0
+                .iter()
+                .find(|&&(id, _)| id > generation)
+                .map(|&(_, n)| n),
+        }
+    }
+}
+
+fn load_state(g: &GenerationRecord) -> Option<GenerationState> {
+    GenerationState::from_code(g.state.load(Relaxed))
+}
+
+fn worker_id(slot: &WorkerSlot) -> WorkerId {
+    WorkerId {
+        generation: slot.generation.load(Relaxed),
+        pid: slot.pid.load(Relaxed),
+        index: slot.index.load(Relaxed),
+    }
+}
+
+fn master_identity(g: &GenerationRecord) -> Identity {
+    Identity {
+        pid: g.master_pid.load(Relaxed),
+        start_time: g.master_start_time.load(Relaxed),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Registry {
+    /// Opens the registry file at `path`, creating it if it does not exist.
+    pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Registry> {
+        let path = path.as_ref();
+        if options.lock_timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                name: "lock_timeout",
+                reason: "must be positive".into(),
+            });
+        }
+        let (region, opened) = Region::open(path, options.capacities, options.mode)?;
+        Ok(Registry {
+            region,
+            path: path.to_path_buf(),
+            opened,
+            lock_timeout: options.lock_timeout,
+            depth: Cell::new(0),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the opening created the file, found it, or reset it after a reboot.
+    pub fn opened(&self) -> Opened {
+        self.opened
+    }
+
+    pub fn capacities(&self) -> Capacities {
+        self.region.capacities()
+    }
+
+    // ----- the lock -----------------------------------------------------------
+
+    fn lock(&self, op: LockOp) -> Result<LockGuard<'_>> {
+        let mut guard = LockGuard {
+            reg: self,
+            recovered: Vec::new(),
+        };
+        if self.depth.get() > 0 {
+            self.depth.set(self.depth.get() + 1);
+            return Ok(guard);
+        }
+        let h = self.region.header();
+        let acquisition = h.lock.lock(self.lock_timeout).map_err(|failure| {
+            let op = LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
+            failure.into_error(
+                self.lock_timeout,
+                h.lock_holder_pid.load(Relaxed),
+                op.as_str(),
+            )
+        })?;
+        // From here the mutex is held: the guard must exist before anything can fail.
+        self.depth.set(1);
+        let acquired = monotonic_ns();
+        if let Some(started) = acquisition.waited_since {
+            h.stats[Stat::LockContended as usize].fetch_add(1, Relaxed);
+            h.stats[Stat::LockWaitNs as usize].fetch_add(acquired.saturating_sub(started), Relaxed);
+        }
+        if let Locked::OwnerDied(owner_died) = acquisition.locked {
+            let holder_pid = h.lock_holder_pid.load(Relaxed);
+            let holder_op =
+                LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
+            guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op))?;
+        }
+        h.lock_holder_pid.store(sys::getpid(), Relaxed);
+        h.lock_holder_op.store(op.code(), Relaxed);
+        h.lock_acquired_mono_ns.store(acquired, Relaxed);
+        h.stats[Stat::LockAcquisitions as usize].fetch_add(1, Relaxed);
+        Ok(guard)
+    }
+
+    /// Puts the registry back into a consistent state after the lock's holder died:
+    /// the journal head, the generation counter, slot mutexes left behind by a
+    /// half-done registration, then a sweep that reports the dead.
+    fn repair(&self, holder_pid: u32, holder_op: LockOp) -> Result<Vec<Event>> {
+        let h = self.region.header();
+        h.stats[Stat::LockRecoveries as usize].fetch_add(1, Relaxed);
+        journal::repair(&self.region);
+        let caps = self.region.capacities();
+        let max_id = (0..caps.generations)
+            .map(|i| self.region.generation(i).id.load(Relaxed))
+            .max()
+            .unwrap_or(0);
+        h.next_generation.fetch_max(max_id + 1, Relaxed);
+        for i in 0..caps.workers {
+            let slot = self.region.slot(i);
+            if slot.state.load(Relaxed) != WorkerState::Running.code()
+                && slot.mutex.try_lock()? != TryLocked::Busy
+            {
+                slot.mutex.unlock()?;
+            }
+        }
+        let mut events = Vec::new();
+        self.emit(
+            &mut events,
+            0,
+            Counts::default(),
+            Detail::LockRecovered {
+                holder_pid,
+                holder_op,
+            },
+        );
+        self.sweep_locked(holder_pid, &mut events)?;
+        Ok(events)
+    }
+
+    // ----- reading the tables (the caller holds the lock) ---------------------
+
+    fn generations(&self) -> impl Iterator<Item = &GenerationRecord> {
+        (0..self.region.capacities().generations)
+            .map(|i| self.region.generation(i))
+            .filter(|g| g.id.load(Relaxed) != 0)
+    }
+
+    fn find_generation(&self, id: u64) -> Option<&GenerationRecord> {
+        self.generations().find(|g| g.id.load(Relaxed) == id)
+    }
+
+    fn slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
+        let h = self.region.header();
+        let end = h
+            .slot_high_water
+            .load(Relaxed)
+            .min(self.region.capacities().workers);
+        (0..end).map(|i| (i, self.region.slot(i)))
+    }
+
+    fn running_slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
+        self.slots()
+            .filter(|(_, s)| s.state.load(Relaxed) == WorkerState::Running.code())
+    }
+
+    fn census(&self) -> Census {
+        let mut live: Vec<(u64, u32)> = self
+            .generations()
+            .map(|g| (g.id.load(Relaxed), 0))
+            .collect();
+        live.sort_unstable();
+        for (_, slot) in self.running_slots() {
+            let generation = slot.generation.load(Relaxed);
+            if let Some(entry) = live.iter_mut().find(|(id, _)| *id == generation) {
+                entry.1 += 1;
+            }
+        }
+        Census(live)
+    }
+
+    /// The newest generation newer than `g` that has had workers: what replaces `g`.
+    fn successor(&self, g: &GenerationRecord) -> Option<&GenerationRecord> {
+        let id = g.id.load(Relaxed);
+        self.generations()
+            .filter(|s| s.id.load(Relaxed) > id && s.workers_started.load(Relaxed) > 0)
+            .max_by_key(|s| s.id.load(Relaxed))
+    }
+
+    /// Why `g`'s workers go, judging by what replaces it.
+    fn successor_reason(&self, g: &GenerationRecord) -> ExitReason {
+        match self.successor(g) {
+            Some(s) if s.master_pid.load(Relaxed) == g.master_pid.load(Relaxed) => {
+                ExitReason::Reload
+            }
+            Some(_) => ExitReason::Upgrade,
+            None => ExitReason::Stop,
+        }
+    }
+
+    // ----- writing (the caller holds the lock) ---------------------------------
+
+    fn emit(&self, events: &mut Vec<Event>, generation: u64, counts: Counts, detail: Detail) {
+        let mut event = Event {
+            seq: 0,
+            time: SystemTime::now(),
+            generation,
+            counts,
+            detail,
+        };
+        journal::append(&self.region, &mut event);
+        events.push(event);
+    }
+
+    fn bump(&self, stat: Stat) {
+        self.region.header().stats[stat as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Frees a generation record and the tombstones of its dead workers.
+    fn retire(&self, g: &GenerationRecord) {
+        let id = g.id.load(Relaxed);
+        for (_, slot) in self.slots() {
+            if slot.generation.load(Relaxed) == id
+                && slot.state.load(Relaxed) == WorkerState::Dead.code()
+            {
+                slot.state.store(WorkerState::Free.code(), Release);
+            }
+        }
+        g.state.store(0, Relaxed);
+        g.id.store(0, Release);
+    }
+
+    /// The generation has no live worker left.
+    fn master_exit(&self, g: &GenerationRecord, clean: bool, events: &mut Vec<Event>) {
+        let reason = ExitReason::from_code(g.exit_reason.load(Relaxed))
+            .unwrap_or_else(|| self.successor_reason(g));
+        g.exit_reason.store(reason.code(), Relaxed);
+        g.state.store(GenerationState::Exited.code(), Release);
+        g.exited_ns.store(clock::realtime_ns(), Relaxed);
+        let id = g.id.load(Relaxed);
+        let census = self.census();
+        self.emit(
+            events,
+            id,
+            census.counts(id, 0),
+            Detail::MasterExit { reason },
+        );
+        let newest = census.0.last().map_or(0, |&(newest, _)| newest);
+        if id != newest {
+            self.retire(g);
+        }
+        let anything_left = self.generations().any(|g| {
+            matches!(load_state(g), Some(GenerationState::Starting))
+                || census.live(g.id.load(Relaxed)) > 0
+        });
+        if !anything_left {
+            let end = if clean {
+                RunEnd::Clean
+            } else {
+                RunEnd::Unclean
+            };
+            self.region
+                .header()
+                .run_state
+                .store(RunState::Ended(end).code(), Relaxed);
+        }
+    }
+
+    /// Checks every live worker, reports each death once, ends generations left
+    /// without workers, aborts generations that never got one, and ages heartbeats.
+    /// `dead_holder` is the pid of a lock holder that died (0 if none).
+    fn sweep_locked(&self, dead_holder: u32, events: &mut Vec<Event>) -> Result<()> {
+        let me = sys::getpid();
+        let now = monotonic_ns();
+        for (_, slot) in self.running_slots() {
+            let detection = match slot.mutex.try_lock()? {
+                TryLocked::Busy => {
+                    self.age_heartbeat(slot, now, events);
+                    continue;
+                }
+                TryLocked::OwnerDied => Detection::OwnerDied,
+                TryLocked::Acquired => Detection::Abandoned,
+            };
+            slot.mutex.unlock()?;
+            slot.state.store(WorkerState::Dead.code(), Release);
+            let worker = worker_id(slot);
+            if let Some(g) = self.find_generation(worker.generation) {
+                g.crashes.fetch_add(1, Relaxed);
+            }
+            self.bump(Stat::Crashes);
+            let census = self.census();
+            self.emit(
+                events,
+                worker.generation,
+                census.counts(worker.generation, census.live(worker.generation)),
+                Detail::WorkerCrash {
+                    worker,
+                    detection,
+                    held_lock: dead_holder != 0 && worker.pid == dead_holder,
+                    detected_by: me,
+                },
+            );
+        }
+        self.end_deserted(events);
+        self.abort_stalled(now, events);
+        Ok(())
+    }
+
+    /// A generation whose workers all died gets its `master_exit` once nothing will
+    /// respawn them: it was draining, a newer generation replaced it, or its master
+    /// is gone. Otherwise its master is expected to respawn them.
+    fn end_deserted(&self, events: &mut Vec<Event>) {
+        let census = self.census();
+        let newest = census.0.last().map_or(0, |&(id, _)| id);
+        let deserted: Vec<&GenerationRecord> = self
+            .generations()
+            .filter(|g| {
+                let id = g.id.load(Relaxed);
+                census.live(id) == 0
+                    && match load_state(g) {
+                        Some(GenerationState::Draining) => true,
+                        Some(GenerationState::Running) => {
+                            id != newest || !master_identity(g).is_alive()
+                        }
+                        _ => false,
+                    }
+            })
+            .collect();
+        for g in deserted {
+            self.master_exit(g, false, events);
+        }
+    }
+
+    fn abort(&self, g: &GenerationRecord, cause: AbortCause, events: &mut Vec<Event>) {
+        let id = g.id.load(Relaxed);
+        self.bump(Stat::Aborts);
+        self.retire(g);
+        let census = self.census();
+        self.emit(
+            events,
+            id,
+            census.counts(id, 0),
+            Detail::GenerationAbort { cause },
+        );
+    }
+
+    /// Generations still waiting for their first worker after their start timeout.
+    /// (A dead registrant proves nothing: nginx's pre-daemon process registers the
+    /// generation and exits before the real master forks the workers.)
+    fn abort_stalled(&self, now: u64, events: &mut Vec<Event>) {
+        let stalled: Vec<&GenerationRecord> = self
+            .generations()
+            .filter(|g| {
+                let waited = now.saturating_sub(g.registered_mono_ns.load(Relaxed));
+                load_state(g) == Some(GenerationState::Starting)
+                    && waited > g.start_timeout_ms.load(Relaxed).saturating_mul(1_000_000)
+            })
+            .collect();
+        for g in stalled {
+            self.abort(g, AbortCause::TimedOut, events);
+        }
+    }
+
+    fn age_heartbeat(&self, slot: &WorkerSlot, now: u64, events: &mut Vec<Event>) {
+        let worker = worker_id(slot);
+        let Some(g) = self.find_generation(worker.generation) else {
+            return;
+        };
+        let limit = (g.interval_ms.load(Relaxed) + g.failed_ms.load(Relaxed)) * 1_000_000;
+        let silent = now.saturating_sub(slot.heartbeat_mono_ns.load(Relaxed));
+        let hung = slot.hung.load(Relaxed) != 0;
+        if !hung && silent > limit {
+            slot.hung.store(1, Relaxed);
+            slot.hung_since_mono_ns.store(now, Relaxed);
+            self.bump(Stat::Hangs);
+            let census = self.census();
+            self.emit(
+                events,
+                worker.generation,
+                census.counts(worker.generation, census.live(worker.generation)),
+                Detail::WorkerHang {
+                    worker,
+                    silent_for: Duration::from_nanos(silent),
+                },
+            );
+        } else if hung && silent <= limit {
+            slot.hung.store(0, Relaxed);
+            let since = slot.hung_since_mono_ns.load(Relaxed);
+            let census = self.census();
+            self.emit(
+                events,
+                worker.generation,
+                census.counts(worker.generation, census.live(worker.generation)),
+                Detail::WorkerRecover {
+                    worker,
+                    hung_for: Duration::from_nanos(now.saturating_sub(since)),
+                },
+            );
+        }
+    }
+
+    /// Runs `op` under the lock, then hands the events (a repair's first) to
+    /// `on_event`, still under the lock.
+    fn locked<T>(
+        &self,
+        op: LockOp,
+        on_event: &mut dyn FnMut(&Event),
+        body: impl FnOnce(&mut Vec<Event>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.lock(op)?;
+        let mut events = std::mem::take(&mut guard.recovered);
+        let outcome = self
+            .sweep_locked(0, &mut events)
+            .and_then(|()| body(&mut events));
+        for event in &events {
+            on_event(event);
+        }
+        drop(guard);
+        outcome
+    }
+
+    // ----- the operations --------------------------------------------------------
+
+    /// Registers a new generation whose master is this process: a start, restart,
+    /// reload or binary upgrade, decided from what the registry holds. Returns the
+    /// generation id.
+    pub fn register_generation(
+        &self,
+        config: &GenerationConfig,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<u64> {
+        config.validate()?;
+        self.locked(LockOp::RegisterGeneration, &mut on_event, |events| {
+            self.register_generation_locked(config, events)
+        })
+    }
+
+    fn register_generation_locked(
+        &self,
+        config: &GenerationConfig,
+        events: &mut Vec<Event>,
+    ) -> Result<u64> {
+        let h = self.region.header();
+        let me = Identity::current();
+        let active = self
+            .generations()
+            .filter(|g| load_state(g) != Some(GenerationState::Exited))
+            .max_by_key(|g| g.id.load(Relaxed));
+        let run = RunState::from_code(h.run_state.load(Relaxed)).unwrap_or(RunState::Running);
+        let (kind, previous_run) = match active {
+            Some(a) if a.master_pid.load(Relaxed) == me.pid => (StartKind::Reload, None),
+            Some(a) if master_identity(a).is_alive() => {
+                let master = a.master_pid.load(Relaxed);
+                if sys::getppid() != master {
+                    return Err(Error::InUse {
+                        path: self.path.clone(),
+                        master_pid: master,
+                    });
+                }
+                (StartKind::Upgrade, None)
+            }
+            Some(_) => (StartKind::Restart, Some(RunEnd::Unclean)),
+            None => match run {
+                RunState::Never => (StartKind::Start, None),
+                RunState::Ended(end) => (StartKind::Restart, Some(end)),
+                RunState::Running => (StartKind::Restart, Some(RunEnd::Unclean)),
+            },
+        };
+        let free = (0..self.region.capacities().generations)
+            .map(|i| self.region.generation(i))
+            .find(|g| g.id.load(Relaxed) == 0);
+        // Generations that never got a worker are superseded by this one; ended ones
+        // stop being the newest. Both go, which may free a record for this one.
+        let superseded: Vec<&GenerationRecord> = self
+            .generations()
+            .filter(|g| load_state(g) == Some(GenerationState::Starting))
+            .collect();
+        let ended: Vec<&GenerationRecord> = self
+            .generations()
+            .filter(|g| load_state(g) == Some(GenerationState::Exited))
+            .collect();
+        if free.is_none() && superseded.is_empty() && ended.is_empty() {
+            return Err(Error::CapacityExhausted {
+                what: "generation",
+                capacity: self.region.capacities().generations,
+            });
+        }
+        for g in superseded {
+            self.abort(g, AbortCause::Superseded, events);
+        }
+        for g in ended {
+            self.retire(g);
+        }
+        let g = (0..self.region.capacities().generations)
+            .map(|i| self.region.generation(i))
+            .find(|g| g.id.load(Relaxed) == 0)
+            .ok_or(Error::CapacityExhausted {
+                what: "generation",
+                capacity: self.region.capacities().generations,
+            })?;
+        if kind == StartKind::Start || kind == StartKind::Restart {
+            h.run_id.fetch_add(1, Relaxed);
+            h.run_state.store(RunState::Running.code(), Relaxed);
+        }
+        match kind {
+            StartKind::Start => {}
+            StartKind::Restart => self.bump(Stat::Restarts),
+            StartKind::Reload => self.bump(Stat::Reloads),
+            StartKind::Upgrade => self.bump(Stat::Upgrades),
+        }
+        let id = h.next_generation.load(Relaxed).max(1);
+        g.kind.store(kind.code(), Relaxed);
+        g.master_pid.store(me.pid, Relaxed);
+        g.master_start_time.store(me.start_time, Relaxed);
+        g.expected_workers.store(config.expected_workers, Relaxed);
+        g.registered_ns.store(clock::realtime_ns(), Relaxed);
+        g.registered_mono_ns.store(monotonic_ns(), Relaxed);
+        g.interval_ms.store(ms(config.interval), Relaxed);
+        g.failed_ms.store(ms(config.failed), Relaxed);
+        g.start_timeout_ms.store(ms(config.start_timeout), Relaxed);
+        g.workers_started.store(0, Relaxed);
+        g.respawns.store(0, Relaxed);
+        g.crashes.store(0, Relaxed);
+        g.exit_reason.store(0, Relaxed);
+        g.previous_run
+            .store(previous_run.map_or(0, RunEnd::code), Relaxed);
+        g.exited_ns.store(0, Relaxed);
+        g.state.store(GenerationState::Starting.code(), Relaxed);
+        g.id.store(id, Release);
+        h.next_generation.store(id + 1, Release);
+        let census = self.census();
+        self.emit(
+            events,
+            id,
+            census.counts(id, 0),
+            Detail::MasterStart {
+                kind,
+                previous_run,
+                master_pid: me.pid,
+            },
+        );
+        // Generations whose workers all died and that this one now replaces.
+        self.end_deserted(events);
+        Ok(id)
+    }
+
+    /// Registers this process as worker `index` of `generation`. Call it from the
+    /// thread that will live as long as the process (its main thread).
+    pub fn register_worker(
+        &self,
+        generation: u64,
+        index: u32,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<Worker> {
+        self.locked(LockOp::RegisterWorker, &mut on_event, |events| {
+            self.register_worker_locked(generation, index, events)
+        })
+    }
+
+    fn register_worker_locked(
+        &self,
+        generation: u64,
+        index: u32,
+        events: &mut Vec<Event>,
+    ) -> Result<Worker> {
+        let me = sys::getpid();
+        if let Some((_, slot)) = self
+            .running_slots()
+            .find(|(_, s)| s.pid.load(Relaxed) == me)
+        {
+            return Err(Error::InvalidArgument {
+                name: "worker",
+                reason: format!(
+                    "this process is already registered as worker {}",
+                    worker_id(slot)
+                ),
+            });
+        }
+        let g = self
+            .find_generation(generation)
+            .ok_or(Error::UnknownGeneration(generation))?;
+        let caps = self.region.capacities();
+        let is_state = |s: &WorkerSlot, state: WorkerState| s.state.load(Relaxed) == state.code();
+        let tombstone = (0..caps.workers)
+            .map(|i| (i, self.region.slot(i)))
+            .find(|(_, s)| {
+                is_state(s, WorkerState::Dead)
+                    && s.generation.load(Relaxed) == generation
+                    && s.index.load(Relaxed) == index
+            });
+        let candidates = tombstone
+            .into_iter()
+            .chain(
+                (0..caps.workers)
+                    .map(|i| (i, self.region.slot(i)))
+                    .filter(|(_, s)| is_state(s, WorkerState::Free)),
+            )
+            .chain(
+                (0..caps.workers)
+                    .map(|i| (i, self.region.slot(i)))
+                    .filter(|(_, s)| is_state(s, WorkerState::Dead)),
+            );
+        let mut chosen = None;
+        for (i, slot) in candidates {
+            // A slot whose mutex someone holds is left alone (never expected: the
+            // holder would be a live registrant, and registrations hold the lock).
+            if slot.mutex.try_lock()? != TryLocked::Busy {
+                chosen = Some((i, slot));
+                break;
+            }
+        }
+        let (i, slot) = chosen.ok_or(Error::CapacityExhausted {
+            what: "worker",
+            capacity: caps.workers,
+        })?;
+        let replaces = (tombstone.map(|(t, _)| t) == Some(i)).then(|| worker_id(slot));
+        let identity = Identity::current();
+        let now = monotonic_ns();
+        slot.pid.store(me, Relaxed);
+        slot.generation.store(generation, Relaxed);
+        slot.index.store(index, Relaxed);
+        slot.start_time.store(identity.start_time, Relaxed);
+        slot.registered_ns.store(clock::realtime_ns(), Relaxed);
+        slot.heartbeat_mono_ns.store(now, Relaxed);
+        slot.hung.store(0, Relaxed);
+        slot.hung_since_mono_ns.store(0, Relaxed);
+        slot.replaced_pid
+            .store(replaces.map_or(0, |w| w.pid), Relaxed);
+        let ppid = sys::getppid();
+        slot.ppid.store(ppid, Relaxed);
+        slot.state.store(WorkerState::Running.code(), Release);
+        self.region
+            .header()
+            .slot_high_water
+            .fetch_max(i + 1, Relaxed);
+        // nginx's pre-daemon process registers the generation and exits; the real
+        // master is the parent of its workers.
+        if ppid != g.master_pid.load(Relaxed) && !master_identity(g).is_alive() {
+            if let Some(master) = Identity::of(ppid) {
+                g.master_pid.store(master.pid, Relaxed);
+                g.master_start_time.store(master.start_time, Relaxed);
+            }
+        }
+        g.workers_started.fetch_add(1, Relaxed);
+        if replaces.is_some() {
+            g.respawns.fetch_add(1, Relaxed);
+            self.bump(Stat::Respawns);
+        }
+        if matches!(
+            load_state(g),
+            Some(GenerationState::Starting | GenerationState::Exited)
+        ) {
+            g.state.store(GenerationState::Running.code(), Release);
+        }
+        self.region.keep_mapped(true);
+        let worker = WorkerId {
+            generation,
+            pid: me,
+            index,
+        };
+        let census = self.census();
+        self.emit(
+            events,
+            generation,
+            census.counts(generation, census.live(generation)),
+            Detail::WorkerStart { worker, replaces },
+        );
+        Ok(Worker {
+            slot: i,
+            id: worker,
+        })
+    }
+
+    /// Records that the worker is alive: one atomic store, no lock.
+    pub fn heartbeat(&self, worker: &Worker) -> Result<()> {
+        let slot = self.region.slot(worker.slot);
+        if slot.pid.load(Relaxed) != worker.id.pid {
+            return Err(Error::NotRegistered(worker.id.to_string()));
+        }
+        slot.heartbeat_mono_ns.store(monotonic_ns(), Relaxed);
+        Ok(())
+    }
+
+    /// The worker exits: `graceful` for a graceful shutdown (reload, upgrade, quit),
+    /// `false` for a fast stop. Fires `worker_exit`, and `master_exit` if it was the
+    /// last worker of its generation. Call it from the thread that registered.
+    pub fn exit_worker(
+        &self,
+        worker: Worker,
+        graceful: bool,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<()> {
+        self.locked(LockOp::ExitWorker, &mut on_event, |events| {
+            self.exit_worker_locked(&worker, graceful, events)
+        })
+    }
+
+    fn exit_worker_locked(
+        &self,
+        worker: &Worker,
+        graceful: bool,
+        events: &mut Vec<Event>,
+    ) -> Result<()> {
+        let slot = self.region.slot(worker.slot);
+        if slot.state.load(Relaxed) != WorkerState::Running.code() || worker_id(slot) != worker.id {
+            return Err(Error::NotRegistered(worker.id.to_string()));
+        }
+        let generation = worker.id.generation;
+        let g = self
+            .find_generation(generation)
+            .ok_or(Error::UnknownGeneration(generation))?;
+        // First, so that a call from the wrong thread (EPERM) changes nothing.
+        slot.mutex.unlock()?;
+        let reason = if graceful {
+            self.successor_reason(g)
+        } else {
+            ExitReason::FastStop
+        };
+        let _ = g
+            .exit_reason
+            .compare_exchange(0, reason.code(), Relaxed, Relaxed);
+        g.state.store(GenerationState::Draining.code(), Release);
+        let census = self.census();
+        let live = census.live(generation);
+        self.emit(
+            events,
+            generation,
+            census.counts(generation, live),
+            Detail::WorkerExit {
+                worker: worker.id,
+                reason,
+            },
+        );
+        slot.state.store(WorkerState::Free.code(), Release);
+        self.region.keep_mapped(false);
+        if live <= 1 {
+            self.master_exit(g, true, events);
+        }
+        Ok(())
+    }
+
+    /// Looks for dead workers, hung workers, deserted and stalled generations, and
+    /// reports what it finds. Call it periodically (a worker's tick) and whenever a
+    /// child is known to have died (a master's SIGCHLD).
+    pub fn sweep(&self, mut on_event: impl FnMut(&Event)) -> Result<()> {
+        self.locked(LockOp::Sweep, &mut on_event, |_| Ok(()))
+    }
+
+    /// A consistent picture of the registry, taken under the lock (no sweep).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let guard = self.lock(LockOp::Snapshot)?;
+        let h = self.region.header();
+        let census = self.census();
+        let now = monotonic_ns();
+        let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+        let mut generations: Vec<GenerationInfo> = self
+            .generations()
+            .map(|g| {
+                let id = g.id.load(Relaxed);
+                GenerationInfo {
+                    id,
+                    state: load_state(g),
+                    kind: StartKind::from_code(g.kind.load(Relaxed)),
+                    previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
+                    master_pid: g.master_pid.load(Relaxed),
+                    registered: time(g.registered_ns.load(Relaxed)),
+                    interval: Duration::from_millis(g.interval_ms.load(Relaxed)),
+                    failed: Duration::from_millis(g.failed_ms.load(Relaxed)),
+                    expected_workers: g.expected_workers.load(Relaxed),
+                    live_workers: census.live(id),
+                    workers_started: g.workers_started.load(Relaxed),
+                    respawns: g.respawns.load(Relaxed),
+                    crashes: g.crashes.load(Relaxed),
+                    exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
+                }
+            })
+            .collect();
+        generations.sort_by_key(|g| g.id);
+        let workers = self
+            .slots()
+            .filter_map(|(_, s)| {
+                let state = WorkerState::from_code(s.state.load(Relaxed))?;
+                (state != WorkerState::Free).then(|| WorkerInfo {
+                    id: worker_id(s),
+                    state,
+                    registered: time(s.registered_ns.load(Relaxed)),
+                    heartbeat_age: Duration::from_nanos(
+                        now.saturating_sub(s.heartbeat_mono_ns.load(Acquire)),
+                    ),
+                    hung: s.hung.load(Relaxed) != 0,
+                    replaces_pid: Some(s.replaced_pid.load(Relaxed)).filter(|&p| p != 0),
+                })
+            })
+            .collect();
+        let stat = |s: Stat| h.stats[s as usize].load(Relaxed);
+        let snapshot = Snapshot {
+            run_id: h.run_id.load(Relaxed),
+            run_state: RunState::from_code(h.run_state.load(Relaxed)),
+            next_seq: h.next_seq.load(Acquire),
+            capacities: self.region.capacities(),
+            generations,
+            workers,
+            lock: LockInfo {
+                holder_pid: h.lock_holder_pid.load(Relaxed),
+                holder_op: LockOp::from_code(h.lock_holder_op.load(Relaxed)),
+            },
+            stats: Stats {
+                crashes: stat(Stat::Crashes),
+                respawns: stat(Stat::Respawns),
+                reloads: stat(Stat::Reloads),
+                restarts: stat(Stat::Restarts),
+                upgrades: stat(Stat::Upgrades),
+                aborts: stat(Stat::Aborts),
+                hangs: stat(Stat::Hangs),
+                lock_acquisitions: stat(Stat::LockAcquisitions),
+                lock_contended: stat(Stat::LockContended),
+                lock_wait: Duration::from_nanos(stat(Stat::LockWaitNs)),
+                lock_hold: Duration::from_nanos(stat(Stat::LockHoldNs)),
+                lock_recoveries: stat(Stat::LockRecoveries),
+            },
+        };
+        drop(guard);
+        Ok(snapshot)
+    }
+
+    /// Journal entries from sequence number `from` on, oldest first, read without the
+    /// lock. Entries the ring has overwritten are skipped.
+    pub fn events_since(&self, from: u64) -> Vec<Event> {
+        journal::since(&self.region, from)
+    }
+}

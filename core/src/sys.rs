@@ -1,0 +1,115 @@
+//! Thin wrappers over the few system calls the core makes outside the mapping and
+//! the lock: clocks, signals and process ids. Each returns a plain value or a
+//! `Result`; none keeps a pointer past the call.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Once;
+use std::time::Duration;
+
+use crate::error::errno_result;
+
+fn clock(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clocks used here always exist
+    // on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `CLOCK_MONOTONIC`: one clock for every process of the machine, so heartbeats
+/// written by one process can be aged by another.
+pub(crate) fn monotonic() -> Duration {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_REALTIME`, for timestamps shown to people and for pthread deadlines.
+pub(crate) fn realtime() -> Duration {
+    clock(libc::CLOCK_REALTIME)
+}
+
+/// The pid of this process, cached: `getpid` is a real system call (glibc stopped
+/// caching it), and lock acquisitions record the holder's pid. A `fork` child clears
+/// the cache through a `pthread_atfork` handler, installed before the first use.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    PID.store(0, Relaxed);
+}
+
+pub(crate) fn getpid() -> u32 {
+    static ATFORK: Once = Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe,
+        // as a handler that runs in a fork child must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+    });
+    match PID.load(Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+pub(crate) fn getppid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `kill(pid, 0)`: whether a process with that pid exists. EPERM (a worker running as
+/// `nobody` probing a root master) means it exists.
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission; nothing is sent.
+    let ret = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    match errno_result(ret) {
+        Ok(_) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
+/// Exclusive `flock` on an open file, waiting for it; released by [`unlock_file`] or
+/// when the descriptor is closed (also when the holder dies).
+pub(crate) fn lock_file(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // SAFETY: `fd` is a valid open descriptor for the duration of the call.
+        let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) };
+        match errno_result(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+pub(crate) fn unlock_file(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor for the duration of the call.
+    errno_result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).map(drop)
+}
+
+/// Reserves the blocks of `[0, len)` so that stores into a mapping of the file can
+/// never fault for lack of space (SIGBUS on a full tmpfs).
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor; posix_fallocate returns an errno
+    // value instead of setting errno.
+    let code = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len as libc::off_t) };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(code))
+    }
+}

@@ -1,0 +1,200 @@
+//! Support for the process tests: real processes (`wm-probe`) driven over pipes,
+//! registries in temporary directories, and cleanup that kills only what a test
+//! started, by pid, even when the test fails.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long any single step may take before the test fails: generous (these are
+/// shared 2-core machines), and only a bound against hanging forever.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A temporary directory on `/dev/shm` (tmpfs, as in production) holding a registry.
+pub struct Scratch {
+    dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix("wm-test-")
+            .tempdir_in("/dev/shm")
+            .expect("create a directory in /dev/shm");
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn registry(&self) -> PathBuf {
+        self.path("registry.wm")
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+/// Sends SIGKILL to `pid` (a process this test started).
+pub fn kill9(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// A `wm-probe` process.
+pub struct Probe {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    pub pid: u32,
+    /// Every `event ...` line seen so far.
+    pub events: Vec<String>,
+    /// Processes the probe forked (an upgrade's new master), killed with it.
+    adopted: Vec<u32>,
+}
+
+impl Probe {
+    pub fn spawn(registry: &Path) -> Probe {
+        Probe::spawn_args(registry, &[])
+    }
+
+    pub fn spawn_with_lock_timeout(registry: &Path, ms: u64) -> Probe {
+        Probe::spawn_args(registry, &[&ms.to_string()])
+    }
+
+    fn spawn_args(registry: &Path, extra: &[&str]) -> Probe {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wm-probe"))
+            .arg(registry)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn wm-probe");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id();
+        let mut probe = Probe {
+            child,
+            stdin,
+            lines,
+            pid,
+            events: Vec::new(),
+            adopted: Vec::new(),
+        };
+        let ready = probe.next_line();
+        assert!(ready.starts_with("ready"), "probe did not start: {ready}");
+        probe
+    }
+
+    fn next_line(&mut self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("probe {} said nothing in {STEP_TIMEOUT:?}: {e}", self.pid));
+        if line.starts_with("event ") {
+            self.events.push(line.clone());
+        }
+        line
+    }
+
+    /// Reads lines until one starts with `prefix`, which is returned.
+    pub fn wait_for(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self.next_line();
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("write to probe");
+        self.stdin.flush().expect("flush probe stdin");
+    }
+
+    /// Runs a command: `Ok(rest of the ok line)` or `Err(message)`.
+    pub fn cmd(&mut self, command: &str) -> Result<String, String> {
+        self.send(command);
+        loop {
+            let line = self.next_line();
+            if let Some(rest) = line.strip_prefix("ok") {
+                return Ok(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("err ") {
+                return Err(rest.to_string());
+            }
+        }
+    }
+
+    /// Runs a command that must succeed.
+    pub fn ok(&mut self, command: &str) -> String {
+        self.cmd(command)
+            .unwrap_or_else(|e| panic!("{command:?} failed in probe {}: {e}", self.pid))
+    }
+
+    /// Registers a generation (this probe is its master).
+    pub fn generation(&mut self) -> u64 {
+        self.ok("gen").parse().unwrap()
+    }
+
+    /// Registers this probe as a worker; returns its id.
+    pub fn worker(&mut self, generation: u64, index: u32) -> String {
+        self.ok(&format!("worker {generation} {index}"))
+    }
+
+    /// Forks a new master that registers a generation as a binary upgrade; returns
+    /// (generation, new master pid).
+    pub fn upgrade(&mut self) -> (u64, u32) {
+        let reply = self.ok("upgrade");
+        let mut words = reply.split_whitespace();
+        let generation = words.next().unwrap().parse().unwrap();
+        let pid = words.next().unwrap().parse().unwrap();
+        self.adopted.push(pid);
+        (generation, pid)
+    }
+
+    /// The events seen so far whose kind is `kind`.
+    pub fn events_of(&self, kind: &str) -> Vec<&String> {
+        let prefix = format!("event {kind} ");
+        self.events
+            .iter()
+            .filter(|e| e.starts_with(&prefix))
+            .collect()
+    }
+
+    /// SIGKILL, and reap it, so that its pid is really gone.
+    pub fn kill9(&mut self) {
+        kill9(self.pid);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        for &pid in &self.adopted {
+            kill9(pid);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,313 @@
+//! The lifecycle rules with real processes: starts, reloads, upgrades, exits,
+//! restarts, aborts, hangs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Probe, Scratch};
+use worker_manager::{
+    Detail, EventKind, ExitReason, GenerationConfig, Options, Registry, RunEnd, StartKind,
+};
+
+fn open(scratch: &Scratch) -> Registry {
+    Registry::open(scratch.registry(), &Options::default()).unwrap()
+}
+
+fn kinds(registry: &Registry) -> Vec<EventKind> {
+    registry.events_since(0).iter().map(|e| e.kind()).collect()
+}
+
+#[test]
+fn start_workers_reload_and_graceful_stop() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g1 = master.generation();
+    assert!(
+        master.events[0].contains("kind=start"),
+        "{:?}",
+        master.events
+    );
+    assert!(master.events[0].contains("n_prev=nil n_mine=0 n_next=nil"));
+
+    let mut w: Vec<Probe> = (0..3).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in w.iter_mut().enumerate() {
+        p.worker(g1, i as u32);
+        let start = p.events_of("worker_start")[0];
+        assert!(start.contains(&format!("n_mine={}", i + 1)), "{start}");
+        assert!(start.contains("respawn=false"), "{start}");
+    }
+
+    // Reload: the same master registers again; new workers start before old ones exit.
+    let g2 = master.generation();
+    assert!(g2 > g1);
+    let reload = master.events_of("master_start")[1].clone();
+    assert!(reload.contains("kind=reload"), "{reload}");
+    assert!(reload.contains("n_prev=3 n_mine=0 n_next=nil"), "{reload}");
+    let mut n: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in n.iter_mut().enumerate() {
+        p.worker(g2, i as u32);
+        assert!(p.events_of("worker_start")[0]
+            .contains(&format!("n_prev=3 n_mine={} n_next=nil", i + 1)));
+    }
+    for (i, p) in w.iter_mut().enumerate() {
+        p.ok("exit graceful");
+        let exit = p.events_of("worker_exit")[0];
+        assert!(exit.contains("reason=reload"), "{exit}");
+        assert!(
+            exit.contains(&format!("n_mine={} n_next=2", 3 - i)),
+            "{exit}"
+        );
+    }
+    // The last old worker fired the old generation's master_exit.
+    let last = w[2].events_of("master_exit");
+    assert_eq!(last.len(), 1);
+    assert!(last[0].contains(&format!("id={g1} ")) && last[0].contains("reason=reload"));
+    assert!(
+        last[0].contains("n_prev=nil n_mine=0 n_next=2"),
+        "{}",
+        last[0]
+    );
+    assert!(w[0].events_of("master_exit").is_empty());
+
+    // Graceful stop: nothing replaces generation 2.
+    for p in n.iter_mut() {
+        p.ok("exit graceful");
+        assert!(p.events_of("worker_exit")[0].contains("reason=stop"));
+    }
+    let stop = n[1].events_of("master_exit");
+    assert!(
+        stop[0].contains("reason=stop") && stop[0].contains("n_next=nil"),
+        "{}",
+        stop[0]
+    );
+
+    let registry = open(&scratch);
+    let snapshot = registry.snapshot().unwrap();
+    assert_eq!(
+        snapshot.run_state,
+        Some(worker_manager::RunState::Ended(RunEnd::Clean))
+    );
+    assert_eq!(snapshot.live_workers().count(), 0);
+    // Only the newest (exited) generation is still tracked.
+    assert_eq!(snapshot.generations.len(), 1);
+    assert_eq!(snapshot.generations[0].id, g2);
+
+    // Restart after a clean stop: ids continue.
+    drop(master);
+    let mut again = Probe::spawn(&scratch.registry());
+    let g3 = again.generation();
+    assert!(g3 > g2);
+    let restart = again.events_of("master_start")[0];
+    assert!(
+        restart.contains("kind=restart") && restart.contains("previous_run=clean"),
+        "{restart}"
+    );
+    assert!(restart.contains("n_prev=nil"), "{restart}");
+    assert_eq!(registry.snapshot().unwrap().generations.len(), 1);
+}
+
+#[test]
+fn fast_stop_reports_fast_stop_and_ends_the_generation() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut w: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in w.iter_mut().enumerate() {
+        p.worker(g, i as u32);
+    }
+    for p in w.iter_mut() {
+        p.ok("exit fast");
+        assert!(p.events_of("worker_exit")[0].contains("reason=fast_stop"));
+    }
+    assert!(w[1].events_of("master_exit")[0].contains("reason=fast_stop"));
+}
+
+#[test]
+fn kill_of_everything_then_restart_is_unclean_and_reports_each_death() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut w: Vec<Probe> = (0..3).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in w.iter_mut().enumerate() {
+        p.worker(g, i as u32);
+    }
+    master.kill9();
+    for p in w.iter_mut() {
+        p.kill9();
+    }
+    let mut next = Probe::spawn(&scratch.registry());
+    let g2 = next.generation();
+    assert!(g2 > g);
+    assert_eq!(next.events_of("worker_crash").len(), 3, "{:?}", next.events);
+    let exit = next.events_of("master_exit");
+    assert_eq!(exit.len(), 1);
+    assert!(
+        exit[0].contains("reason=stop") && exit[0].contains("n_next=nil"),
+        "{}",
+        exit[0]
+    );
+    let start = next.events_of("master_start")[0];
+    assert!(
+        start.contains("kind=restart") && start.contains("previous_run=unclean"),
+        "{start}"
+    );
+    assert!(start.contains("n_prev=nil"), "{start}");
+}
+
+#[test]
+fn binary_upgrade_continues_ids_and_old_exit_sees_the_new_generation() {
+    let scratch = Scratch::new();
+    let mut old_master = Probe::spawn(&scratch.registry());
+    let g1 = old_master.generation();
+    let mut old = Probe::spawn(&scratch.registry());
+    old.worker(g1, 0);
+
+    let (g2, new_master) = old_master.upgrade();
+    assert!(g2 > g1);
+    let start = old_master.events_of("master_start")[1];
+    assert!(
+        start.contains("kind=upgrade") && start.contains(&format!("master_pid={new_master}")),
+        "{start}"
+    );
+    assert!(start.contains("n_prev=1 n_mine=0 n_next=nil"), "{start}");
+
+    let mut new = Probe::spawn(&scratch.registry());
+    new.worker(g2, 0);
+    old.ok("exit graceful");
+    assert!(old.events_of("worker_exit")[0].contains("reason=upgrade"));
+    let exit = old.events_of("master_exit")[0];
+    assert!(
+        exit.contains("reason=upgrade") && exit.contains("n_next=1"),
+        "{exit}"
+    );
+}
+
+#[test]
+fn an_unrelated_master_is_refused_while_the_first_lives() {
+    let scratch = Scratch::new();
+    let mut first = Probe::spawn(&scratch.registry());
+    first.generation();
+    let mut second = Probe::spawn(&scratch.registry());
+    let err = second.cmd("gen").unwrap_err();
+    assert!(err.contains("in use by another running master"), "{err}");
+    assert!(err.contains(&first.pid.to_string()), "{err}");
+}
+
+#[test]
+fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g1 = master.generation();
+    let mut w = Probe::spawn(&scratch.registry());
+    w.worker(g1, 0);
+    // A reload whose workers never come (nginx: the new configuration failed to bind).
+    let g2 = master.ok("gen 10000 5000 50").parse::<u64>().unwrap();
+    let registry = open(&scratch);
+    // The start timeout is 50 ms; wait for it by the registry's own clock, without
+    // sleeping blind: sweep until the abort is reported, within a generous bound.
+    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
+    let mut aborted = Vec::new();
+    while aborted.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no abort");
+        std::thread::sleep(Duration::from_millis(10));
+        registry
+            .sweep(|e| {
+                if e.kind() == EventKind::GenerationAbort {
+                    aborted.push(*e)
+                }
+            })
+            .unwrap();
+    }
+    assert_eq!(aborted[0].generation, g2);
+    assert!(matches!(
+        aborted[0].detail,
+        Detail::GenerationAbort {
+            cause: worker_manager::AbortCause::TimedOut
+        }
+    ));
+    // The old worker now stops: nothing replaced it.
+    w.ok("exit graceful");
+    assert!(w.events_of("worker_exit")[0].contains("reason=stop"));
+
+    // Superseded: a registration while another generation still waits for workers.
+    let mut m2 = Probe::spawn(&scratch.registry());
+    let g3 = m2.generation();
+    let g4 = m2.generation();
+    let abort = m2.events_of("generation_abort");
+    assert_eq!(abort.len(), 1);
+    assert!(abort[0].contains(&format!("id={g3} ")) && abort[0].contains("cause=superseded"));
+    assert!(g4 > g3);
+    assert!(kinds(&registry).contains(&EventKind::GenerationAbort));
+}
+
+#[test]
+fn a_silent_worker_is_reported_hung_then_recovered() {
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    let config = GenerationConfig {
+        interval: Duration::from_millis(20),
+        failed: Duration::from_millis(20),
+        ..GenerationConfig::default()
+    };
+    let g = registry.register_generation(&config, |_| {}).unwrap();
+    let mut w = Probe::spawn(&scratch.registry());
+    w.worker(g, 0);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
+    while !seen.contains(&EventKind::WorkerHang) {
+        assert!(std::time::Instant::now() < deadline, "no hang reported");
+        std::thread::sleep(Duration::from_millis(10));
+        registry.sweep(|e| seen.push(e.kind())).unwrap();
+    }
+    assert!(registry.snapshot().unwrap().workers[0].hung);
+    w.ok("beat");
+    registry.sweep(|e| seen.push(e.kind())).unwrap();
+    assert_eq!(
+        seen.iter().filter(|&&k| k == EventKind::WorkerHang).count(),
+        1
+    );
+    assert_eq!(seen.last(), Some(&EventKind::WorkerRecover));
+    assert!(!registry.snapshot().unwrap().workers[0].hung);
+}
+
+#[test]
+fn journal_holds_every_event_in_order() {
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    let mut seen = Vec::new();
+    let g = registry
+        .register_generation(&GenerationConfig::default(), |e| seen.push(*e))
+        .unwrap();
+    let mut w = Probe::spawn(&scratch.registry());
+    w.worker(g, 0);
+    w.ok("exit graceful");
+    let journal = registry.events_since(0);
+    let kinds: Vec<EventKind> = journal.iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::MasterStart,
+            EventKind::WorkerStart,
+            EventKind::WorkerExit,
+            EventKind::MasterExit
+        ]
+    );
+    assert_eq!(journal[0], seen[0]);
+    assert!(journal.windows(2).all(|p| p[1].seq == p[0].seq + 1));
+    assert!(matches!(
+        journal[0].detail,
+        Detail::MasterStart {
+            kind: StartKind::Start,
+            ..
+        }
+    ));
+    assert!(matches!(
+        journal[2].detail,
+        Detail::WorkerExit {
+            reason: ExitReason::Stop,
+            ..
+        }
+    ));
+    assert_eq!(registry.events_since(journal[2].seq).len(), 2);
+}
