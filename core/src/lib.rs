@@ -49,4 +49,4 @@ pub use lifecycle::{
 pub use process::Identity;
 pub use region::{Capacities, Opened};
 pub use registry::{GenerationConfig, Options, Registry, Worker};
-pub use snapshot::{GenerationInfo, LockInfo, Snapshot, Stats, WorkerInfo};
+pub use snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};

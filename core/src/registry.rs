@@ -23,7 +23,7 @@ use crate::process::Identity;
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
 use crate::region::map::Region;
 use crate::region::{Capacities, Opened};
-use crate::snapshot::{GenerationInfo, LockInfo, Snapshot, Stats, WorkerInfo};
+use crate::snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};
 use crate::sys;
 
 /// How to open (and, if needed, create) a registry.
@@ -238,13 +238,13 @@ impl Registry {
     // ----- the lock -----------------------------------------------------------
 
     fn lock(&self, op: LockOp) -> Result<LockGuard<'_>> {
-        let mut guard = LockGuard {
+        let guard = || LockGuard {
             reg: self,
             recovered: Vec::new(),
         };
         if self.depth.get() > 0 {
             self.depth.set(self.depth.get() + 1);
-            return Ok(guard);
+            return Ok(guard());
         }
         let h = self.region.header();
         let acquisition = h.lock.lock(self.lock_timeout).map_err(|failure| {
@@ -257,6 +257,7 @@ impl Registry {
         })?;
         // From here the mutex is held: the guard must exist before anything can fail.
         self.depth.set(1);
+        let mut guard = guard();
         let acquired = monotonic_ns();
         if let Some(started) = acquisition.waited_since {
             h.stats[Stat::LockContended as usize].fetch_add(1, Relaxed);
@@ -972,10 +973,6 @@ impl Registry {
             capacities: self.region.capacities(),
             generations,
             workers,
-            lock: LockInfo {
-                holder_pid: h.lock_holder_pid.load(Relaxed),
-                holder_op: LockOp::from_code(h.lock_holder_op.load(Relaxed)),
-            },
             stats: Stats {
                 crashes: stat(Stat::Crashes),
                 respawns: stat(Stat::Respawns),

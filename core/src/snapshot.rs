@@ -3,9 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::event::{Counts, WorkerId};
-use crate::lifecycle::{
-    ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind, WorkerState,
-};
+use crate::lifecycle::{ExitReason, GenerationState, RunEnd, RunState, StartKind, WorkerState};
 use crate::region::Capacities;
 
 /// A tracked generation.
@@ -43,14 +41,6 @@ pub struct WorkerInfo {
     pub replaces_pid: Option<u32>,
 }
 
-/// Who holds the registry lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockInfo {
-    /// 0 when nobody does (the snapshot's own holding is not shown).
-    pub holder_pid: u32,
-    pub holder_op: Option<LockOp>,
-}
-
 /// Counters kept for the registry's life.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Stats {
@@ -81,7 +71,6 @@ pub struct Snapshot {
     /// Ordered by id.
     pub generations: Vec<GenerationInfo>,
     pub workers: Vec<WorkerInfo>,
-    pub lock: LockInfo,
     pub stats: Stats,
 }
 

@@ -311,3 +311,53 @@ fn journal_holds_every_event_in_order() {
     ));
     assert_eq!(registry.events_since(journal[2].seq).len(), 2);
 }
+
+#[test]
+fn a_registry_from_an_earlier_boot_is_reset_and_its_processes_reported_gone() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut w = Probe::spawn(&scratch.registry());
+    w.worker(g, 0);
+    master.kill9();
+    w.kill9();
+    // Another boot id, as if the machine had rebooted with the file kept.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(scratch.registry())
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xA5; 16], 56).unwrap();
+
+    let registry = open(&scratch);
+    assert_eq!(registry.opened(), worker_manager::Opened::ResetAfterReboot);
+    let mut events = Vec::new();
+    let g2 = registry
+        .register_generation(&GenerationConfig::default(), |e| events.push(*e))
+        .unwrap();
+    assert!(g2 > g);
+    let crash = events
+        .iter()
+        .find(|e| e.kind() == EventKind::WorkerCrash)
+        .unwrap();
+    assert!(matches!(
+        crash.detail,
+        Detail::WorkerCrash {
+            detection: worker_manager::Detection::Abandoned,
+            ..
+        }
+    ));
+    let start = events
+        .iter()
+        .find(|e| e.kind() == EventKind::MasterStart)
+        .unwrap();
+    assert!(matches!(
+        start.detail,
+        Detail::MasterStart {
+            kind: StartKind::Restart,
+            previous_run: Some(RunEnd::Unclean),
+            ..
+        }
+    ));
+    // A second opening in the same boot is an ordinary one.
+    assert_eq!(open(&scratch).opened(), worker_manager::Opened::Existing);
+}

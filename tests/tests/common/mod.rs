@@ -52,6 +52,17 @@ pub fn kill9(pid: u32) {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }
 
+/// A child process killed (and reaped) when dropped, so that a failing test leaves
+/// nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `wm-probe` process.
 pub struct Probe {
     child: Child,

@@ -1,0 +1,224 @@
+//! Deaths with real `kill -9`: outside the lock, inside a callback holding the lock,
+//! with a waiter blocked on the lock, and many processes starting at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Probe, Scratch};
+use worker_manager::{Detail, Detection, EventKind, Options, Registry};
+
+fn open(scratch: &Scratch) -> Registry {
+    Registry::open(scratch.registry(), &Options::default()).unwrap()
+}
+
+#[test]
+fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognised() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut w: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in w.iter_mut().enumerate() {
+        p.worker(g, i as u32);
+    }
+    let dead_pid = w[1].pid;
+    w[1].kill9();
+
+    // The respawn (same generation, same index) detects the death as it registers.
+    let mut respawn = Probe::spawn(&scratch.registry());
+    respawn.worker(g, 1);
+    let crash = respawn.events_of("worker_crash");
+    assert_eq!(crash.len(), 1, "{:?}", respawn.events);
+    assert!(
+        crash[0].contains(&format!("id={g}-{dead_pid} ")),
+        "{}",
+        crash[0]
+    );
+    assert!(crash[0].contains("detection=owner_died") && crash[0].contains("held_lock=false"));
+    assert!(
+        crash[0].contains("n_mine=1 "),
+        "the dead one no longer counts: {}",
+        crash[0]
+    );
+    let start = respawn.events_of("worker_start")[0];
+    assert!(start.contains("respawn=true"), "{start}");
+    assert!(
+        start.contains(&format!("replaces={g}-{dead_pid}")),
+        "{start}"
+    );
+    assert!(
+        start.contains("n_mine=2 "),
+        "never more than the real workers: {start}"
+    );
+    // No master_exit: the master is alive and respawned the worker.
+    assert!(respawn.events_of("master_exit").is_empty());
+
+    // Exactly once: later sweeps by anyone report nothing more.
+    w[0].ok("sweep");
+    master.ok("sweep");
+    let registry = open(&scratch);
+    let crashes = registry
+        .events_since(0)
+        .iter()
+        .filter(|e| e.kind() == EventKind::WorkerCrash)
+        .count();
+    assert_eq!(crashes, 1);
+    let snapshot = registry.snapshot().unwrap();
+    assert_eq!(snapshot.live(g), 2);
+    assert_eq!(snapshot.generations[0].respawns, 1);
+    assert_eq!(snapshot.stats.crashes, 1);
+}
+
+#[test]
+fn the_last_worker_killed_while_draining_still_fires_master_exit() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g1 = master.generation();
+    let mut old: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in old.iter_mut().enumerate() {
+        p.worker(g1, i as u32);
+    }
+    // kill -9, then an immediate reload before anyone noticed the death.
+    old[0].kill9();
+    let g2 = master.generation();
+    let mut new = Probe::spawn(&scratch.registry());
+    new.worker(g2, 0);
+    old[1].ok("exit graceful");
+    let all: Vec<String> = master
+        .events
+        .iter()
+        .chain(&new.events)
+        .chain(&old[1].events)
+        .cloned()
+        .collect();
+    assert_eq!(
+        all.iter()
+            .filter(|e| e.starts_with("event worker_crash"))
+            .count(),
+        1,
+        "{all:?}"
+    );
+    let exits: Vec<&String> = all
+        .iter()
+        .filter(|e| e.starts_with("event master_exit"))
+        .collect();
+    assert_eq!(exits.len(), 1, "{all:?}");
+    assert!(exits[0].contains(&format!("id={g1} ")) && exits[0].contains("reason=reload"));
+}
+
+#[test]
+fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    let g = registry
+        .register_generation(&Default::default(), |_| {})
+        .unwrap();
+    let mut other = Probe::spawn(&scratch.registry());
+    other.worker(g, 0);
+
+    // This worker stays inside its worker_start callback, holding the lock.
+    let mut holder = Probe::spawn(&scratch.registry());
+    holder.send(&format!("worker-stall {g} 1"));
+    holder.wait_for("stalled");
+    let holder_pid = holder.pid;
+    // A waiter blocks on the lock now (generous timeout).
+    let mut waiter = Probe::spawn_with_lock_timeout(&scratch.registry(), 20_000);
+    waiter.send("sweep");
+    holder.kill9();
+    waiter.wait_for("ok");
+
+    let recovered = waiter.events_of("lock_recovered");
+    assert_eq!(recovered.len(), 1, "{:?}", waiter.events);
+    assert!(recovered[0].contains(&format!("dead_holder={holder_pid} during=register_worker")));
+    let crash = waiter.events_of("worker_crash");
+    assert_eq!(crash.len(), 1, "{:?}", waiter.events);
+    assert!(
+        crash[0].contains(&format!("pid={holder_pid} ")) && crash[0].contains("held_lock=true")
+    );
+    assert!(crash[0].contains("n_mine=1 "), "{}", crash[0]);
+
+    // The lock works again for everyone, and counts are right.
+    other.ok("beat");
+    let snapshot = registry.snapshot().unwrap();
+    assert_eq!(snapshot.live(g), 1);
+    assert_eq!(snapshot.stats.lock_recoveries, 1);
+    other.ok("exit graceful");
+    // It was the last live worker: the generation ends with it.
+    let exit = other.events_of("master_exit");
+    assert_eq!(exit.len(), 1, "{:?}", other.events);
+    assert!(exit[0].contains("reason=stop"), "{}", exit[0]);
+    let journal = registry.events_since(0);
+    let crashes: Vec<_> = journal
+        .iter()
+        .filter(|e| e.kind() == EventKind::WorkerCrash)
+        .collect();
+    assert_eq!(crashes.len(), 1);
+    assert!(matches!(
+        crashes[0].detail,
+        Detail::WorkerCrash {
+            detection: Detection::OwnerDied,
+            held_lock: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_lock_held_too_long_times_out_with_the_holder_named() {
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    let g = registry
+        .register_generation(&Default::default(), |_| {})
+        .unwrap();
+    let mut holder = Probe::spawn(&scratch.registry());
+    holder.send(&format!("worker-stall {g} 0"));
+    holder.wait_for("stalled");
+    let mut impatient = Probe::spawn_with_lock_timeout(&scratch.registry(), 50);
+    let started = Instant::now();
+    let err = impatient.cmd("sweep").unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(err.contains("not acquired within 50ms"), "{err}");
+    assert!(
+        err.contains(&format!("held by pid {} for register_worker", holder.pid)),
+        "{err}"
+    );
+}
+
+#[test]
+fn many_workers_starting_at_once_all_count_exactly() {
+    const N: u32 = 32;
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    let g = registry
+        .register_generation(&Default::default(), |_| {})
+        .unwrap();
+    let mut workers: Vec<Probe> = (0..N).map(|_| Probe::spawn(&scratch.registry())).collect();
+    for (i, p) in workers.iter_mut().enumerate() {
+        p.send(&format!("worker {g} {i}"));
+    }
+    let mut seen_mine = Vec::new();
+    for p in workers.iter_mut() {
+        p.wait_for("ok");
+        let start = p.events_of("worker_start")[0].clone();
+        let mine: u32 = start
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("n_mine="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        seen_mine.push(mine);
+    }
+    // Serialized by the lock: each start saw a distinct count, 1..=N.
+    seen_mine.sort_unstable();
+    assert_eq!(seen_mine, (1..=N).collect::<Vec<_>>());
+    assert_eq!(registry.snapshot().unwrap().live(g), N);
+    for p in workers.iter_mut().take(N as usize / 2) {
+        p.kill9();
+    }
+    let mut crashes = 0;
+    registry
+        .sweep(|e| crashes += (e.kind() == EventKind::WorkerCrash) as u32)
+        .unwrap();
+    assert_eq!(crashes, N / 2);
+    assert_eq!(registry.snapshot().unwrap().live(g), N / 2);
+}

@@ -1,0 +1,191 @@
+//! Property test over real processes: any sequence of reloads, worker starts,
+//! graceful and fast exits, kill -9 and respawns keeps every count equal to the
+//! processes really alive, and reports exactly one crash per death.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Probe, Scratch};
+use proptest::prelude::*;
+use worker_manager::{Capacities, EventKind, Options, Registry};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reload,
+    Start,
+    Exit { pick: usize, graceful: bool },
+    Kill { pick: usize },
+    Respawn { pick: usize },
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => Just(Op::Reload),
+        4 => Just(Op::Start),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, graceful)| Op::Exit { pick, graceful }),
+        2 => any::<usize>().prop_map(|pick| Op::Kill { pick }),
+        2 => any::<usize>().prop_map(|pick| Op::Respawn { pick }),
+        1 => Just(Op::Sweep),
+    ]
+}
+
+struct Live {
+    probe: Probe,
+    generation: u64,
+    index: u32,
+}
+
+struct World {
+    scratch: Scratch,
+    registry: Registry,
+    generations: Vec<u64>,
+    next_index: BTreeMap<u64, u32>,
+    live: Vec<Live>,
+    killed: Vec<u32>,
+}
+
+impl World {
+    fn new() -> World {
+        let scratch = Scratch::new();
+        let options = Options {
+            capacities: Capacities {
+                generations: 64,
+                workers: 256,
+                events: 4096,
+            },
+            ..Options::default()
+        };
+        let registry = Registry::open(scratch.registry(), &options).unwrap();
+        World {
+            scratch,
+            registry,
+            generations: Vec::new(),
+            next_index: BTreeMap::new(),
+            live: Vec::new(),
+            killed: Vec::new(),
+        }
+    }
+
+    fn live_in(&self, generation: u64) -> u32 {
+        self.live
+            .iter()
+            .filter(|l| l.generation == generation)
+            .count() as u32
+    }
+
+    fn start(&mut self, generation: u64, index: u32) -> Probe {
+        let mut probe = Probe::spawn(&self.scratch.registry());
+        probe.worker(generation, index);
+        let start = probe.events_of("worker_start")[0].clone();
+        let expected = format!("n_mine={} ", self.live_in(generation) + 1);
+        assert!(start.contains(&expected), "expected {expected} in {start}");
+        probe
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match *op {
+            Op::Reload => {
+                let g = self
+                    .registry
+                    .register_generation(&Default::default(), |_| {})
+                    .unwrap();
+                self.generations.push(g);
+            }
+            Op::Start => {
+                let Some(&g) = self.generations.last() else {
+                    return;
+                };
+                let index = self.next_index.entry(g).or_default();
+                let i = *index;
+                *index += 1;
+                let probe = self.start(g, i);
+                self.live.push(Live {
+                    probe,
+                    generation: g,
+                    index: i,
+                });
+            }
+            Op::Exit { pick, graceful } => {
+                if self.live.is_empty() {
+                    return;
+                }
+                let mut l = self.live.remove(pick % self.live.len());
+                l.probe.ok(if graceful {
+                    "exit graceful"
+                } else {
+                    "exit fast"
+                });
+            }
+            Op::Kill { pick } => {
+                if self.live.is_empty() {
+                    return;
+                }
+                let mut l = self.live.remove(pick % self.live.len());
+                self.killed.push(l.probe.pid);
+                l.probe.kill9();
+            }
+            Op::Respawn { pick } => {
+                let Some(&newest) = self.generations.last() else {
+                    return;
+                };
+                let candidates: Vec<usize> = (0..self.live.len())
+                    .filter(|&i| self.live[i].generation == newest)
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let mut l = self.live.remove(candidates[pick % candidates.len()]);
+                self.killed.push(l.probe.pid);
+                l.probe.kill9();
+                let probe = self.start(newest, l.index);
+                let start = probe.events_of("worker_start")[0].clone();
+                assert!(start.contains("respawn=true"), "{start}");
+                self.live.push(Live {
+                    probe,
+                    generation: newest,
+                    index: l.index,
+                });
+            }
+            Op::Sweep => self.registry.sweep(|_| {}).unwrap(),
+        }
+    }
+
+    fn check(&self) {
+        self.registry.sweep(|_| {}).unwrap();
+        let snapshot = self.registry.snapshot().unwrap();
+        let real: BTreeSet<u32> = self.live.iter().map(|l| l.probe.pid).collect();
+        let seen: BTreeSet<u32> = snapshot.live_workers().map(|w| w.id.pid).collect();
+        assert_eq!(seen, real, "live workers in the registry vs really alive");
+        for g in &snapshot.generations {
+            assert_eq!(g.live_workers, self.live_in(g.id), "generation {}", g.id);
+        }
+        let crashes: Vec<u32> = self
+            .registry
+            .events_since(0)
+            .iter()
+            .filter(|e| e.kind() == EventKind::WorkerCrash)
+            .map(|e| e.worker().unwrap().pid)
+            .collect();
+        let mut killed = self.killed.clone();
+        let mut reported = crashes.clone();
+        killed.sort_unstable();
+        reported.sort_unstable();
+        assert_eq!(reported, killed, "exactly one crash event per kill");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn counts_follow_the_real_processes(ops in proptest::collection::vec(op(), 1..14)) {
+        let mut world = World::new();
+        world.apply(&Op::Reload);
+        for op in &ops {
+            world.apply(op);
+            world.check();
+        }
+    }
+}
