@@ -155,6 +155,8 @@ coded_enum! {
         ExitWorker = 3 => "exit_worker",
         Sweep = 4 => "sweep",
         Snapshot = 5 => "snapshot",
+        /// `Registry::with_lock`.
+        User = 6 => "user",
     }
 }
 

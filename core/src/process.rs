@@ -2,10 +2,15 @@
 //! never taken for the process that used it before.
 
 use std::fs;
+use std::sync::Mutex;
 
 use crate::sys;
 
 /// A process as the registry remembers it.
+///
+/// The start time has the resolution of a clock tick (10 ms on Linux): a pid reused
+/// within the same tick would be taken for the old process, which needs the whole pid
+/// space to be cycled through in 10 ms and does not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub pid: u32,
@@ -48,10 +53,22 @@ impl Identity {
         })
     }
 
-    /// The calling process.
+    /// The calling process. Its start time is read from `/proc` once per process (a
+    /// `fork` child reads its own): it cannot change.
     pub fn current() -> Identity {
+        static CACHE: Mutex<Option<Identity>> = Mutex::new(None);
         let pid = sys::getpid();
-        Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 })
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *cache {
+            Some(me) if me.pid == pid => me,
+            _ => {
+                let me = Identity::of(pid).unwrap_or(Identity { pid, start_time: 0 });
+                *cache = Some(me);
+                me
+            }
+        }
     }
 
     /// Whether this very process is still alive: the pid exists (`kill(pid, 0)`

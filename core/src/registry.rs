@@ -807,8 +807,10 @@ impl Registry {
             .slot_high_water
             .fetch_max(i + 1, Relaxed);
         // nginx's pre-daemon process registers the generation and exits; the real
-        // master is the parent of its workers.
-        if ppid != g.master_pid.load(Relaxed) && !master_identity(g).is_alive() {
+        // master is the parent of its workers. (A master that registers as its own
+        // worker is nginx's single-process mode.)
+        let master = g.master_pid.load(Relaxed);
+        if ppid != master && me != master && !master_identity(g).is_alive() {
             if let Some(master) = Identity::of(ppid) {
                 g.master_pid.store(master.pid, Relaxed);
                 g.master_start_time.store(master.start_time, Relaxed);
@@ -917,6 +919,16 @@ impl Registry {
     /// child is known to have died (a master's SIGCHLD).
     pub fn sweep(&self, mut on_event: impl FnMut(&Event)) -> Result<()> {
         self.locked(LockOp::Sweep, &mut on_event, |_| Ok(()))
+    }
+
+    /// Runs `f` under the registry lock, serialised with every lifecycle operation
+    /// and callback of the node. Re-entrant: `f` may call the registry. Should the
+    /// previous holder have died, the repair's events go to the journal only.
+    pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let guard = self.lock(LockOp::User)?;
+        let value = f();
+        drop(guard);
+        Ok(value)
     }
 
     /// A consistent picture of the registry, taken under the lock (no sweep).

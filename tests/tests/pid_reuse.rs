@@ -39,6 +39,11 @@ fn a_recycled_pid_is_not_the_dead_process() {
     worker.worker(g, 0);
     let dead = Identity::of(worker.pid).unwrap();
     worker.kill9();
+    // A start time has the resolution of a clock tick (10 ms): a pid recycled within
+    // the same tick would be indistinguishable. Without steering the allocator that
+    // is impossible (the whole pid space would have to be used up in 10 ms); here the
+    // allocator is steered, so let a few ticks pass first.
+    std::thread::sleep(std::time::Duration::from_millis(50));
 
     let _impostor = spawn_with_pid(dead.pid);
     assert!(

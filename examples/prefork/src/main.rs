@@ -9,8 +9,8 @@
 //! reload, kill -9 of a worker and stop, waiting for each step's events.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -35,7 +35,13 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGHUP, libc::SIGQUIT, libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+        for sig in [
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGCHLD,
+        ] {
             libc::sigaddset(&mut set, sig);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -108,7 +114,11 @@ fn spawn(registry: &Registry, set: &libc::sigset_t, generation: u64, index: u32)
 }
 
 /// Waits (at most 2 s) until `generation` has `workers` live workers.
-fn wait_for_workers(registry: &Registry, generation: u64, workers: u32) -> Result<(), worker_manager::Error> {
+fn wait_for_workers(
+    registry: &Registry,
+    generation: u64,
+    workers: u32,
+) -> Result<(), worker_manager::Error> {
     for _ in 0..200 {
         if registry.snapshot()?.live(generation) >= workers {
             break;
@@ -162,17 +172,37 @@ fn serve(path: &Path, workers: u32) -> Result<(), worker_manager::Error> {
                 }
             }
             Some(sig @ (libc::SIGQUIT | libc::SIGTERM | libc::SIGINT)) => {
-                say("master", if sig == libc::SIGQUIT { "SIGQUIT: graceful stop" } else { "fast stop" });
+                say(
+                    "master",
+                    if sig == libc::SIGQUIT {
+                        "SIGQUIT: graceful stop"
+                    } else {
+                        "fast stop"
+                    },
+                );
                 stopping = true;
                 for c in &children {
-                    signal(c.pid, if sig == libc::SIGQUIT { libc::SIGQUIT } else { libc::SIGTERM });
+                    signal(
+                        c.pid,
+                        if sig == libc::SIGQUIT {
+                            libc::SIGQUIT
+                        } else {
+                            libc::SIGTERM
+                        },
+                    );
                 }
             }
             Some(libc::SIGCHLD) => {
                 for dead in reap(&mut children) {
                     // Only workers of the current generation are respawned, as nginx does.
                     if !stopping && dead.generation == generation {
-                        say("master", &format!("worker {} (index {}) died: respawning", dead.pid, dead.index));
+                        say(
+                            "master",
+                            &format!(
+                                "worker {} (index {}) died: respawning",
+                                dead.pid, dead.index
+                            ),
+                        );
                         children.push(spawn(&registry, &set, generation, dead.index));
                     }
                 }
