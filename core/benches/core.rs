@@ -3,7 +3,8 @@
 //!
 //! Workers for the sweeps are real processes: this benchmark executable re-runs
 //! itself as a worker (`WM_BENCH_WORKER=path:generation:index`), registers, and waits
-//! to be killed; it also dies with the benchmark (`PR_SET_PDEATHSIG`).
+//! to be killed at the end; it also dies with the benchmark (`PR_SET_PDEATHSIG`) if
+//! the benchmark is killed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,54 +85,58 @@ fn fixture(workers: usize, history: usize) -> Fixture {
 }
 
 thread_local! {
-    static FIXTURES: RefCell<HashMap<(usize, usize), &'static Fixture>> = RefCell::new(HashMap::new());
+    static FIXTURES: RefCell<HashMap<(usize, usize), Fixture>> = RefCell::new(HashMap::new());
 }
 
-/// Fixtures live for the whole run (they are killed by `PR_SET_PDEATHSIG` and by
-/// `main` at the end), built once per shape.
-fn shared(workers: usize, history: usize) -> &'static Fixture {
-    FIXTURES.with(|f| {
-        *f.borrow_mut()
+/// Runs `f` on the fixture of that shape, built once and kept until `main` ends.
+fn with_fixture<T>(workers: usize, history: usize, f: impl FnOnce(&Fixture) -> T) -> T {
+    FIXTURES.with(|fixtures| {
+        let mut fixtures = fixtures.borrow_mut();
+        f(fixtures
             .entry((workers, history))
-            .or_insert_with(|| Box::leak(Box::new(fixture(workers, history))))
+            .or_insert_with(|| fixture(workers, history)))
     })
 }
 
 #[divan::bench(args = [0, 1000])]
 fn lock_unlock(bencher: Bencher, history: usize) {
-    let f = shared(0, history);
-    bencher.bench_local(|| f.registry.with_lock(|| ()).unwrap());
+    with_fixture(0, history, |f| {
+        bencher.bench_local(|| f.registry.with_lock(|| ()).unwrap());
+    });
 }
 
 #[divan::bench(args = [0, 1000])]
 fn heartbeat(bencher: Bencher, history: usize) {
-    let f = shared(0, history);
-    let worker = f.registry.register_worker(f.generation, 0, |_| {}).unwrap();
-    bencher.bench_local(|| f.registry.heartbeat(divan::black_box(&worker)).unwrap());
-    f.registry.exit_worker(worker, true, |_| {}).unwrap();
+    with_fixture(0, history, |f| {
+        let worker = f.registry.register_worker(f.generation, 0, |_| {}).unwrap();
+        bencher.bench_local(|| f.registry.heartbeat(divan::black_box(&worker)).unwrap());
+        f.registry.exit_worker(worker, true, |_| {}).unwrap();
+    });
 }
 
 /// A worker's whole registration and exit, without a user callback, next to 8 live
 /// workers of its generation (so a generation is not ended and started each time).
 #[divan::bench(args = [0, 1000])]
 fn worker_start_exit(bencher: Bencher, history: usize) {
-    let f = shared(8, history);
-    bencher.bench_local(|| {
-        let w = f
-            .registry
-            .register_worker(f.generation, 99, |_| {})
-            .unwrap();
-        f.registry.exit_worker(w, true, |_| {}).unwrap();
+    with_fixture(8, history, |f| {
+        bencher.bench_local(|| {
+            let w = f
+                .registry
+                .register_worker(f.generation, 99, |_| {})
+                .unwrap();
+            f.registry.exit_worker(w, true, |_| {}).unwrap();
+        });
     });
 }
 
 /// A sweep over N live workers: counted per worker.
 #[divan::bench(consts = [64, 1024], args = [0, 1000])]
 fn sweep<const N: usize>(bencher: Bencher, history: usize) {
-    let f = shared(N, history);
-    bencher
-        .counter(ItemsCount::new(N))
-        .bench_local(|| f.registry.sweep(|_| {}).unwrap());
+    with_fixture(N, history, |f| {
+        bencher
+            .counter(ItemsCount::new(N))
+            .bench_local(|| f.registry.sweep(|_| {}).unwrap());
+    });
 }
 
 fn worker_child(spec: &str) -> ! {
@@ -156,8 +161,10 @@ fn main() {
     // shares the machine with a thousand processes starting up.
     for workers in [0, 8, 64, 1024] {
         for history in [0, 1000] {
-            shared(workers, history);
+            with_fixture(workers, history, |_| ());
         }
     }
     divan::main();
+    // Kills the worker processes and removes the registries.
+    FIXTURES.with(|fixtures| fixtures.borrow_mut().clear());
 }

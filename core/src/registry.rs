@@ -620,8 +620,13 @@ impl Registry {
             .filter(|g| load_state(g) != Some(GenerationState::Exited))
             .max_by_key(|g| g.id.load(Relaxed));
         let run = RunState::from_code(h.run_state.load(Relaxed)).unwrap_or(RunState::Running);
+        // A master that still has a generation reloads, even when another master's
+        // generation is newer (an upgrade in progress).
+        let mine = self.generations().any(|g| {
+            load_state(g) != Some(GenerationState::Exited) && g.master_pid.load(Relaxed) == me.pid
+        });
         let (kind, previous_run) = match active {
-            Some(a) if a.master_pid.load(Relaxed) == me.pid => (StartKind::Reload, None),
+            Some(_) if mine => (StartKind::Reload, None),
             Some(a) if master_identity(a).is_alive() => {
                 let master = a.master_pid.load(Relaxed);
                 if sys::getppid() != master {

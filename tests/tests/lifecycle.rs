@@ -361,3 +361,60 @@ fn a_registry_from_an_earlier_boot_is_reset_and_its_processes_reported_gone() {
     // A second opening in the same boot is an ordinary one.
     assert_eq!(open(&scratch).opened(), worker_manager::Opened::Existing);
 }
+
+#[test]
+fn callbacks_may_call_the_registry_and_a_panicking_callback_leaves_no_lock_held() {
+    let scratch = Scratch::new();
+    let registry = open(&scratch);
+    // Re-entrant: a callback reads a snapshot and runs code under the same lock.
+    let mut inside = None;
+    let g = registry
+        .register_generation(&GenerationConfig::default(), |e| {
+            let snapshot = registry.snapshot().unwrap();
+            let nested = registry.with_lock(|| snapshot.generations.len()).unwrap();
+            inside = Some((e.kind(), nested));
+        })
+        .unwrap();
+    assert_eq!(inside, Some((EventKind::MasterStart, 1)));
+
+    // A panic in a callback unwinds through the lock guard, which unlocks.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry
+            .register_generation(&GenerationConfig::default(), |_| panic!("callback bug"))
+            .unwrap();
+    }));
+    assert!(outcome.is_err());
+    // Another process gets the lock at once (a 100 ms timeout would fail otherwise),
+    // and the registration itself took effect: events are journalled before callbacks.
+    let mut other = Probe::spawn_with_lock_timeout(&scratch.registry(), 100);
+    other.ok("sweep");
+    let journal = registry.events_since(0);
+    let starts: Vec<u64> = journal
+        .iter()
+        .filter(|e| e.kind() == EventKind::MasterStart)
+        .map(|e| e.generation)
+        .collect();
+    assert_eq!(starts.len(), 2);
+    assert!(starts[1] > g);
+}
+
+#[test]
+fn the_old_master_reloading_during_an_upgrade_is_a_reload() {
+    let scratch = Scratch::new();
+    let mut old_master = Probe::spawn(&scratch.registry());
+    let g1 = old_master.generation();
+    let mut old = Probe::spawn(&scratch.registry());
+    old.worker(g1, 0);
+    let (g2, _) = old_master.upgrade();
+    let mut new = Probe::spawn(&scratch.registry());
+    new.worker(g2, 0);
+    let g3 = old_master.generation();
+    assert!(g3 > g2);
+    let start = old_master
+        .events_of("master_start")
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(start.contains("kind=reload"), "{start}");
+    assert!(start.contains("n_prev=1 n_mine=0 n_next=nil"), "{start}");
+}
