@@ -6,21 +6,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Probe, Scratch};
-use worker_manager::{Detail, Detection, EventKind, Options, Registry};
-
-fn open(scratch: &Scratch) -> Registry {
-    Registry::open(scratch.registry(), &Options::default()).unwrap()
-}
+use worker_manager::{Detail, Detection, EventKind};
 
 #[test]
 fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognised() {
     let scratch = Scratch::new();
     let mut master = Probe::spawn(&scratch.registry());
     let g = master.generation();
-    let mut w: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
-    for (i, p) in w.iter_mut().enumerate() {
-        p.worker(g, i as u32);
-    }
+    let mut w = scratch.workers(g, 2);
     let dead_pid = w[1].pid;
     w[1].kill9();
 
@@ -56,7 +49,7 @@ fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognis
     // Exactly once: later sweeps by anyone report nothing more.
     w[0].ok("sweep");
     master.ok("sweep");
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let crashes = registry
         .events_since(0)
         .iter()
@@ -74,10 +67,7 @@ fn the_last_worker_killed_while_draining_still_fires_master_exit() {
     let scratch = Scratch::new();
     let mut master = Probe::spawn(&scratch.registry());
     let g1 = master.generation();
-    let mut old: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
-    for (i, p) in old.iter_mut().enumerate() {
-        p.worker(g1, i as u32);
-    }
+    let mut old = scratch.workers(g1, 2);
     // kill -9, then an immediate reload before anyone noticed the death.
     old[0].kill9();
     let g2 = master.generation();
@@ -109,7 +99,7 @@ fn the_last_worker_killed_while_draining_still_fires_master_exit() {
 #[test]
 fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let g = registry
         .register_generation(&Default::default(), |_| {})
         .unwrap();
@@ -166,7 +156,7 @@ fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
 #[test]
 fn a_lock_held_too_long_times_out_with_the_holder_named() {
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let g = registry
         .register_generation(&Default::default(), |_| {})
         .unwrap();
@@ -188,7 +178,7 @@ fn a_lock_held_too_long_times_out_with_the_holder_named() {
 fn many_workers_starting_at_once_all_count_exactly() {
     const N: u32 = 32;
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let g = registry
         .register_generation(&Default::default(), |_| {})
         .unwrap();

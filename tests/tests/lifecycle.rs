@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use common::{Probe, Scratch};
 use worker_manager::{
-    Detail, EventKind, ExitReason, GenerationConfig, Options, Registry, RunEnd, StartKind,
+    Detail, EventKind, ExitReason, GenerationConfig, Registry, RunEnd, StartKind,
 };
-
-fn open(scratch: &Scratch) -> Registry {
-    Registry::open(scratch.registry(), &Options::default()).unwrap()
-}
 
 fn kinds(registry: &Registry) -> Vec<EventKind> {
     registry.events_since(0).iter().map(|e| e.kind()).collect()
@@ -82,7 +78,7 @@ fn start_workers_reload_and_graceful_stop() {
         stop[0]
     );
 
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let snapshot = registry.snapshot().unwrap();
     assert_eq!(
         snapshot.run_state,
@@ -112,10 +108,7 @@ fn fast_stop_reports_fast_stop_and_ends_the_generation() {
     let scratch = Scratch::new();
     let mut master = Probe::spawn(&scratch.registry());
     let g = master.generation();
-    let mut w: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
-    for (i, p) in w.iter_mut().enumerate() {
-        p.worker(g, i as u32);
-    }
+    let mut w = scratch.workers(g, 2);
     for p in w.iter_mut() {
         p.ok("exit fast");
         assert!(p.events_of("worker_exit")[0].contains("reason=fast_stop"));
@@ -128,10 +121,7 @@ fn kill_of_everything_then_restart_is_unclean_and_reports_each_death() {
     let scratch = Scratch::new();
     let mut master = Probe::spawn(&scratch.registry());
     let g = master.generation();
-    let mut w: Vec<Probe> = (0..3).map(|_| Probe::spawn(&scratch.registry())).collect();
-    for (i, p) in w.iter_mut().enumerate() {
-        p.worker(g, i as u32);
-    }
+    let mut w = scratch.workers(g, 3);
     master.kill9();
     for p in w.iter_mut() {
         p.kill9();
@@ -203,7 +193,7 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
     w.worker(g1, 0);
     // A reload whose workers never come (nginx: the new configuration failed to bind).
     let g2 = master.ok("gen 10000 5000 50").parse::<u64>().unwrap();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     // The start timeout is 50 ms; wait for it by the registry's own clock, without
     // sleeping blind: sweep until the abort is reported, within a generous bound.
     let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
@@ -244,7 +234,7 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
 #[test]
 fn a_silent_worker_is_reported_hung_then_recovered() {
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let config = GenerationConfig {
         interval: Duration::from_millis(20),
         failed: Duration::from_millis(20),
@@ -274,7 +264,7 @@ fn a_silent_worker_is_reported_hung_then_recovered() {
 #[test]
 fn journal_holds_every_event_in_order() {
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     let mut seen = Vec::new();
     let g = registry
         .register_generation(&GenerationConfig::default(), |e| seen.push(*e))
@@ -328,7 +318,7 @@ fn a_registry_from_an_earlier_boot_is_reset_and_its_processes_reported_gone() {
         .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[0xA5; 16], 56).unwrap();
 
-    let registry = open(&scratch);
+    let registry = scratch.open();
     assert_eq!(registry.opened(), worker_manager::Opened::ResetAfterReboot);
     let mut events = Vec::new();
     let g2 = registry
@@ -359,13 +349,13 @@ fn a_registry_from_an_earlier_boot_is_reset_and_its_processes_reported_gone() {
         }
     ));
     // A second opening in the same boot is an ordinary one.
-    assert_eq!(open(&scratch).opened(), worker_manager::Opened::Existing);
+    assert_eq!(scratch.open().opened(), worker_manager::Opened::Existing);
 }
 
 #[test]
 fn callbacks_may_call_the_registry_and_a_panicking_callback_leaves_no_lock_held() {
     let scratch = Scratch::new();
-    let registry = open(&scratch);
+    let registry = scratch.open();
     // Re-entrant: a callback reads a snapshot and runs code under the same lock.
     let mut inside = None;
     let g = registry

@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use tempfile::TempDir;
+use worker_manager::{Options, Registry};
 
 /// How long any single step may take before the test fails: generous (these are
 /// shared 2-core machines), and only a bound against hanging forever.
@@ -37,6 +38,22 @@ impl Scratch {
 
     pub fn registry(&self) -> PathBuf {
         self.path("registry.wm")
+    }
+
+    /// Opens (creating it if needed) the registry with the default options.
+    pub fn open(&self) -> Registry {
+        Registry::open(self.registry(), &Options::default()).expect("open the registry")
+    }
+
+    /// `n` probes registered as workers `0..n` of `generation`.
+    pub fn workers(&self, generation: u64, n: u32) -> Vec<Probe> {
+        (0..n)
+            .map(|i| {
+                let mut probe = Probe::spawn(&self.registry());
+                probe.worker(generation, i);
+                probe
+            })
+            .collect()
     }
 }
 
