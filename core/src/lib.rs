@@ -48,5 +48,5 @@ pub use lifecycle::{
 };
 pub use process::Identity;
 pub use region::{Capacities, Opened};
-pub use registry::{GenerationConfig, Options, Registry, Worker};
+pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
 pub use snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};

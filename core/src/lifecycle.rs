@@ -127,6 +127,9 @@ coded_enum! {
         Running = 1 => "running",
         /// A worker that died without exiting, kept so that its respawn is recognised.
         Dead = 2 => "dead",
+        /// A worker that announced its exit (graceful shutdown began) and whose
+        /// process still runs; no longer counted in `n_mine`.
+        Exiting = 3 => "exiting",
     }
 }
 

@@ -125,6 +125,17 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// The registry lock held by [`Registry::hold_lock`] until dropped.
+pub struct LockHold<'r> {
+    _guard: LockGuard<'r>,
+}
+
+impl std::fmt::Debug for LockHold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockHold")
+    }
+}
+
 /// The registry lock, held. Only the outermost guard of a process unlocks.
 struct LockGuard<'r> {
     reg: &'r Registry,
@@ -150,15 +161,32 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// Live workers per tracked generation, ordered by generation id.
-struct Census(Vec<(u64, u32)>);
+/// Per tracked generation, ordered by id: its live (Running) workers, and its present
+/// ones (Running, or Exiting: announced their exit but still alive).
+struct Census(Vec<Tally>);
+
+#[derive(Clone, Copy)]
+struct Tally {
+    id: u64,
+    live: u32,
+    present: u32,
+}
 
 impl Census {
+    fn tally(&self, generation: u64) -> Option<&Tally> {
+        self.0.iter().find(|t| t.id == generation)
+    }
+
     fn live(&self, generation: u64) -> u32 {
-        self.0
-            .iter()
-            .find(|&&(id, _)| id == generation)
-            .map_or(0, |&(_, n)| n)
+        self.tally(generation).map_or(0, |t| t.live)
+    }
+
+    fn present(&self, generation: u64) -> u32 {
+        self.tally(generation).map_or(0, |t| t.present)
+    }
+
+    fn newest(&self) -> u64 {
+        self.0.last().map_or(0, |t| t.id)
     }
 
     fn counts(&self, generation: u64, mine: u32) -> Counts {
@@ -167,14 +195,10 @@ impl Census {
                 .0
                 .iter()
                 .rev()
-                .find(|&&(id, _)| id < generation)
-                .map(|&(_, n)| n),
+                .find(|t| t.id < generation)
+                .map(|t| t.live),
             mine,
-            next: self
-                .0
-                .iter()
-                .find(|&&(id, _)| id > generation)
-                .map(|&(_, n)| n),
+            next: self.0.iter().find(|t| t.id > generation).map(|t| t.live),
         }
     }
 }
@@ -332,24 +356,37 @@ impl Registry {
         (0..end).map(|i| (i, self.region.slot(i)))
     }
 
-    fn running_slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
-        self.slots()
-            .filter(|(_, s)| s.state.load(Relaxed) == WorkerState::Running.code())
+    /// Slots whose process is alive as far as the registry knows: Running or Exiting.
+    fn present_slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
+        self.slots().filter(|(_, s)| {
+            let state = s.state.load(Relaxed);
+            state == WorkerState::Running.code() || state == WorkerState::Exiting.code()
+        })
     }
 
     fn census(&self) -> Census {
-        let mut live: Vec<(u64, u32)> = self
+        let mut tallies: Vec<Tally> = self
             .generations()
-            .map(|g| (g.id.load(Relaxed), 0))
+            .map(|g| Tally {
+                id: g.id.load(Relaxed),
+                live: 0,
+                present: 0,
+            })
             .collect();
-        live.sort_unstable();
-        for (_, slot) in self.running_slots() {
+        tallies.sort_unstable_by_key(|t| t.id);
+        for (_, slot) in self.slots() {
+            let state = slot.state.load(Relaxed);
+            let running = state == WorkerState::Running.code();
+            if !running && state != WorkerState::Exiting.code() {
+                continue;
+            }
             let generation = slot.generation.load(Relaxed);
-            if let Some(entry) = live.iter_mut().find(|(id, _)| *id == generation) {
-                entry.1 += 1;
+            if let Some(t) = tallies.iter_mut().find(|t| t.id == generation) {
+                t.live += running as u32;
+                t.present += 1;
             }
         }
-        Census(live)
+        Census(tallies)
     }
 
     /// The newest generation newer than `g` that has had workers: what replaces `g`.
@@ -418,13 +455,12 @@ impl Registry {
             census.counts(id, 0),
             Detail::MasterExit { reason },
         );
-        let newest = census.0.last().map_or(0, |&(newest, _)| newest);
-        if id != newest {
+        if id != census.newest() {
             self.retire(g);
         }
         let anything_left = self.generations().any(|g| {
             matches!(load_state(g), Some(GenerationState::Starting))
-                || census.live(g.id.load(Relaxed)) > 0
+                || census.present(g.id.load(Relaxed)) > 0
         });
         if !anything_left {
             let end = if clean {
@@ -445,7 +481,8 @@ impl Registry {
     fn sweep_locked(&self, dead_holder: u32, events: &mut Vec<Event>) -> Result<()> {
         let me = sys::getpid();
         let now = monotonic_ns();
-        for (_, slot) in self.running_slots() {
+        let mut crashed = Vec::new();
+        for (_, slot) in self.present_slots() {
             let detection = match slot.mutex.try_lock()? {
                 TryLocked::Busy => {
                     self.age_heartbeat(slot, now, events);
@@ -455,8 +492,14 @@ impl Registry {
                 TryLocked::Acquired => Detection::Abandoned,
             };
             slot.mutex.unlock()?;
+            if slot.state.load(Relaxed) == WorkerState::Exiting.code() {
+                // It announced its exit and is now gone, as announced.
+                slot.state.store(WorkerState::Free.code(), Release);
+                continue;
+            }
             slot.state.store(WorkerState::Dead.code(), Release);
             let worker = worker_id(slot);
+            crashed.push(worker.generation);
             if let Some(g) = self.find_generation(worker.generation) {
                 g.crashes.fetch_add(1, Relaxed);
             }
@@ -474,7 +517,7 @@ impl Registry {
                 },
             );
         }
-        self.end_deserted(events);
+        self.end_deserted(&crashed, events);
         self.abort_stalled(now, events);
         Ok(())
     }
@@ -482,14 +525,14 @@ impl Registry {
     /// A generation whose workers all died gets its `master_exit` once nothing will
     /// respawn them: it was draining, a newer generation replaced it, or its master
     /// is gone. Otherwise its master is expected to respawn them.
-    fn end_deserted(&self, events: &mut Vec<Event>) {
+    fn end_deserted(&self, crashed: &[u64], events: &mut Vec<Event>) {
         let census = self.census();
-        let newest = census.0.last().map_or(0, |&(id, _)| id);
+        let newest = census.newest();
         let deserted: Vec<&GenerationRecord> = self
             .generations()
             .filter(|g| {
                 let id = g.id.load(Relaxed);
-                census.live(id) == 0
+                census.present(id) == 0
                     && match load_state(g) {
                         Some(GenerationState::Draining) => true,
                         Some(GenerationState::Running) => {
@@ -500,7 +543,8 @@ impl Registry {
             })
             .collect();
         for g in deserted {
-            self.master_exit(g, false, events);
+            let clean = !crashed.contains(&g.id.load(Relaxed));
+            self.master_exit(g, clean, events);
         }
     }
 
@@ -718,7 +762,7 @@ impl Registry {
             },
         );
         // Generations whose workers all died and that this one now replaces.
-        self.end_deserted(events);
+        self.end_deserted(&[], events);
         Ok(id)
     }
 
@@ -743,7 +787,7 @@ impl Registry {
     ) -> Result<Worker> {
         let me = sys::getpid();
         if let Some((_, slot)) = self
-            .running_slots()
+            .present_slots()
             .find(|(_, s)| s.pid.load(Relaxed) == me)
         {
             return Err(Error::InvalidArgument {
@@ -881,16 +925,44 @@ impl Registry {
         graceful: bool,
         events: &mut Vec<Event>,
     ) -> Result<()> {
-        let slot = self.region.slot(worker.slot);
-        if slot.state.load(Relaxed) != WorkerState::Running.code() || worker_id(slot) != worker.id {
-            return Err(Error::NotRegistered(worker.id.to_string()));
-        }
-        let generation = worker.id.generation;
-        let g = self
-            .find_generation(generation)
-            .ok_or(Error::UnknownGeneration(generation))?;
+        let (slot, g) = self.own_slot(worker)?;
+        let announced = slot.state.load(Relaxed) == WorkerState::Exiting.code();
         // First, so that a call from the wrong thread (EPERM) changes nothing.
         slot.mutex.unlock()?;
+        if !announced {
+            self.report_exit(worker, g, graceful, events);
+        }
+        slot.state.store(WorkerState::Free.code(), Release);
+        self.region.keep_mapped(false);
+        if self.census().present(worker.id.generation) == 0 {
+            self.master_exit(g, true, events);
+        }
+        Ok(())
+    }
+
+    /// The slot and generation of this process's worker, checked.
+    fn own_slot(&self, worker: &Worker) -> Result<(&WorkerSlot, &GenerationRecord)> {
+        let slot = self.region.slot(worker.slot);
+        let state = slot.state.load(Relaxed);
+        let present = state == WorkerState::Running.code() || state == WorkerState::Exiting.code();
+        if !present || worker_id(slot) != worker.id {
+            return Err(Error::NotRegistered(worker.id.to_string()));
+        }
+        let g = self
+            .find_generation(worker.id.generation)
+            .ok_or(Error::UnknownGeneration(worker.id.generation))?;
+        Ok((slot, g))
+    }
+
+    /// Fires `worker_exit` for a Running worker (which it counts) and drains its
+    /// generation.
+    fn report_exit(
+        &self,
+        worker: &Worker,
+        g: &GenerationRecord,
+        graceful: bool,
+        events: &mut Vec<Event>,
+    ) {
         let reason = if graceful {
             self.successor_reason(g)
         } else {
@@ -900,23 +972,33 @@ impl Registry {
             .exit_reason
             .compare_exchange(0, reason.code(), Relaxed, Relaxed);
         g.state.store(GenerationState::Draining.code(), Release);
+        let generation = worker.id.generation;
         let census = self.census();
-        let live = census.live(generation);
         self.emit(
             events,
             generation,
-            census.counts(generation, live),
+            census.counts(generation, census.live(generation)),
             Detail::WorkerExit {
                 worker: worker.id,
                 reason,
             },
         );
-        slot.state.store(WorkerState::Free.code(), Release);
-        self.region.keep_mapped(false);
-        if live <= 1 {
-            self.master_exit(g, true, events);
-        }
-        Ok(())
+    }
+
+    /// The worker has begun a graceful shutdown but its process goes on (nginx: the
+    /// premature timer, while connections drain). Fires `worker_exit` now, stops
+    /// counting the worker in `n_mine`, and leaves the rest to its real exit:
+    /// [`Registry::exit_worker`] if it gets to call it, or else the sweep that sees
+    /// its process gone, which then fires `master_exit` if it was the last.
+    pub fn announce_exit(&self, worker: &Worker, mut on_event: impl FnMut(&Event)) -> Result<()> {
+        self.locked(LockOp::ExitWorker, &mut on_event, |events| {
+            let (slot, g) = self.own_slot(worker)?;
+            if slot.state.load(Relaxed) == WorkerState::Running.code() {
+                self.report_exit(worker, g, true, events);
+                slot.state.store(WorkerState::Exiting.code(), Release);
+            }
+            Ok(())
+        })
     }
 
     /// Looks for dead workers, hung workers, deserted and stalled generations, and
@@ -934,6 +1016,16 @@ impl Registry {
         let value = f();
         drop(guard);
         Ok(value)
+    }
+
+    /// Takes the registry lock and keeps it until the returned hold is dropped, for
+    /// bindings that must run their own callbacks between operations under one
+    /// holding (the Lua module). Re-entrant like every operation. The events of a
+    /// repair, should the previous holder have died, are returned with it.
+    pub fn hold_lock(&self) -> Result<(LockHold<'_>, Vec<Event>)> {
+        let mut guard = self.lock(LockOp::User)?;
+        let recovered = std::mem::take(&mut guard.recovered);
+        Ok((LockHold { _guard: guard }, recovered))
     }
 
     /// A consistent picture of the registry, taken under the lock (no sweep).

@@ -14,6 +14,7 @@
 //! - `worker-stall GEN INDEX`: register, and stay inside the `worker_start` callback
 //!   (holding the registry lock) after printing `stalled`
 //! - `beat`: heartbeat
+//! - `announce`: announce a graceful exit (shutdown began; the process goes on)
 //! - `exit graceful|fast`
 //! - `sweep`
 //! - `live GEN`: prints `ok <live workers of GEN>`
@@ -103,6 +104,11 @@ fn run(registry: &Registry, worker: &mut Option<Worker>, words: &[&str]) -> Resu
         "beat" => {
             let w = worker.as_ref().ok_or("not a worker")?;
             registry.heartbeat(w).map_err(err)?;
+            Ok("ok".into())
+        }
+        "announce" => {
+            let w = worker.as_ref().ok_or("not a worker")?;
+            registry.announce_exit(w, print_event).map_err(err)?;
             Ok("ok".into())
         }
         "exit" => {

@@ -408,3 +408,57 @@ fn the_old_master_reloading_during_an_upgrade_is_a_reload() {
     assert!(start.contains("kind=reload"), "{start}");
     assert!(start.contains("n_prev=1 n_mine=0 n_next=nil"), "{start}");
 }
+
+#[test]
+fn an_announced_exit_reports_at_shutdown_start_and_ends_the_generation_when_the_processes_are_gone()
+{
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g1 = master.generation();
+    let mut old = scratch.workers(g1, 3);
+    let g2 = master.generation();
+    let mut new = scratch.workers(g2, 1);
+    // Shutdown starts in every old worker: worker_exit at once, counting down.
+    for (i, p) in old.iter_mut().enumerate() {
+        p.ok("announce");
+        let exit = p.events_of("worker_exit")[0];
+        assert!(exit.contains("reason=reload"), "{exit}");
+        assert!(
+            exit.contains(&format!("n_mine={} n_next=1", 3 - i)),
+            "{exit}"
+        );
+        assert!(
+            p.events_of("master_exit").is_empty(),
+            "the processes still run"
+        );
+    }
+    let registry = scratch.open();
+    assert_eq!(registry.snapshot().unwrap().live(g1), 0);
+    // One finishes through the exit hook, one just ends (no hook): neither is a crash,
+    // and neither is the last.
+    old[0].ok("exit graceful");
+    assert!(
+        old[0].events_of("worker_exit").len() == 1 && old[0].events_of("master_exit").is_empty()
+    );
+    old[1].kill9();
+    new[0].ok("sweep");
+    assert!(
+        new[0].events_of("worker_crash").is_empty(),
+        "{:?}",
+        new[0].events
+    );
+    assert!(new[0].events_of("master_exit").is_empty());
+    // The last one's process ends: whoever sweeps next fires master_exit.
+    old[2].kill9();
+    new[0].ok("sweep");
+    let exit = new[0].events_of("master_exit");
+    assert_eq!(exit.len(), 1, "{:?}", new[0].events);
+    assert!(exit[0].contains(&format!("id={g1} ")) && exit[0].contains("reason=reload"));
+    assert!(new[0].events_of("worker_crash").is_empty());
+    let crashes = registry
+        .events_since(0)
+        .iter()
+        .filter(|e| e.kind() == EventKind::WorkerCrash)
+        .count();
+    assert_eq!(crashes, 0);
+}
