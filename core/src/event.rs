@@ -190,9 +190,15 @@ impl fmt::Display for Event {
     }
 }
 
-/// The fixed fields an event is stored as (see `docs/design.md`, journal entry).
+/// The fixed fields an event is stored as in the journal (see `docs/design.md`,
+/// journal entry), also what bindings hand to C: counts of `-1` are `nil`; `detail`
+/// is the code of the start kind, exit reason, detection, abort cause or lock
+/// operation; `flags` bit 0 is a respawn (worker start) or a death holding the lock
+/// (crash); `other_pid` is the replaced worker, the detecting process or the dead
+/// lock holder; `value` is the previous run's end (master start) or milliseconds
+/// (hang, recover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Encoded {
+pub struct Encoded {
     pub time_ns: u64,
     pub kind: u32,
     pub detail: u32,
@@ -220,7 +226,8 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Event {
-    pub(crate) fn encode(&self) -> Encoded {
+    /// The event as fixed fields.
+    pub fn encode(&self) -> Encoded {
         let time_ns = self
             .time
             .duration_since(UNIX_EPOCH)
@@ -250,6 +257,7 @@ impl Event {
                 e.pid = master_pid;
             }
             Detail::WorkerStart { replaces, .. } => {
+                e.flags = replaces.is_some() as u32;
                 e.other_pid = replaces.map_or(0, |w| w.pid);
             }
             Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {

@@ -34,6 +34,7 @@ mod event;
 mod journal;
 pub mod lifecycle;
 mod lock;
+pub mod naming;
 mod process;
 mod region;
 mod registry;
@@ -41,7 +42,7 @@ mod snapshot;
 mod sys;
 
 pub use error::{Error, Result};
-pub use event::{Counts, Detail, Event, WorkerId};
+pub use event::{Counts, Detail, Encoded, Event, WorkerId};
 pub use lifecycle::{
     AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
     StartKind, WorkerState,

@@ -175,7 +175,8 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub(crate) const fn code(self) -> u32 {
+    /// The code stored in the registry.
+    pub const fn code(self) -> u32 {
         match self {
             RunState::Never => 0,
             RunState::Running => 1,
@@ -184,7 +185,8 @@ impl RunState {
         }
     }
 
-    pub(crate) const fn from_code(code: u32) -> Option<RunState> {
+    /// The state for a stored code.
+    pub const fn from_code(code: u32) -> Option<RunState> {
         match code {
             0 => Some(RunState::Never),
             1 => Some(RunState::Running),

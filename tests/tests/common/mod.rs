@@ -226,3 +226,4 @@ impl Drop for Probe {
         let _ = self.child.wait();
     }
 }
+pub mod nginx;

@@ -1,0 +1,577 @@
+//! The C ABI of worker-manager, made for the LuaJIT binding `resty.worker.manager`.
+//!
+//! Conventions, for every function:
+//! - the return value is a status code, `WM_OK` (0) or one of the `WM_ERR_*`
+//!   codes, which map one-to-one to the library's errors;
+//! - on failure, `*err` (when `err` is not NULL) points to a message owned by the
+//!   library, valid until the next call on the same thread: nothing is ever freed by
+//!   the caller;
+//! - a panic never crosses the boundary: it becomes `WM_ERR_PANIC`.
+//!
+//! State is per process (a registry handle, this process's worker, the events of
+//! the last operations), kept in thread-local storage of the thread that calls: nginx
+//! runs Lua on one thread per process. A `fork` child (an nginx worker) inherits it,
+//! which is how workers use the registry the master mapped without opening the file.
+//!
+//! Lifecycle operations do not run callbacks: they append their events to the
+//! process's event buffer, which the caller reads (`wm_events_count`,
+//! `wm_event_get`) and runs its own callbacks on, between `wm_lock` and
+//! `wm_unlock`, so that callbacks run under the registry lock.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use worker_manager::{
+    Error, Event, GenerationConfig, LockHold, Options, Registry, Snapshot, Worker,
+};
+
+/// The version of this ABI; the Lua side refuses a library with another one.
+pub const WM_ABI_VERSION: u32 = 1;
+
+pub const WM_OK: c_int = 0;
+pub const WM_ERR_IO: c_int = 1;
+pub const WM_ERR_SYMLINK: c_int = 2;
+pub const WM_ERR_NOT_REGULAR_FILE: c_int = 3;
+pub const WM_ERR_FOREIGN_OWNER: c_int = 4;
+pub const WM_ERR_WORLD_WRITABLE: c_int = 5;
+pub const WM_ERR_NO_SPACE: c_int = 6;
+pub const WM_ERR_TRUNCATED: c_int = 7;
+pub const WM_ERR_NOT_INITIALISED: c_int = 8;
+pub const WM_ERR_FOREIGN_MAGIC: c_int = 9;
+pub const WM_ERR_NEWER_LAYOUT: c_int = 10;
+pub const WM_ERR_OLDER_LAYOUT: c_int = 11;
+pub const WM_ERR_INCOMPATIBLE: c_int = 12;
+pub const WM_ERR_LOCK_TIMEOUT: c_int = 13;
+pub const WM_ERR_LOCK_NOT_RECOVERABLE: c_int = 14;
+pub const WM_ERR_OS: c_int = 15;
+pub const WM_ERR_IN_USE: c_int = 16;
+pub const WM_ERR_CAPACITY: c_int = 17;
+pub const WM_ERR_INVALID_ARGUMENT: c_int = 18;
+pub const WM_ERR_UNKNOWN_GENERATION: c_int = 19;
+pub const WM_ERR_NOT_REGISTERED: c_int = 20;
+/// No registry is open in this process (`wm_open` first).
+pub const WM_ERR_NOT_OPEN: c_int = 21;
+/// `wm_unlock` without a matching `wm_lock`.
+pub const WM_ERR_NOT_LOCKED: c_int = 22;
+/// This process has no registered worker, or already has one.
+pub const WM_ERR_WORKER: c_int = 23;
+/// An index out of range of the event buffer or the snapshot.
+pub const WM_ERR_RANGE: c_int = 24;
+/// A bug: a panic was caught at the boundary.
+pub const WM_ERR_PANIC: c_int = 25;
+
+/// One event, as the library's `Encoded` fields plus its sequence number: counts of
+/// `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
+/// abort cause or lock operation, by `kind`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_event {
+    pub seq: u64,
+    pub time_ns: u64,
+    pub kind: u32,
+    pub detail: u32,
+    pub generation: u64,
+    pub pid: u32,
+    pub index: i32,
+    pub n_prev: i32,
+    pub n_mine: i32,
+    pub n_next: i32,
+    /// The replaced worker of a respawn, the detecting process of a crash, the dead
+    /// holder of a lock recovery.
+    pub other_pid: u32,
+    /// Bit 0: a respawn (worker_start) or a death while holding the lock (crash).
+    pub flags: u32,
+    /// For master_start: the previous run's end (0 none, 1 clean, 2 unclean); for
+    /// hang and recover: milliseconds.
+    pub value: u64,
+}
+
+/// A tracked generation of a snapshot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_generation {
+    pub id: u64,
+    pub state: u32,
+    pub kind: u32,
+    pub previous_run: u32,
+    pub master_pid: u32,
+    pub expected_workers: u32,
+    pub live_workers: u32,
+    pub exit_reason: u32,
+    pub workers_started: u64,
+    pub respawns: u64,
+    pub crashes: u64,
+    pub registered_ns: u64,
+}
+
+/// A worker slot in use in a snapshot (a live worker, an exiting one, a tombstone).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_worker {
+    pub generation: u64,
+    pub pid: u32,
+    pub index: u32,
+    pub state: u32,
+    pub hung: u32,
+    pub replaces_pid: u32,
+    pub heartbeat_age_ms: u64,
+    pub registered_ns: u64,
+}
+
+#[derive(Default)]
+struct State {
+    registry: Option<&'static Registry>,
+    holds: Vec<LockHold<'static>>,
+    worker: Option<Worker>,
+    events: Vec<wm_event>,
+    snapshot: Option<Snapshot>,
+    error: Option<CString>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// A failure at the boundary: a status code and its message.
+struct Failure(c_int, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match e {
+            Error::Io { .. } => WM_ERR_IO,
+            Error::Symlink { .. } => WM_ERR_SYMLINK,
+            Error::NotRegularFile { .. } => WM_ERR_NOT_REGULAR_FILE,
+            Error::ForeignOwner { .. } => WM_ERR_FOREIGN_OWNER,
+            Error::WorldWritable { .. } => WM_ERR_WORLD_WRITABLE,
+            Error::NoSpace { .. } => WM_ERR_NO_SPACE,
+            Error::Truncated { .. } => WM_ERR_TRUNCATED,
+            Error::NotInitialised { .. } => WM_ERR_NOT_INITIALISED,
+            Error::ForeignMagic { .. } => WM_ERR_FOREIGN_MAGIC,
+            Error::NewerLayout { .. } => WM_ERR_NEWER_LAYOUT,
+            Error::OlderLayout { .. } => WM_ERR_OLDER_LAYOUT,
+            Error::Incompatible { .. } => WM_ERR_INCOMPATIBLE,
+            Error::LockTimeout { .. } => WM_ERR_LOCK_TIMEOUT,
+            Error::LockNotRecoverable => WM_ERR_LOCK_NOT_RECOVERABLE,
+            Error::Os { .. } => WM_ERR_OS,
+            Error::InUse { .. } => WM_ERR_IN_USE,
+            Error::CapacityExhausted { .. } => WM_ERR_CAPACITY,
+            Error::InvalidArgument { .. } => WM_ERR_INVALID_ARGUMENT,
+            Error::UnknownGeneration(_) => WM_ERR_UNKNOWN_GENERATION,
+            Error::NotRegistered(_) => WM_ERR_NOT_REGISTERED,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// Runs `body` with the process state, catching panics and publishing the error
+/// message through `err`.
+fn call(err: *mut *const c_char, body: impl FnOnce(&mut State) -> Outcome) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        STATE.with(|state| body(&mut state.borrow_mut()))
+    }))
+    .unwrap_or_else(|_| {
+        Err(Failure(
+            WM_ERR_PANIC,
+            "internal error (panic) in worker-manager".into(),
+        ))
+    });
+    match outcome {
+        Ok(()) => WM_OK,
+        Err(Failure(code, message)) => {
+            STATE.with(|state| {
+                let mut state = state.borrow_mut();
+                let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+                let ptr = message.as_ptr();
+                state.error = Some(message);
+                if !err.is_null() {
+                    // SAFETY: the caller passes NULL or a valid pointer to a pointer.
+                    unsafe { *err = ptr };
+                }
+            });
+            code
+        }
+    }
+}
+
+fn registry(state: &State) -> Result<&'static Registry, Failure> {
+    state.registry.ok_or_else(|| {
+        Failure(
+            WM_ERR_NOT_OPEN,
+            "no registry is open in this process: call open first".into(),
+        )
+    })
+}
+
+fn encode(event: &Event) -> wm_event {
+    let e = event.encode();
+    wm_event {
+        seq: event.seq,
+        time_ns: e.time_ns,
+        kind: e.kind,
+        detail: e.detail,
+        generation: e.generation,
+        pid: e.pid,
+        index: e.index,
+        n_prev: e.n_prev,
+        n_mine: e.n_mine,
+        n_next: e.n_next,
+        other_pid: e.other_pid,
+        flags: e.flags,
+        value: e.value,
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// The ABI version of this library (`WM_ABI_VERSION`).
+#[no_mangle]
+pub extern "C" fn wm_abi_version() -> u32 {
+    WM_ABI_VERSION
+}
+
+/// Opens (creating it if needed) the registry at `path` for this process. Opening
+/// the path already open is a no-op, so that a reloaded configuration in the same
+/// master keeps its handle.
+///
+/// # Safety
+///
+/// `path` is a NUL-terminated string; `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_open(
+    path: *const c_char,
+    lock_timeout_ms: u64,
+    err: *mut *const c_char,
+) -> c_int {
+    call(err, |state| {
+        if path.is_null() {
+            return Err(Failure(
+                WM_ERR_INVALID_ARGUMENT,
+                "invalid path: NULL".into(),
+            ));
+        }
+        // SAFETY: guaranteed by the caller.
+        let path = unsafe { CStr::from_ptr(path) };
+        let path = PathBuf::from(
+            path.to_str()
+                .map_err(|_| Failure(WM_ERR_INVALID_ARGUMENT, "invalid path: not UTF-8".into()))?,
+        );
+        if state.registry.is_some_and(|r| r.path() == path) {
+            return Ok(());
+        }
+        let options = Options {
+            lock_timeout: ms(lock_timeout_ms),
+            ..Options::default()
+        };
+        // Leaked on purpose: the mapping must outlive every worker of this process
+        // tree, and a fork child's robust-list entries point into it.
+        state.registry = Some(Box::leak(Box::new(Registry::open(&path, &options)?)));
+        Ok(())
+    })
+}
+
+/// Takes the registry lock (re-entrant); the events of a repair, if the previous
+/// holder died, are appended to the event buffer.
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_lock(err: *mut *const c_char) -> c_int {
+    call(err, |state| {
+        let (hold, recovered) = registry(state)?.hold_lock()?;
+        state.holds.push(hold);
+        state.events.extend(recovered.iter().map(encode));
+        Ok(())
+    })
+}
+
+/// Releases one `wm_lock`.
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_unlock(err: *mut *const c_char) -> c_int {
+    call(err, |state| match state.holds.pop() {
+        Some(hold) => {
+            drop(hold);
+            Ok(())
+        }
+        None => Err(Failure(
+            WM_ERR_NOT_LOCKED,
+            "unlock without a lock held".into(),
+        )),
+    })
+}
+
+/// Registers a generation whose master is this process; `*id` receives its id.
+///
+/// # Safety
+///
+/// `id` is valid for a write; `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_register_generation(
+    interval_ms: u64,
+    failed_ms: u64,
+    start_timeout_ms: u64,
+    expected_workers: u32,
+    id: *mut u64,
+    err: *mut *const c_char,
+) -> c_int {
+    call(err, |state| {
+        let config = GenerationConfig {
+            interval: ms(interval_ms),
+            failed: ms(failed_ms),
+            start_timeout: ms(start_timeout_ms),
+            expected_workers,
+        };
+        let registry = registry(state)?;
+        let events = &mut state.events;
+        let generation = registry.register_generation(&config, |e| events.push(encode(e)))?;
+        if !id.is_null() {
+            // SAFETY: guaranteed by the caller.
+            unsafe { *id = generation };
+        }
+        Ok(())
+    })
+}
+
+/// Registers this process as worker `index` of `generation`.
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_register_worker(
+    generation: u64,
+    index: u32,
+    err: *mut *const c_char,
+) -> c_int {
+    call(err, |state| {
+        if state.worker.is_some() {
+            return Err(Failure(
+                WM_ERR_WORKER,
+                "this process already has a registered worker".into(),
+            ));
+        }
+        let registry = registry(state)?;
+        let events = &mut state.events;
+        let worker = registry.register_worker(generation, index, |e| events.push(encode(e)))?;
+        state.worker = Some(worker);
+        Ok(())
+    })
+}
+
+/// Records a heartbeat of this process's worker: no lock, no system call.
+#[no_mangle]
+pub extern "C" fn wm_heartbeat() -> c_int {
+    call(std::ptr::null_mut(), |state| {
+        let registry = registry(state)?;
+        let worker = state.worker.as_ref().ok_or_else(|| {
+            Failure(
+                WM_ERR_WORKER,
+                "this process has no registered worker".into(),
+            )
+        })?;
+        registry.heartbeat(worker)?;
+        Ok(())
+    })
+}
+
+/// This process's worker began a graceful shutdown (nginx: the premature timer).
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
+    call(err, |state| {
+        let registry = registry(state)?;
+        let worker = state.worker.as_ref().ok_or_else(|| {
+            Failure(
+                WM_ERR_WORKER,
+                "this process has no registered worker".into(),
+            )
+        })?;
+        let events = &mut state.events;
+        registry.announce_exit(worker, |e| events.push(encode(e)))?;
+        Ok(())
+    })
+}
+
+/// This process's worker exits: `graceful` non-zero for a graceful shutdown, zero
+/// for a fast stop.
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_exit_worker(graceful: c_int, err: *mut *const c_char) -> c_int {
+    call(err, |state| {
+        let registry = registry(state)?;
+        let worker = state.worker.take().ok_or_else(|| {
+            Failure(
+                WM_ERR_WORKER,
+                "this process has no registered worker".into(),
+            )
+        })?;
+        let events = &mut state.events;
+        registry.exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
+        Ok(())
+    })
+}
+
+/// Looks for dead workers, hangs, deserted and stalled generations.
+///
+/// # Safety
+///
+/// `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_sweep(err: *mut *const c_char) -> c_int {
+    call(err, |state| {
+        let registry = registry(state)?;
+        let events = &mut state.events;
+        registry.sweep(|e| events.push(encode(e)))?;
+        Ok(())
+    })
+}
+
+/// The number of events in the buffer.
+#[no_mangle]
+pub extern "C" fn wm_events_count() -> u32 {
+    STATE.with(|s| s.borrow().events.len() as u32)
+}
+
+/// Copies event `i` of the buffer into `*out`.
+///
+/// # Safety
+///
+/// `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_event_get(i: u32, out: *mut wm_event) -> c_int {
+    call(std::ptr::null_mut(), |state| {
+        let event = state
+            .events
+            .get(i as usize)
+            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no event {i}")))?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { *out = *event };
+        Ok(())
+    })
+}
+
+/// Empties the event buffer.
+#[no_mangle]
+pub extern "C" fn wm_events_clear() {
+    STATE.with(|s| s.borrow_mut().events.clear());
+}
+
+/// Takes a snapshot of the registry; `*generations` and `*workers` receive the
+/// numbers of entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
+/// `*run_state` the run state code and `*next_seq` the next journal sequence number.
+///
+/// # Safety
+///
+/// The out pointers are valid for writes; `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_snapshot(
+    generations: *mut u32,
+    workers: *mut u32,
+    run_state: *mut u32,
+    next_seq: *mut u64,
+    err: *mut *const c_char,
+) -> c_int {
+    call(err, |state| {
+        let snapshot = registry(state)?.snapshot()?;
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            *generations = snapshot.generations.len() as u32;
+            *workers = snapshot.workers.len() as u32;
+            *run_state = snapshot.run_state.map_or(u32::MAX, |r| r.code());
+            *next_seq = snapshot.next_seq;
+        }
+        state.snapshot = Some(snapshot);
+        Ok(())
+    })
+}
+
+/// Copies generation `i` of the last snapshot into `*out`.
+///
+/// # Safety
+///
+/// `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_snapshot_generation(i: u32, out: *mut wm_generation) -> c_int {
+    call(std::ptr::null_mut(), |state| {
+        let g = state
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.generations.get(i as usize))
+            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no generation {i} in the snapshot")))?;
+        let code = |c: Option<u32>| c.unwrap_or(0);
+        let g = wm_generation {
+            id: g.id,
+            state: code(g.state.map(|s| s.code())),
+            kind: code(g.kind.map(|k| k.code())),
+            previous_run: code(g.previous_run.map(|r| r.code())),
+            master_pid: g.master_pid,
+            expected_workers: g.expected_workers,
+            live_workers: g.live_workers,
+            exit_reason: code(g.exit_reason.map(|r| r.code())),
+            workers_started: g.workers_started,
+            respawns: g.respawns,
+            crashes: g.crashes,
+            registered_ns: g
+                .registered
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        };
+        // SAFETY: guaranteed by the caller.
+        unsafe { *out = g };
+        Ok(())
+    })
+}
+
+/// Copies worker `i` of the last snapshot into `*out`.
+///
+/// # Safety
+///
+/// `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_int {
+    call(std::ptr::null_mut(), |state| {
+        let w = state
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.workers.get(i as usize))
+            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no worker {i} in the snapshot")))?;
+        let w = wm_worker {
+            generation: w.id.generation,
+            pid: w.id.pid,
+            index: w.id.index,
+            state: w.state.code(),
+            hung: w.hung as u32,
+            replaces_pid: w.replaces_pid.unwrap_or(0),
+            heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
+            registered_ns: w
+                .registered
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        };
+        // SAFETY: guaranteed by the caller.
+        unsafe { *out = w };
+        Ok(())
+    })
+}

@@ -1,0 +1,436 @@
+--- Tracks nginx workers and configuration generations starting, restarting,
+-- reloading, upgrading and stopping, and runs callbacks under a cross-process lock
+-- when they do. A drop-in replacement for Kong's lua-resty-worker-manager, backed by
+-- the Rust library worker-manager through LuaJIT FFI.
+--
+-- Every callback gets `(id, n_prev, n_mine, n_next, info)`; see the README.
+
+local ffi = require("ffi")
+local cdefs = require("resty.worker.manager.cdefs")
+
+local ngx = ngx
+local ngx_log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local get_phase = ngx.get_phase
+local ffi_string = ffi.string
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+local pairs = pairs
+local error = error
+local xpcall = xpcall
+local pcall = pcall
+local traceback = debug.traceback
+
+local LOG_PREFIX = "[worker-manager] "
+
+local _M = {
+  _VERSION = "0.1.0",
+}
+
+local C -- the library, loaded by on_init_by_lua
+
+-- Out-parameters, allocated once.
+local err_out = ffi.new("const char *[1]")
+local id_out = ffi.new("uint64_t[1]")
+local event_out = ffi.new("struct wm_event")
+local generation_out = ffi.new("struct wm_generation")
+local worker_out = ffi.new("struct wm_worker")
+local count_out = ffi.new("uint32_t[3]")
+local seq_out = ffi.new("uint64_t[1]")
+
+local EVENTS = {
+  "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
+  "generation_abort", "worker_hang", "worker_recover", "lock_recovered",
+}
+local START_KINDS = { "start", "restart", "reload", "upgrade" }
+local RUN_ENDS = { "clean", "unclean" }
+local REASONS = { "reload", "upgrade", "stop", "fast_stop" }
+local DETECTIONS = { "owner_died", "abandoned" }
+local ABORT_CAUSES = { "superseded", "timed_out" }
+local LOCK_OPS = {
+  [0] = "nothing", "register_generation", "register_worker", "exit_worker", "sweep",
+  "snapshot", "user",
+}
+local GENERATION_STATES = { "starting", "running", "draining", "exited" }
+local WORKER_STATES = { [0] = "free", "running", "dead", "exiting" }
+local RUN_STATES = { [0] = "never", "running", "ended_clean", "ended_unclean" }
+
+-- Option name -> { type, default, minimum, maximum } (numbers are seconds).
+local OPTIONS = {
+  shm = { "string" },
+  path = { "string" },
+  lib = { "string" },
+  interval = { "number", 10, 0.001, 86400 },
+  failed = { "number", 5, 0.001, 86400 },
+  lock_timeout = { "number", 30, 0.001, 3600 },
+  start_timeout = { "number", 60, 0.001, 86400 },
+  exit_hook = { "boolean", false },
+  on_worker_crash = { "function" },
+  on_generation_abort = { "function" },
+  on_worker_hang = { "function" },
+  on_worker_recover = { "function" },
+}
+
+-- Module state. It is created in the master by init_by_lua and inherited by every
+-- worker through fork, together with the library's own state.
+local config -- validated options, once on_init_by_lua succeeded
+local generation -- this configuration's generation id
+local callbacks = {} -- event name -> callback
+local registered = false -- this process registered a worker
+local worker_init_called = false
+
+local function last_error()
+  return err_out[0] ~= nil and ffi_string(err_out[0]) or "unknown error"
+end
+
+local function count(n)
+  if n < 0 then
+    return nil
+  end
+  return n
+end
+
+--- The `info` table of an event.
+local function describe(e)
+  local name = EVENTS[e.kind]
+  local info = {
+    event = name,
+    seq = tonumber(e.seq),
+    time = tonumber(e.time_ns) / 1e9,
+    generation = tonumber(e.generation),
+  }
+  if e.index >= 0 then
+    info.pid = e.pid
+    info.index = e.index
+    info.worker = tostring(info.generation) .. "-" .. tostring(e.pid)
+  end
+  if name == "master_start" then
+    info.kind = START_KINDS[e.detail]
+    info.master_pid = e.pid
+    info.previous_run = RUN_ENDS[tonumber(e.value)]
+  elseif name == "worker_start" then
+    info.respawn = e.flags == 1
+    if e.other_pid ~= 0 then
+      info.replaces = tostring(info.generation) .. "-" .. tostring(e.other_pid)
+    end
+  elseif name == "worker_exit" or name == "master_exit" then
+    info.reason = REASONS[e.detail]
+  elseif name == "worker_crash" then
+    info.detection = DETECTIONS[e.detail]
+    info.held_lock = e.flags == 1
+    info.detected_by = e.other_pid
+  elseif name == "generation_abort" then
+    info.cause = ABORT_CAUSES[e.detail]
+  elseif name == "worker_hang" then
+    info.silent_for = tonumber(e.value) / 1000
+  elseif name == "worker_recover" then
+    info.hung_for = tonumber(e.value) / 1000
+  elseif name == "lock_recovered" then
+    info.holder_pid = e.other_pid
+    info.holder_op = LOCK_OPS[e.detail]
+  end
+  return info
+end
+
+--- Takes the events of the last operations out of the library's buffer.
+local function take_events()
+  local events = {}
+  for i = 0, C.wm_events_count() - 1 do
+    if C.wm_event_get(i, event_out) == 0 then
+      events[#events + 1] = {
+        info = describe(event_out),
+        n_prev = count(event_out.n_prev),
+        n_mine = count(event_out.n_mine),
+        n_next = count(event_out.n_next),
+      }
+    end
+  end
+  C.wm_events_clear()
+  return events
+end
+
+local function run_callback(name, cb, ...)
+  local ok, err = xpcall(cb, traceback, ...)
+  if not ok then
+    ngx_log(ERR, LOG_PREFIX, "the ", name, " callback failed: ", err)
+  end
+end
+
+--- Runs the callback of each event, in order; the caller holds the lock.
+local function dispatch(events)
+  for _, e in pairs(events) do
+    local info = e.info
+    local name = info.event
+    local cb = callbacks[name]
+    if name == "lock_recovered" then
+      ngx_log(WARN, LOG_PREFIX, "process ", info.holder_pid, " died holding the registry lock (",
+              info.holder_op, "); the registry was repaired")
+    elseif name == "worker_crash" then
+      ngx_log(WARN, LOG_PREFIX, "worker ", info.worker, " (index ", info.index,
+              ") died without exiting")
+    end
+    if cb then
+      local id = info.worker or info.generation
+      if name == "master_start" or name == "master_exit" then
+        id = info.generation
+      end
+      run_callback(name, cb, id, e.n_prev, e.n_mine, e.n_next, info)
+    end
+  end
+end
+
+--- Runs `op` (a library call returning a status) under the registry lock, then the
+-- callbacks of the events it produced, still under the lock. Never leaves the lock
+-- held. Returns true, or nil and an error.
+local function locked(what, op, ...)
+  if C.wm_lock(err_out) ~= 0 then
+    local err = last_error()
+    take_events()
+    ngx_log(ERR, LOG_PREFIX, what, ": ", err)
+    return nil, err
+  end
+  local rc = op(...)
+  local err = rc ~= 0 and last_error() or nil
+  local ok, cb_err = pcall(dispatch, take_events())
+  if C.wm_unlock(err_out) ~= 0 then
+    ngx_log(ERR, LOG_PREFIX, "unlock: ", last_error())
+  end
+  if not ok then
+    ngx_log(ERR, LOG_PREFIX, what, ": dispatching events: ", cb_err)
+  end
+  if err then
+    ngx_log(ERR, LOG_PREFIX, what, ": ", err)
+    return nil, err
+  end
+  return true
+end
+
+local function validate(opts)
+  if type(opts) ~= "table" then
+    error("opts must be a table, got " .. type(opts), 3)
+  end
+  local valid = {}
+  for name, value in pairs(opts) do
+    local spec = OPTIONS[name]
+    if not spec then
+      error("unknown option '" .. tostring(name) .. "'", 3)
+    end
+    if type(value) ~= spec[1] then
+      error("option '" .. name .. "' must be a " .. spec[1] .. ", got " .. type(value), 3)
+    end
+    if spec[3] and (value < spec[3] or value > spec[4] or value ~= value) then
+      error("option '" .. name .. "' must be between " .. spec[3] .. " and " .. spec[4]
+            .. " seconds, got " .. tostring(value), 3)
+    end
+    valid[name] = value
+  end
+  for name, spec in pairs(OPTIONS) do
+    if valid[name] == nil then
+      valid[name] = spec[2]
+    end
+  end
+  if not valid.shm and not valid.path then
+    error("option 'shm' or 'path' is required", 3)
+  end
+  if valid.shm and not valid.shm:match("^[%w_.-]+$") then
+    error("option 'shm' may only hold letters, digits, '_', '.' and '-', got '"
+          .. valid.shm .. "'", 3)
+  end
+  return valid
+end
+
+--- The registry path for a `shm` name when no `path` is given: one per nginx prefix
+-- and name, so that two nginx instances never share one.
+function _M.default_path(prefix, shm)
+  return "/dev/shm/worker-manager." .. shm .. "." .. ngx.crc32_long(prefix) .. ".wm"
+end
+
+local function check_callback(name, cb, level)
+  if cb ~= nil and type(cb) ~= "function" then
+    error(name .. " must be a function or nil, got " .. type(cb), level + 1)
+  end
+end
+
+local function ms(seconds)
+  return seconds * 1000
+end
+
+--- Registers this configuration as a new generation. Call it in `init_by_lua`.
+-- @param opts options (see the README): `shm` or `path`, `interval`, `failed`,
+-- `lock_timeout`, `start_timeout`, `exit_hook`, the `on_*` callbacks, `lib`
+-- @param master_start_cb called when this generation registers
+-- @param master_exit_cb called when a generation has no worker left
+-- @return true, or nil and an error
+function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
+  if get_phase() ~= "init" then
+    error("on_init_by_lua must be called in init_by_lua, not in " .. get_phase(), 2)
+  end
+  if config then
+    error("on_init_by_lua was already called", 2)
+  end
+  local valid = validate(opts)
+  check_callback("master_start_cb", master_start_cb, 2)
+  check_callback("master_exit_cb", master_exit_cb, 2)
+
+  local lib, err = cdefs.load(valid.lib)
+  if not lib then
+    ngx_log(ERR, LOG_PREFIX, err)
+    return nil, err
+  end
+  C = lib
+  local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm)
+  if C.wm_open(path, ms(valid.lock_timeout), err_out) ~= 0 then
+    err = last_error()
+    ngx_log(ERR, LOG_PREFIX, err)
+    return nil, err
+  end
+  callbacks = {
+    master_start = master_start_cb,
+    master_exit = master_exit_cb,
+    worker_crash = valid.on_worker_crash,
+    generation_abort = valid.on_generation_abort,
+    worker_hang = valid.on_worker_hang,
+    worker_recover = valid.on_worker_recover,
+  }
+  local workers = ngx.worker.count and ngx.worker.count() or 0
+  local ok
+  ok, err = locked("registering the generation", C.wm_register_generation,
+                   ms(valid.interval), ms(valid.failed), ms(valid.start_timeout),
+                   workers, id_out, err_out)
+  if not ok then
+    return nil, err
+  end
+  generation = tonumber(id_out[0])
+  valid.path = path
+  config = valid
+  return true
+end
+
+local function tick(premature)
+  if premature then
+    -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
+    -- while longer. With an exit hook, everything is reported at the real exit.
+    if not config.exit_hook and registered then
+      locked("announcing the exit", C.wm_announce_exit, err_out)
+    end
+    return
+  end
+  if C.wm_heartbeat() ~= 0 then
+    ngx_log(ERR, LOG_PREFIX, "heartbeat: ", last_error())
+  end
+  locked("sweeping", C.wm_sweep, err_out)
+end
+
+--- Registers this worker. Call it in `init_worker_by_lua`.
+-- @param start_cb called once this worker is registered
+-- @param exit_cb called when this worker exits
+-- @return true, or nil and an error
+function _M.on_init_worker_by_lua(start_cb, exit_cb)
+  if get_phase() ~= "init_worker" then
+    error("on_init_worker_by_lua must be called in init_worker_by_lua, not in "
+          .. get_phase(), 2)
+  end
+  if not config then
+    error("on_init_by_lua must be called first (in init_by_lua)", 2)
+  end
+  if worker_init_called then
+    error("on_init_worker_by_lua was already called", 2)
+  end
+  worker_init_called = true
+  check_callback("start_cb", start_cb, 2)
+  check_callback("exit_cb", exit_cb, 2)
+  local index = ngx.worker.id()
+  if not index then
+    -- Not a worker (cache manager or loader, privileged agent): nothing to track.
+    return true
+  end
+  callbacks.worker_start = start_cb
+  callbacks.worker_exit = exit_cb
+  local ok, err = locked("registering the worker", C.wm_register_worker, generation, index,
+                         err_out)
+  if not ok then
+    return nil, err
+  end
+  registered = true
+  local timer_ok, timer_err = ngx.timer.every(config.interval, tick)
+  if not timer_ok then
+    ngx_log(ERR, LOG_PREFIX, "cannot start the heartbeat timer: ", timer_err)
+    return nil, timer_err
+  end
+  return true
+end
+
+--- Reports this worker's exit. Call it in `exit_worker_by_lua` (recommended: it is
+-- the only code that runs on a fast stop).
+-- @return true, or nil and an error
+function _M.on_exit_worker_by_lua()
+  if get_phase() ~= "exit_worker" then
+    error("on_exit_worker_by_lua must be called in exit_worker_by_lua, not in "
+          .. get_phase(), 2)
+  end
+  if not registered then
+    return true
+  end
+  registered = false
+  local graceful = ngx.worker.exiting() and 1 or 0
+  return locked("exiting", C.wm_exit_worker, graceful, err_out)
+end
+
+--- A snapshot of the registry.
+-- @return a table `{ run_state, next_seq, generation, generations = {...},
+-- workers = {...} }`, or nil and an error
+function _M.status()
+  if not C then
+    return nil, "on_init_by_lua has not run"
+  end
+  if C.wm_snapshot(count_out, count_out + 1, count_out + 2, seq_out, err_out) ~= 0 then
+    return nil, last_error()
+  end
+  local status = {
+    run_state = RUN_STATES[count_out[2]],
+    next_seq = tonumber(seq_out[0]),
+    generation = generation,
+    generations = {},
+    workers = {},
+  }
+  for i = 0, count_out[0] - 1 do
+    if C.wm_snapshot_generation(i, generation_out) == 0 then
+      local g = generation_out
+      status.generations[#status.generations + 1] = {
+        id = tonumber(g.id),
+        state = GENERATION_STATES[g.state],
+        kind = START_KINDS[g.kind],
+        previous_run = RUN_ENDS[g.previous_run],
+        master_pid = g.master_pid,
+        expected_workers = g.expected_workers,
+        live_workers = g.live_workers,
+        exit_reason = REASONS[g.exit_reason],
+        workers_started = tonumber(g.workers_started),
+        respawns = tonumber(g.respawns),
+        crashes = tonumber(g.crashes),
+        registered = tonumber(g.registered_ns) / 1e9,
+      }
+    end
+  end
+  for i = 0, count_out[1] - 1 do
+    if C.wm_snapshot_worker(i, worker_out) == 0 then
+      local w = worker_out
+      status.workers[#status.workers + 1] = {
+        id = tostring(tonumber(w.generation)) .. "-" .. tostring(w.pid),
+        generation = tonumber(w.generation),
+        pid = w.pid,
+        index = w.index,
+        state = WORKER_STATES[w.state],
+        hung = w.hung == 1,
+        replaces_pid = w.replaces_pid ~= 0 and w.replaces_pid or nil,
+        heartbeat_age = tonumber(w.heartbeat_age_ms) / 1000,
+        registered = tonumber(w.registered_ns) / 1e9,
+      }
+    end
+  end
+  return status
+end
+
+return _M

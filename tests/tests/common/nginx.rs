@@ -1,0 +1,418 @@
+//! A real nginx (Debian's, with the real Lua module) in a temporary prefix, driven
+//! with real signals. Callbacks of the test configuration append one line per event
+//! to `events.log` in the prefix; tests wait for the lines they expect.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::STEP_TIMEOUT;
+
+pub const NGINX: &str = "/usr/sbin/nginx";
+
+/// One line of `events.log`: the event name and its `key=value` fields.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub name: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Ev {
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("", String::as_str)
+    }
+
+    pub fn num(&self, key: &str) -> Option<u64> {
+        self.get(key).parse().ok()
+    }
+}
+
+fn parse(line: &str) -> Option<Ev> {
+    let mut words = line.split_whitespace();
+    let name = words.next()?.to_string();
+    let fields = words
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Ev { name, fields })
+}
+
+/// What goes into the test configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub workers: u32,
+    pub daemon: bool,
+    /// Lua table fields added to the `on_init_by_lua` options.
+    pub opts: String,
+    pub exit_hook: bool,
+    /// Lua code run at the start of every callback (`name` and `info` in scope).
+    pub in_callback: String,
+    /// Extra `http` block lines.
+    pub http: String,
+    /// The whole `init_by_lua_block`/`init_worker_by_lua_block` pair, replacing the
+    /// standard ones (for configurations written the original's way).
+    pub lua_blocks: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            workers: 2,
+            daemon: false,
+            opts: String::new(),
+            exit_hook: true,
+            in_callback: String::new(),
+            http: String::new(),
+            lua_blocks: None,
+        }
+    }
+}
+
+pub struct Nginx {
+    dir: TempDir,
+    pub port: u16,
+    /// Every nginx master pid seen, killed (with its workers) on drop.
+    masters: Vec<u32>,
+}
+
+/// A free loopback port, as the kernel picks it.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory holding `libworker_manager_ffi.so`, built as a dependency of these
+/// tests: `target/<profile>/deps`, beside the test executable.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().to_path_buf()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            !matches!(state, Some("Z") | Some("X") | None)
+        })
+        .unwrap_or(false)
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Reaps every child of this process that has exited (nginx masters orphaned to this
+/// process, which is made a subreaper).
+pub fn reap() {
+    loop {
+        let mut status = 0;
+        // SAFETY: a valid pointer to a status word.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+    }
+}
+
+/// Makes this test process the reaper of the processes its children orphan, so that
+/// daemonised and upgraded nginx masters stay reachable and get reaped.
+pub fn become_subreaper() {
+    // SAFETY: prctl with an integer argument.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+}
+
+impl Nginx {
+    pub fn new() -> Nginx {
+        let dir = tempfile::Builder::new()
+            .prefix("wm-nginx-")
+            .tempdir()
+            .unwrap();
+        // Workers run as nobody: they append to events.log and read the prefix.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(dir.path().join("conf")).unwrap();
+        fs::create_dir(dir.path().join("logs")).unwrap();
+        let events = dir.path().join("events.log");
+        fs::write(&events, "").unwrap();
+        fs::set_permissions(&events, fs::Permissions::from_mode(0o666)).unwrap();
+        Nginx {
+            dir,
+            port: free_port(),
+            masters: Vec::new(),
+        }
+    }
+
+    pub fn prefix(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The registry file, inside the prefix unless the options name another.
+    pub fn registry(&self) -> PathBuf {
+        self.prefix().join("registry.wm")
+    }
+
+    pub fn write_config(&self, c: &Config) {
+        let events = self.prefix().join("events.log");
+        let opts = if c.opts.contains("path =") || c.opts.contains("shm =") {
+            c.opts.clone()
+        } else {
+            format!("path = \"{}\", {}", self.registry().display(), c.opts)
+        };
+        let lua_blocks = c.lua_blocks.clone().unwrap_or_else(|| {
+            format!(
+                r#"
+    init_by_lua_block {{
+        local wm = require("resty.worker.manager")
+        local function record(name)
+            return function(id, n_prev, n_mine, n_next, info)
+                local fields = {{}}
+                for k, v in pairs(info or {{}}) do
+                    fields[#fields + 1] = k .. "=" .. tostring(v)
+                end
+                table.sort(fields)
+                local f = assert(io.open("{events}", "a"))
+                f:write(name, " id=", tostring(id), " n_prev=", tostring(n_prev),
+                        " n_mine=", tostring(n_mine), " n_next=", tostring(n_next),
+                        " by=", tostring(ngx.worker.pid()), " ", table.concat(fields, " "), "\n")
+                f:close()
+                {in_callback}
+            end
+        end
+        WM_RECORD = record
+        assert(wm.on_init_by_lua({{
+            interval = 0.2, failed = 1,
+            on_worker_crash = record("worker_crash"),
+            on_generation_abort = record("generation_abort"),
+            on_worker_hang = record("worker_hang"),
+            on_worker_recover = record("worker_recover"),
+            {opts}
+        }}, record("master_start"), record("master_exit")))
+    }}
+    init_worker_by_lua_block {{
+        assert(require("resty.worker.manager").on_init_worker_by_lua(
+            WM_RECORD("worker_start"), WM_RECORD("worker_exit")))
+    }}
+"#,
+                events = events.display(),
+                in_callback = c.in_callback,
+                opts = opts,
+            )
+        });
+        let exit_hook = if c.exit_hook {
+            r#"exit_worker_by_lua_block { require("resty.worker.manager").on_exit_worker_by_lua() }"#
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes {workers};
+daemon {daemon};
+master_process on;
+pid logs/nginx.pid;
+error_log logs/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    lua_package_path "{lib}/?.lua;;";
+    lua_package_cpath "{cpath}/?.so;;";
+    {lua_blocks}
+    {exit_hook}
+    {http}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /status {{
+            content_by_lua_block {{
+                local status = require("resty.worker.manager").status()
+                local live = 0
+                for _, w in ipairs(status.workers) do
+                    if w.state == "running" then live = live + 1 end
+                end
+                ngx.say("live=", live, " pid=", ngx.worker.pid())
+            }}
+        }}
+    }}
+}}
+"#,
+            workers = c.workers,
+            daemon = if c.daemon { "on" } else { "off" },
+            lib = repo().join("lib").display(),
+            cpath = lib_dir().display(),
+            port = self.port,
+            http = c.http,
+        );
+        fs::write(self.prefix().join("conf/nginx.conf"), conf).unwrap();
+    }
+
+    /// Starts nginx (absolute path, as binary upgrades need) and waits for its pid file.
+    pub fn start(&mut self) -> u32 {
+        let _ = fs::remove_file(self.prefix().join("logs/nginx.pid"));
+        let child = Command::new(NGINX)
+            .arg("-p")
+            .arg(self.prefix())
+            .arg("-c")
+            .arg("conf/nginx.conf")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(self.prefix().join("logs/stderr.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start nginx");
+        self.masters.push(child.id());
+        // The Child handle is not kept: exited masters are reaped by `reap`.
+        std::mem::forget(child);
+        let master = self.wait_for_pid(None);
+        self.masters.push(master);
+        master
+    }
+
+    /// Waits until the pid file names a live master other than `not`.
+    pub fn wait_for_pid(&self, not: Option<u32>) -> u32 {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Ok(text) = fs::read_to_string(self.prefix().join("logs/nginx.pid")) {
+                if let Ok(pid) = text.trim().parse::<u32>() {
+                    if Some(pid) != not && alive(pid) {
+                        return pid;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        let mut text =
+            fs::read_to_string(self.prefix().join("logs/stderr.log")).unwrap_or_default();
+        text.push_str(
+            &fs::read_to_string(self.prefix().join("logs/error.log")).unwrap_or_default(),
+        );
+        text
+    }
+
+    pub fn master(&self) -> u32 {
+        self.wait_for_pid(None)
+    }
+
+    pub fn adopt(&mut self, master: u32) {
+        self.masters.push(master);
+    }
+
+    /// The live worker pids of `master`.
+    pub fn workers(&self, master: u32) -> Vec<u32> {
+        children(master).into_iter().filter(|&p| alive(p)).collect()
+    }
+
+    pub fn events(&self) -> Vec<Ev> {
+        fs::read_to_string(self.prefix().join("events.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(parse)
+            .collect()
+    }
+
+    pub fn named(&self, name: &str) -> Vec<Ev> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.name == name)
+            .collect()
+    }
+
+    /// Waits until `done` holds of the events so far; returns them.
+    pub fn wait(&self, what: &str, done: impl Fn(&[Ev]) -> bool) -> Vec<Ev> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events:\n{}\nlogs:\n{}",
+                fs::read_to_string(self.prefix().join("events.log")).unwrap_or_default(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until at least `n` events named `name` were recorded.
+    pub fn wait_n(&self, name: &str, n: usize) -> Vec<Ev> {
+        self.wait(&format!("{n} x {name}"), |events| {
+            events.iter().filter(|e| e.name == name).count() >= n
+        });
+        self.named(name)
+    }
+
+    /// Waits until `master` and its workers are gone.
+    pub fn wait_gone(&self, master: u32) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while alive(master) {
+            reap();
+            assert!(Instant::now() < deadline, "nginx {master} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reap();
+    }
+
+    /// An HTTP GET on the test server; the body.
+    pub fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        for &master in &self.masters {
+            if alive(master) {
+                for worker in children(master) {
+                    signal(worker, libc::SIGKILL);
+                }
+                signal(master, libc::SIGKILL);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.masters.iter().any(|&m| alive(m)) && Instant::now() < deadline {
+            reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reap();
+    }
+}

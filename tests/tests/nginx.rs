@@ -1,0 +1,447 @@
+//! The OpenResty binding in a real nginx (Debian's nginx and Lua module): every
+//! lifecycle scenario, driven with real signals, asserting on the events that the
+//! callbacks recorded. Serialized: one nginx at a time.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
+
+use common::nginx::{alive, become_subreaper, reap, signal, Config, Ev, Nginx};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    guard
+}
+
+fn start(config: &Config) -> (Nginx, u32) {
+    let mut nginx = Nginx::new();
+    nginx.write_config(config);
+    let master = nginx.start();
+    (nginx, master)
+}
+
+fn gen_of(e: &Ev) -> u64 {
+    e.num("generation").unwrap()
+}
+
+fn of_gen(events: &[Ev], name: &str, generation: u64) -> Vec<Ev> {
+    events
+        .iter()
+        .filter(|e| e.name == name && gen_of(e) == generation)
+        .cloned()
+        .collect()
+}
+
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn quit(nginx: &Nginx, master: u32) {
+    signal(master, libc::SIGQUIT);
+    nginx.wait_gone(master);
+}
+
+#[test]
+fn start_with_one_and_four_workers_then_graceful_quit() {
+    let _serial = serial();
+    for (workers, daemon) in [(1, false), (4, true)] {
+        let (nginx, master) = start(&Config {
+            workers,
+            daemon,
+            ..Config::default()
+        });
+        let starts = nginx.wait_n("worker_start", workers as usize);
+        let ms = nginx.named("master_start");
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].get("kind"), "start");
+        assert_eq!(ms[0].get("n_prev"), "nil");
+        assert_eq!(ms[0].get("n_mine"), "0");
+        let mut mine: Vec<u64> = starts.iter().map(|e| e.num("n_mine").unwrap()).collect();
+        mine.sort_unstable();
+        assert_eq!(mine, (1..=workers as u64).collect::<Vec<_>>());
+        // The workers that registered are the master's children, running as nobody.
+        let registered: BTreeSet<u32> = starts
+            .iter()
+            .map(|e| e.num("pid").unwrap() as u32)
+            .collect();
+        let real: BTreeSet<u32> = nginx.workers(master).into_iter().collect();
+        assert_eq!(registered, real, "daemon {daemon}");
+        for pid in &real {
+            assert_eq!(uid_of(*pid), 65534, "workers run as nobody");
+        }
+        assert!(nginx
+            .get("/status")
+            .starts_with(&format!("live={workers} ")));
+
+        quit(&nginx, master);
+        let exits = nginx.named("worker_exit");
+        assert_eq!(exits.len(), workers as usize);
+        assert!(exits.iter().all(|e| e.get("reason") == "stop"));
+        let me = nginx.named("master_exit");
+        assert_eq!(me.len(), 1);
+        assert_eq!(me[0].get("reason"), "stop");
+        assert_eq!(me[0].get("n_next"), "nil");
+    }
+}
+
+#[test]
+fn reloads_including_two_in_a_row_and_a_new_worker_count() {
+    let _serial = serial();
+    let mut config = Config::default();
+    let (nginx, master) = start(&config);
+    nginx.wait_n("worker_start", 2);
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("the first generation's master_exit", |ev| {
+        ev.iter().any(|e| e.name == "master_exit")
+    });
+    let reload = &of_gen(&events, "master_start", 2)[0];
+    assert_eq!(reload.get("kind"), "reload");
+    assert_eq!(reload.get("n_prev"), "2");
+    let exit1 = &events.iter().find(|e| e.name == "master_exit").unwrap();
+    assert_eq!(gen_of(exit1), 1);
+    assert_eq!(exit1.get("reason"), "reload");
+    assert_eq!(exit1.get("n_next"), "2");
+    assert!(of_gen(&events, "worker_exit", 1)
+        .iter()
+        .all(|e| e.get("reason") == "reload"));
+
+    // Three workers now, and two reloads sent together (nginx may merge them).
+    config.workers = 3;
+    nginx.write_config(&config);
+    signal(master, libc::SIGHUP);
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("three workers of the newest generation", |ev| {
+        let newest = ev
+            .iter()
+            .filter(|e| e.name == "master_start")
+            .map(gen_of)
+            .max()
+            .unwrap();
+        of_gen(ev, "worker_start", newest).len() == 3
+            && ev.iter().filter(|e| e.name == "master_exit").count() as u64 == newest - 1
+    });
+    let newest = events
+        .iter()
+        .filter(|e| e.name == "master_start")
+        .map(gen_of)
+        .max()
+        .unwrap();
+    for g in 1..newest {
+        let exits = of_gen(&events, "master_exit", g);
+        let aborts = of_gen(&events, "generation_abort", g);
+        assert_eq!(
+            exits.len() + aborts.len(),
+            1,
+            "generation {g} ended exactly once"
+        );
+    }
+    assert_eq!(nginx.workers(master).len(), 3);
+    quit(&nginx, master);
+}
+
+#[test]
+fn kill_9_of_a_worker_is_one_crash_and_a_recognised_respawn() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config::default());
+    nginx.wait_n("worker_start", 2);
+    let victim = nginx.workers(master)[0];
+    signal(victim, libc::SIGKILL);
+    let events = nginx.wait("the respawn", |ev| {
+        ev.iter()
+            .any(|e| e.name == "worker_start" && e.get("respawn") == "true")
+    });
+    let crashes = nginx.named("worker_crash");
+    assert_eq!(crashes.len(), 1);
+    assert_eq!(crashes[0].num("pid"), Some(victim as u64));
+    assert_eq!(crashes[0].get("detection"), "owner_died");
+    let respawn = events.iter().find(|e| e.get("respawn") == "true").unwrap();
+    assert!(respawn.get("replaces").ends_with(&format!("-{victim}")));
+    assert!(events
+        .iter()
+        .filter(|e| e.name == "worker_start")
+        .all(|e| e.num("n_mine").unwrap() <= 2));
+    // Ticks of every worker (every 0.2 s) report nothing more.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(nginx.named("worker_crash").len(), 1);
+    assert!(nginx.named("master_exit").is_empty());
+    quit(&nginx, master);
+}
+
+#[test]
+fn kill_9_then_an_immediate_reload_still_ends_the_old_generation() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config::default());
+    nginx.wait_n("worker_start", 2);
+    let victim = nginx.workers(master)[0];
+    signal(victim, libc::SIGKILL);
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("the old generation's master_exit", |ev| {
+        !of_gen(ev, "master_exit", 1).is_empty()
+    });
+    assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
+    assert_eq!(of_gen(&events, "worker_crash", 1).len(), 1);
+    quit(&nginx, master);
+}
+
+#[test]
+fn fast_stop_with_the_exit_hook_reports_fast_stop() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config::default());
+    nginx.wait_n("worker_start", 2);
+    signal(master, libc::SIGTERM);
+    nginx.wait_gone(master);
+    let exits = nginx.named("worker_exit");
+    assert_eq!(exits.len(), 2);
+    assert!(exits.iter().all(|e| e.get("reason") == "fast_stop"));
+    let me = nginx.named("master_exit");
+    assert_eq!(me.len(), 1);
+    assert_eq!(me[0].get("reason"), "fast_stop");
+}
+
+#[test]
+fn fast_stop_without_the_exit_hook_is_seen_at_the_next_start() {
+    let _serial = serial();
+    let config = Config {
+        exit_hook: false,
+        ..Config::default()
+    };
+    let (mut nginx, master) = start(&config);
+    nginx.wait_n("worker_start", 2);
+    signal(master, libc::SIGTERM);
+    nginx.wait_gone(master);
+    assert!(
+        nginx.named("worker_exit").is_empty(),
+        "nothing runs on a fast stop"
+    );
+    let master = nginx.start();
+    let events = nginx.wait("the restart", |ev| {
+        ev.iter().filter(|e| e.name == "worker_start").count() == 4
+    });
+    let restart = &of_gen(&events, "master_start", 2)[0];
+    assert_eq!(restart.get("kind"), "restart");
+    assert_eq!(restart.get("previous_run"), "unclean");
+    assert_eq!(of_gen(&events, "worker_crash", 1).len(), 2);
+    assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
+    quit(&nginx, master);
+}
+
+#[test]
+fn binary_upgrade_continues_ids_and_the_old_generation_sees_the_new() {
+    let _serial = serial();
+    let (mut nginx, old) = start(&Config::default());
+    nginx.wait_n("worker_start", 2);
+    signal(old, libc::SIGUSR2);
+    let new = nginx.wait_for_pid(Some(old));
+    nginx.adopt(new);
+    let events = nginx.wait("the new workers", |ev| {
+        of_gen(ev, "worker_start", 2).len() == 2
+    });
+    let up = &of_gen(&events, "master_start", 2)[0];
+    assert_eq!(up.get("kind"), "upgrade");
+    assert_eq!(up.get("n_prev"), "2");
+    assert_eq!(up.num("master_pid"), Some(new as u64));
+    signal(old, libc::SIGWINCH);
+    let events = nginx.wait("the old generation's exit", |ev| {
+        !of_gen(ev, "master_exit", 1).is_empty()
+    });
+    let exit = &of_gen(&events, "master_exit", 1)[0];
+    assert_eq!(exit.get("reason"), "upgrade");
+    assert_eq!(exit.get("n_next"), "2");
+    assert!(of_gen(&events, "worker_exit", 1)
+        .iter()
+        .all(|e| e.get("reason") == "upgrade"));
+    signal(old, libc::SIGQUIT);
+    nginx.wait_gone(old);
+    assert!(alive(new));
+    quit(&nginx, new);
+    let exit = &of_gen(&nginx.events(), "master_exit", 2)[0];
+    assert_eq!(exit.get("reason"), "stop");
+}
+
+#[test]
+fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_stop() {
+    let _serial = serial();
+    let mut config = Config {
+        opts: "start_timeout = 1,".into(),
+        ..Config::default()
+    };
+    let (nginx, master) = start(&config);
+    nginx.wait_n("worker_start", 2);
+    // The new configuration listens on a port that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.http = format!(
+        "server {{ listen 127.0.0.1:{}; }}",
+        taken.local_addr().unwrap().port()
+    );
+    nginx.write_config(&config);
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("the abort", |ev| {
+        ev.iter().any(|e| e.name == "generation_abort")
+    });
+    let abort = events
+        .iter()
+        .find(|e| e.name == "generation_abort")
+        .unwrap();
+    assert_eq!(gen_of(abort), 2);
+    assert_eq!(abort.get("cause"), "timed_out");
+    assert!(of_gen(&events, "worker_start", 2).is_empty());
+    assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
+    quit(&nginx, master);
+    let exits = of_gen(&nginx.events(), "worker_exit", 1);
+    assert_eq!(exits.len(), 2);
+    assert!(exits.iter().all(|e| e.get("reason") == "stop"), "{exits:?}");
+}
+
+#[test]
+fn restart_after_a_clean_stop_and_after_kill_9_of_everything() {
+    let _serial = serial();
+    let (mut nginx, master) = start(&Config::default());
+    nginx.wait_n("worker_start", 2);
+    quit(&nginx, master);
+    let master = nginx.start();
+    let events = nginx.wait("the clean restart", |ev| {
+        of_gen(ev, "worker_start", 2).len() == 2
+    });
+    let restart = &of_gen(&events, "master_start", 2)[0];
+    assert_eq!(restart.get("kind"), "restart");
+    assert_eq!(restart.get("previous_run"), "clean");
+    assert_eq!(restart.get("n_prev"), "nil");
+
+    let workers = nginx.workers(master);
+    signal(master, libc::SIGKILL);
+    for w in &workers {
+        signal(*w, libc::SIGKILL);
+    }
+    nginx.wait_gone(master);
+    while workers.iter().any(|&w| alive(w)) {
+        reap();
+        std::thread::yield_now();
+    }
+    let master = nginx.start();
+    let events = nginx.wait("the unclean restart", |ev| {
+        of_gen(ev, "worker_start", 3).len() == 2
+    });
+    let restart = &of_gen(&events, "master_start", 3)[0];
+    assert_eq!(restart.get("kind"), "restart");
+    assert_eq!(restart.get("previous_run"), "unclean");
+    assert_eq!(of_gen(&events, "worker_crash", 2).len(), 2);
+    assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+    quit(&nginx, master);
+}
+
+#[test]
+fn a_throwing_callback_is_logged_and_leaves_no_lock_held() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config {
+        in_callback: r#"if name == "worker_start" then error("boom in " .. name) end"#.into(),
+        ..Config::default()
+    });
+    nginx.wait_n("worker_start", 2);
+    nginx.wait("the logged error", |_| {
+        nginx
+            .stderr()
+            .matches("the worker_start callback failed")
+            .count()
+            == 2
+    });
+    let log = nginx.stderr();
+    assert!(log.contains("boom in worker_start"));
+    assert!(log.contains("stack traceback"), "logged with its traceback");
+    // The lock is free: a reload goes through.
+    signal(master, libc::SIGHUP);
+    nginx.wait("the reload", |ev| !of_gen(ev, "master_exit", 1).is_empty());
+    quit(&nginx, master);
+}
+
+#[test]
+fn a_callback_holding_the_lock_past_lock_timeout_fails_the_waiter_cleanly() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config {
+        opts: "lock_timeout = 0.3,".into(),
+        // The first worker to start holds the lock for 1.5 s in its callback.
+        in_callback: r#"if name == "worker_start" and n_mine == 1 then
+                local t = ngx.now() + 1.5
+                repeat ngx.update_time() until ngx.now() >= t
+            end"#
+            .into(),
+        ..Config::default()
+    });
+    nginx.wait("the lock timeout", |_| {
+        nginx
+            .stderr()
+            .contains("registry lock not acquired within 300ms")
+    });
+    let log = nginx.stderr();
+    assert!(
+        log.contains("for register_worker") || log.contains("for user"),
+        "the holder is named"
+    );
+    nginx.wait_n("worker_start", 1);
+    assert!(
+        nginx.get("/status").starts_with("live=1 "),
+        "nginx keeps serving"
+    );
+    quit(&nginx, master);
+}
+
+#[test]
+fn the_original_synopsis_configuration_runs_unchanged() {
+    let _serial = serial();
+    let synopsis = r#"
+    lua_shared_dict my_shm 5m;
+    init_by_lua_block {
+        require("resty.worker.manager").on_init_by_lua({
+                shm = "my_shm",
+                interval = 10,  -- worker heartbeat interval in seconds
+                failed = 5, -- max heartbeat overrun to detect crashed worker, in seconds
+            },
+            function(master_id, n_prev, n_mine, n_next)
+                ngx.log(ngx.ERR, "======== Master start ======== ", master_id, " ", tostring(n_prev))
+            end,
+            function(master_id, n_prev, n_mine, n_next)
+                ngx.log(ngx.ERR, "======== Master exit ======== ", master_id, " ", tostring(n_next))
+            end)
+    }
+    init_worker_by_lua_block {
+        require("resty.worker.manager").on_init_worker_by_lua(
+            function(worker_id, n_prev, n_mine, n_next)
+                ngx.log(ngx.ERR, "-------- Worker start -------- ", worker_id, " ", n_mine)
+            end,
+            function(worker_id, n_prev, n_mine, n_next)
+                ngx.log(ngx.ERR, "-------- Worker exit -------- ", worker_id, " ", tostring(n_next))
+            end)
+    }
+"#;
+    let (nginx, master) = start(&Config {
+        lua_blocks: Some(synopsis.into()),
+        exit_hook: false,
+        ..Config::default()
+    });
+    nginx.wait("two worker starts", |_| {
+        nginx.stderr().matches("Worker start").count() == 2
+    });
+    signal(master, libc::SIGHUP);
+    nginx.wait("the reload", |_| {
+        nginx.stderr().contains("Master exit ======== 1 2")
+    });
+    quit(&nginx, master);
+    let log = nginx.stderr();
+    assert!(log.contains("Master start ======== 1 nil"));
+    assert!(log.contains("Master start ======== 2 2"));
+    assert!(
+        log.contains("Master exit ======== 2 nil"),
+        "the node stopped"
+    );
+    assert_eq!(log.matches("Worker exit").count(), 4);
+    // The registry is the default one, derived from the prefix and the shm name.
+    let prefix = format!("{}/", nginx.prefix().display());
+    let path = worker_manager::naming::default_path(&prefix, "my_shm");
+    assert!(path.exists(), "{}", path.display());
+    std::fs::remove_file(path).unwrap();
+}
