@@ -460,7 +460,7 @@ impl Registry {
         }
         let anything_left = self.generations().any(|g| {
             matches!(load_state(g), Some(GenerationState::Starting))
-                || census.present(g.id.load(Relaxed)) > 0
+                || census.live(g.id.load(Relaxed)) > 0
         });
         if !anything_left {
             let end = if clean {
@@ -934,7 +934,9 @@ impl Registry {
         }
         slot.state.store(WorkerState::Free.code(), Release);
         self.region.keep_mapped(false);
-        if self.census().present(worker.id.generation) == 0 {
+        if self.census().present(worker.id.generation) == 0
+            && load_state(g) != Some(GenerationState::Exited)
+        {
             self.master_exit(g, true, events);
         }
         Ok(())
@@ -989,13 +991,21 @@ impl Registry {
     /// premature timer, while connections drain). Fires `worker_exit` now, stops
     /// counting the worker in `n_mine`, and leaves the rest to its real exit:
     /// [`Registry::exit_worker`] if it gets to call it, or else the sweep that sees
-    /// its process gone, which then fires `master_exit` if it was the last.
+    /// its process gone, which then fires `master_exit` if it was the last. When the
+    /// node is stopping (nothing replaces the generation), no process may be left to
+    /// see the end, so the last worker to announce fires `master_exit` itself.
     pub fn announce_exit(&self, worker: &Worker, mut on_event: impl FnMut(&Event)) -> Result<()> {
         self.locked(LockOp::ExitWorker, &mut on_event, |events| {
             let (slot, g) = self.own_slot(worker)?;
-            if slot.state.load(Relaxed) == WorkerState::Running.code() {
-                self.report_exit(worker, g, true, events);
-                slot.state.store(WorkerState::Exiting.code(), Release);
+            if slot.state.load(Relaxed) != WorkerState::Running.code() {
+                return Ok(());
+            }
+            self.report_exit(worker, g, true, events);
+            slot.state.store(WorkerState::Exiting.code(), Release);
+            if self.census().live(worker.id.generation) == 0
+                && self.successor_reason(g) == ExitReason::Stop
+            {
+                self.master_exit(g, true, events);
             }
             Ok(())
         })

@@ -171,6 +171,22 @@ impl Nginx {
         self.dir.path()
     }
 
+    /// Polls `/status` until its body starts with `prefix`; returns the body.
+    pub fn wait_status(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let body = self.get("/status");
+            if body.starts_with(prefix) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/status never said {prefix}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The registry file, inside the prefix unless the options name another.
     pub fn registry(&self) -> PathBuf {
         self.prefix().join("registry.wm")
@@ -249,7 +265,11 @@ http {{
         listen 127.0.0.1:{port};
         location = /status {{
             content_by_lua_block {{
-                local status = require("resty.worker.manager").status()
+                local status, err = require("resty.worker.manager").status()
+                if not status then
+                    ngx.say("err=", err)
+                    return
+                end
                 local live = 0
                 for _, w in ipairs(status.workers) do
                     if w.state == "running" then live = live + 1 end
@@ -273,11 +293,13 @@ http {{
     /// Starts nginx (absolute path, as binary upgrades need) and waits for its pid file.
     pub fn start(&mut self) -> u32 {
         let _ = fs::remove_file(self.prefix().join("logs/nginx.pid"));
-        let child = Command::new(NGINX)
-            .arg("-p")
-            .arg(self.prefix())
+        // Through a shell: nginx ignores a binary upgrade signal while its parent is
+        // the process that started it, and a daemonised master is reparented to this
+        // test process (a subreaper), so the starter must be another process.
+        let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg("conf/nginx.conf")
+            .arg(format!("{NGINX} -p \"$0\" -c conf/nginx.conf"))
+            .arg(self.prefix())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 fs::File::create(self.prefix().join("logs/stderr.log")).unwrap(),
@@ -398,18 +420,28 @@ http {{
     }
 }
 
+/// `pid` and all its descendants, parents first.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let kids = children(all[i]);
+        all.extend(kids);
+        i += 1;
+    }
+    all
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
-        for &master in &self.masters {
-            if alive(master) {
-                for worker in children(master) {
-                    signal(worker, libc::SIGKILL);
-                }
-                signal(master, libc::SIGKILL);
-            }
+        // The whole tree first, then the kills: killing a master first would orphan
+        // its workers out of reach.
+        let doomed: Vec<u32> = self.masters.iter().flat_map(|&m| tree(m)).collect();
+        for &pid in &doomed {
+            signal(pid, libc::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.masters.iter().any(|&m| alive(m)) && Instant::now() < deadline {
+        while doomed.iter().any(|&p| alive(p)) && Instant::now() < deadline {
             reap();
             std::thread::sleep(Duration::from_millis(10));
         }
