@@ -1,7 +1,7 @@
 # worker-manager: `make demo` runs the main job, `make test` the whole suite.
 CARGO ?= cargo
 
-.PHONY: all build deps demo test lint bench clean
+.PHONY: all build deps demo demo-prefork install test lint bench clean
 
 all: build
 
@@ -11,18 +11,39 @@ deps:
 build: deps
 	$(CARGO) build --workspace --all-targets
 
-# A pre-fork server on the Rust API, driven through start, reload, kill -9 and stop.
+# A real nginx with resty.worker.manager, driven through start, reload, kill -9 of a
+# worker, binary upgrade and stop.
 demo: deps
+	$(CARGO) build --quiet -p worker-manager-ffi
+	examples/openresty/demo.sh
+
+# The same lifecycle on the Rust API alone: a pre-fork server.
+demo-prefork: deps
 	$(CARGO) run --quiet -p prefork -- demo
 
-# Unit, process (real fork and kill -9) and property tests. Runs as root: some tests
-# chown files to another user and mount a tiny tmpfs.
+# Installs the Lua module and the library where Debian's nginx (LuaJIT's default
+# paths) finds them; for OpenResty: make install LUA_LIB_DIR=/usr/local/openresty/lualib
+# LUA_CLIB_DIR=/usr/local/openresty/lualib
+PREFIX ?= /usr/local
+LUA_LIB_DIR ?= $(PREFIX)/share/lua/5.1
+LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
+
+install: deps
+	$(CARGO) build --release -p worker-manager-ffi
+	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR)
+	install -m 0644 lib/resty/worker/manager.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager.lua
+	install -m 0644 lib/resty/worker/manager/cdefs.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager/cdefs.lua
+	install -m 0755 target/release/libworker_manager_ffi.so $(DESTDIR)$(LUA_CLIB_DIR)/libworker_manager_ffi.so
+
+# Unit, process (real fork and kill -9), property and real-nginx tests. Runs as root:
+# some tests chown files to another user, mount a tiny tmpfs, start nginx.
 test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
 
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	luacheck lib examples
 
 # Microbenchmarks; figures are quoted in docs/BENCHMARKS.md.
 bench: deps

@@ -3,18 +3,28 @@
 # or says exactly what is missing. Idempotent: installs only what is absent.
 set -euo pipefail
 
-# command -> Debian package that provides it
+# command or file -> Debian package that provides it
 declare -A packages=(
     [cc]=gcc
     [mount]=mount
     [chown]=coreutils
     [sleep]=coreutils
+    [/usr/sbin/nginx]=nginx
+    [/usr/lib/nginx/modules/ngx_http_lua_module.so]=libnginx-mod-http-lua
+    [/usr/share/lua/5.1/resty/core.lua]=lua-resty-core
+    [/usr/share/lua/5.1/resty/lrucache.lua]=lua-resty-lrucache
+    [luacheck]=lua-check
 )
 
 missing=()
-for cmd in "${!packages[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+for need in "${!packages[@]}"; do
+    if [[ "$need" == /* ]]; then
+        [ -e "$need" ] || missing+=("${packages[$need]}")
+    else
+        command -v "$need" >/dev/null 2>&1 || missing+=("${packages[$need]}")
+    fi
 done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | grep -v '^$' || true)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -459,3 +459,90 @@ fn the_original_synopsis_configuration_runs_unchanged() {
     assert_eq!(log.matches("Worker exit").count(), 4);
     assert!(registry.exists(), "{}", registry.display());
 }
+
+#[test]
+fn misuse_and_bad_options_raise_errors_naming_the_cause_and_runtime_failures_return_them() {
+    let _serial = serial();
+    let mut nginx = Nginx::new();
+    let registry = nginx.registry();
+    let lua = format!(
+        r#"
+    init_by_lua_block {{
+        local wm = require("resty.worker.manager")
+        local P = "{registry}"
+        local function try(label, f, ...)
+            local ok, a, b = pcall(f, ...)
+            ngx.log(ngx.ERR, "TRY ", label, ": ", tostring(ok), " ", tostring(a), " ", tostring(b))
+        end
+        local init = wm.on_init_by_lua
+        try("unknown", init, {{ path = P, bogus = 1 }})
+        try("type", init, {{ path = P, interval = "10" }})
+        try("range", init, {{ path = P, failed = -1 }})
+        try("noname", init, {{ interval = 1 }})
+        try("callback", init, {{ path = P }}, 42)
+        try("notable", init, "opts")
+        try("lib", init, {{ path = P, lib = "/nonexistent/libx.so" }})
+        local cpath = package.cpath
+        package.cpath = "/nonexistent/?.so"
+        try("cpath", init, {{ path = P }})
+        package.cpath = cpath
+        try("baddir", init, {{ path = "/nonexistent-dir/registry.wm" }})
+        try("phase", wm.on_init_worker_by_lua)
+        assert(init({{ path = P }}))
+        try("twice", init, {{ path = P }})
+    }}
+    init_worker_by_lua_block {{
+        local wm = require("resty.worker.manager")
+        assert(wm.on_init_worker_by_lua())
+        local ok, err = pcall(wm.on_init_worker_by_lua)
+        ngx.log(ngx.ERR, "TRY worker_twice: ", tostring(ok), " ", tostring(err))
+    }}
+"#,
+        registry = registry.display()
+    );
+    nginx.write_config(&Config {
+        lua_blocks: Some(lua),
+        workers: 1,
+        ..Config::default()
+    });
+    let master = nginx.start();
+    nginx.wait("the worker's checks", |_| {
+        nginx.stderr().contains("TRY worker_twice")
+    });
+    let log = nginx.stderr();
+    let line = |label: &str| -> String {
+        log.lines()
+            .find(|l| l.contains(&format!("TRY {label}: ")))
+            .unwrap_or_else(|| panic!("no TRY {label} in:\n{log}"))
+            .to_string()
+    };
+    // Misuse raises an error naming the option.
+    assert!(
+        line("unknown").contains("false") && line("unknown").contains("unknown option 'bogus'")
+    );
+    assert!(line("type").contains("option 'interval' must be a number, got string"));
+    assert!(line("range").contains("option 'failed' must be between"));
+    assert!(line("noname").contains("option 'shm' or 'path' is required"));
+    assert!(line("callback").contains("master_start_cb must be a function or nil, got number"));
+    assert!(line("notable").contains("opts must be a table, got string"));
+    assert!(line("phase").contains("must be called in init_worker_by_lua, not in init"));
+    assert!(line("twice").contains("on_init_by_lua was already called"));
+    assert!(line("worker_twice").contains("on_init_worker_by_lua was already called"));
+    // Runtime failures return nil and an error naming the cause.
+    assert!(
+        line("lib").contains("true nil cannot load /nonexistent/libx.so"),
+        "{}",
+        line("lib")
+    );
+    assert!(
+        line("cpath").contains(
+            "libworker_manager_ffi.so not found; looked in: /nonexistent/libworker_manager_ffi.so"
+        ),
+        "{}",
+        line("cpath")
+    );
+    assert!(line("baddir").contains("true nil registry /nonexistent-dir/registry.wm: open failed"));
+    // And nginx serves, with the registry working.
+    nginx.wait_status("live=1 ");
+    quit(&nginx, master);
+}

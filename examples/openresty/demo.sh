@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# `make demo`: a real nginx with resty.worker.manager in a temporary prefix, driven
+# through start, reload, kill -9 of a worker, binary upgrade and stop, printing the
+# events as the callbacks record them. Leaves nothing running.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+lib_dir=${LIB_DIR:-$repo/target/debug}
+nginx=/usr/sbin/nginx   # by its absolute path: a binary upgrade re-executes it
+
+prefix=$(mktemp -d /tmp/wm-demo.XXXXXX)
+chmod 755 "$prefix"     # the workers run as nobody
+mkdir -p "$prefix/conf" "$prefix/logs"
+events=$prefix/events.log
+: > "$events"
+chmod 666 "$events"
+sed -e "s|@PREFIX@|$prefix|g" -e "s|@REPO@|$repo|g" -e "s|@LIB_DIR@|$lib_dir|g" \
+    "$repo/examples/openresty/nginx.conf.in" > "$prefix/conf/nginx.conf"
+
+masters() { cat "$prefix"/logs/nginx.pid "$prefix"/logs/nginx.pid.oldbin 2>/dev/null || true; }
+
+cleanup() {
+    local pids
+    pids=$(for m in $(masters); do echo "$m"; pgrep -P "$m" || true; done)
+    if [ -n "$pids" ]; then
+        kill -9 $pids 2>/dev/null || true
+    fi
+    rm -rf "$prefix"
+}
+trap cleanup EXIT
+
+shown=0
+show_new() {
+    local total
+    total=$(wc -l < "$events")
+    if [ "$total" -gt "$shown" ]; then
+        sed -n "$((shown + 1)),${total}p" "$events"
+        shown=$total
+    fi
+}
+
+# Prints events until COUNT lines match PATTERN (20 s at most).
+until_seen() {
+    local pattern=$1 count=$2 deadline=$((SECONDS + 20))
+    while :; do
+        local seen
+        seen=$(grep -c -- "$pattern" "$events" || true)
+        show_new
+        [ "$seen" -ge "$count" ] && return 0
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "timed out waiting for: $pattern" >&2
+            cat "$prefix/logs/error.log" >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "start: nginx with 2 workers (daemon on: the first init_by_lua runs in a process that exits)"
+"$nginx" -p "$prefix" -c conf/nginx.conf
+until_seen "^  worker_start" 2
+master=$(cat "$prefix/logs/nginx.pid")
+
+step "reload (SIGHUP): a new generation; the old workers exit with reason=reload"
+kill -HUP "$master"
+until_seen "^  master_exit" 1
+
+step "kill -9 of a worker: one worker_crash, and the respawn says respawn=true"
+victim=$(pgrep -P "$master" | head -n 1)
+kill -9 "$victim"
+until_seen "respawn=true" 1
+
+step "binary upgrade (SIGUSR2, then SIGWINCH and SIGQUIT to the old master): kind=upgrade, ids go on"
+kill -USR2 "$master"
+until_seen "kind=upgrade" 1
+until_seen "^  worker_start   id=3-" 2
+kill -WINCH "$master"
+until_seen "reason=upgrade" 3
+kill -QUIT "$master"
+while kill -0 "$master" 2>/dev/null; do sleep 0.05; done
+new_master=$(cat "$prefix/logs/nginx.pid")
+
+step "graceful stop (SIGQUIT): reason=stop, and the last master_exit has n_next=nil"
+kill -QUIT "$new_master"
+until_seen "reason=stop" 3
+while kill -0 "$new_master" 2>/dev/null; do sleep 0.05; done
+show_new
+printf '\nnginx stopped; nothing is left running.\n'
