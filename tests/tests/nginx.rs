@@ -546,3 +546,26 @@ fn misuse_and_bad_options_raise_errors_naming_the_cause_and_runtime_failures_ret
     nginx.wait_status("live=1 ");
     quit(&nginx, master);
 }
+
+#[test]
+fn with_exit_hook_set_graceful_exits_are_reported_at_the_real_exit() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config {
+        opts: "exit_hook = true,".into(),
+        ..Config::default()
+    });
+    nginx.wait_n("worker_start", 2);
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("the old generation's end", |ev| {
+        !of_gen(ev, "master_exit", 1).is_empty()
+    });
+    let exits = of_gen(&events, "worker_exit", 1);
+    assert_eq!(exits.len(), 2);
+    assert!(exits.iter().all(|e| e.get("reason") == "reload"));
+    quit(&nginx, master);
+    let events = nginx.events();
+    assert!(of_gen(&events, "worker_exit", 2)
+        .iter()
+        .all(|e| e.get("reason") == "stop"));
+    assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+}
