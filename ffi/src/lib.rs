@@ -451,7 +451,7 @@ pub unsafe extern "C" fn wm_sweep(err: *mut *const c_char) -> c_int {
 /// The number of events in the buffer.
 #[no_mangle]
 pub extern "C" fn wm_events_count() -> u32 {
-    STATE.with(|s| s.borrow().events.len() as u32)
+    catch_unwind(|| STATE.with(|s| s.borrow().events.len() as u32)).unwrap_or(0)
 }
 
 /// Copies event `i` of the buffer into `*out`.
@@ -475,7 +475,7 @@ pub unsafe extern "C" fn wm_event_get(i: u32, out: *mut wm_event) -> c_int {
 /// Empties the event buffer.
 #[no_mangle]
 pub extern "C" fn wm_events_clear() {
-    STATE.with(|s| s.borrow_mut().events.clear());
+    let _ = catch_unwind(|| STATE.with(|s| s.borrow_mut().events.clear()));
 }
 
 /// Takes a snapshot of the registry; `*generations` and `*workers` receive the

@@ -569,3 +569,58 @@ fn with_exit_hook_set_graceful_exits_are_reported_at_the_real_exit() {
         .all(|e| e.get("reason") == "stop"));
     assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
 }
+
+#[test]
+fn the_heartbeat_path_is_jit_compiled() {
+    let _serial = serial();
+    let mut nginx = Nginx::new();
+    let jit_log = nginx.prefix().join("jit.log");
+    std::fs::write(&jit_log, "").unwrap();
+    std::fs::set_permissions(
+        &jit_log,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    nginx.write_config(&Config {
+        workers: 1,
+        http: format!(
+            r#"server {{
+                listen unix:{prefix}/jit.sock;
+                location / {{
+                    content_by_lua_block {{
+                        local wm = require("resty.worker.manager")
+                        local v = require("jit.v")
+                        v.on("{log}")
+                        local beats = 0
+                        for _ = 1, 5000 do
+                            if wm.heartbeat() then beats = beats + 1 end
+                        end
+                        v.off()
+                        ngx.say(beats)
+                    }}
+                }}
+            }}"#,
+            prefix = nginx.prefix().display(),
+            log = jit_log.display()
+        ),
+        ..Config::default()
+    });
+    let master = nginx.start();
+    nginx.wait_n("worker_start", 1);
+    let body = {
+        use std::io::{Read, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(nginx.prefix().join("jit.sock")).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    };
+    assert_eq!(body.trim(), "5000");
+    let traces = std::fs::read_to_string(&jit_log).unwrap();
+    // A trace was recorded for the loop, and nothing aborted on the way.
+    assert!(traces.contains("[TRACE"), "no trace recorded: {traces}");
+    assert!(!traces.contains("---"), "a trace aborted: {traces}");
+    quit(&nginx, master);
+}

@@ -308,6 +308,19 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   return true
 end
 
+--- Records a heartbeat of this worker now, as its timer does every `interval`: for
+-- code that keeps the event loop busy for long. No lock, no system call.
+-- @return true, or nil and an error
+function _M.heartbeat()
+  if not registered then
+    return nil, "this process has no registered worker"
+  end
+  if C.wm_heartbeat() ~= 0 then
+    return nil, last_error()
+  end
+  return true
+end
+
 local function tick(premature)
   if premature then
     -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
@@ -317,8 +330,9 @@ local function tick(premature)
     end
     return
   end
-  if C.wm_heartbeat() ~= 0 then
-    ngx_log(ERR, LOG_PREFIX, "heartbeat: ", last_error())
+  local ok, err = _M.heartbeat()
+  if not ok then
+    ngx_log(ERR, LOG_PREFIX, "heartbeat: ", err)
   end
   locked("sweeping", C.wm_sweep, err_out)
 end
