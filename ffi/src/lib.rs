@@ -212,6 +212,13 @@ fn registry(state: &State) -> Result<&'static Registry, Failure> {
     })
 }
 
+fn no_worker() -> Failure {
+    Failure(
+        WM_ERR_WORKER,
+        "this process has no registered worker".into(),
+    )
+}
+
 fn encode(event: &Event) -> wm_event {
     let e = event.encode();
     wm_event {
@@ -379,12 +386,7 @@ pub unsafe extern "C" fn wm_register_worker(
 pub extern "C" fn wm_heartbeat() -> c_int {
     call(std::ptr::null_mut(), |state| {
         let registry = registry(state)?;
-        let worker = state.worker.as_ref().ok_or_else(|| {
-            Failure(
-                WM_ERR_WORKER,
-                "this process has no registered worker".into(),
-            )
-        })?;
+        let worker = state.worker.as_ref().ok_or_else(no_worker)?;
         registry.heartbeat(worker)?;
         Ok(())
     })
@@ -399,12 +401,7 @@ pub extern "C" fn wm_heartbeat() -> c_int {
 pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
     call(err, |state| {
         let registry = registry(state)?;
-        let worker = state.worker.as_ref().ok_or_else(|| {
-            Failure(
-                WM_ERR_WORKER,
-                "this process has no registered worker".into(),
-            )
-        })?;
+        let worker = state.worker.as_ref().ok_or_else(no_worker)?;
         let events = &mut state.events;
         registry.announce_exit(worker, |e| events.push(encode(e)))?;
         Ok(())
@@ -421,12 +418,7 @@ pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
 pub unsafe extern "C" fn wm_exit_worker(graceful: c_int, err: *mut *const c_char) -> c_int {
     call(err, |state| {
         let registry = registry(state)?;
-        let worker = state.worker.take().ok_or_else(|| {
-            Failure(
-                WM_ERR_WORKER,
-                "this process has no registered worker".into(),
-            )
-        })?;
+        let worker = state.worker.take().ok_or_else(no_worker)?;
         let events = &mut state.events;
         registry.exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
         Ok(())
@@ -507,6 +499,34 @@ pub unsafe extern "C" fn wm_snapshot(
     })
 }
 
+fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Copies entry `i` of the last snapshot, as `pick` finds and converts it, to `*out`.
+///
+/// # Safety
+///
+/// `out` is valid for a write.
+unsafe fn copy_entry<T>(
+    what: &str,
+    i: u32,
+    out: *mut T,
+    pick: impl FnOnce(&Snapshot, usize) -> Option<T>,
+) -> c_int {
+    call(std::ptr::null_mut(), |state| {
+        let entry = state
+            .snapshot
+            .as_ref()
+            .and_then(|s| pick(s, i as usize))
+            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no {what} {i} in the snapshot")))?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { *out = entry };
+        Ok(())
+    })
+}
+
 /// Copies generation `i` of the last snapshot into `*out`.
 ///
 /// # Safety
@@ -514,34 +534,26 @@ pub unsafe extern "C" fn wm_snapshot(
 /// `out` is valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn wm_snapshot_generation(i: u32, out: *mut wm_generation) -> c_int {
-    call(std::ptr::null_mut(), |state| {
-        let g = state
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.generations.get(i as usize))
-            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no generation {i} in the snapshot")))?;
-        let code = |c: Option<u32>| c.unwrap_or(0);
-        let g = wm_generation {
-            id: g.id,
-            state: code(g.state.map(|s| s.code())),
-            kind: code(g.kind.map(|k| k.code())),
-            previous_run: code(g.previous_run.map(|r| r.code())),
-            master_pid: g.master_pid,
-            expected_workers: g.expected_workers,
-            live_workers: g.live_workers,
-            exit_reason: code(g.exit_reason.map(|r| r.code())),
-            workers_started: g.workers_started,
-            respawns: g.respawns,
-            crashes: g.crashes,
-            registered_ns: g
-                .registered
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        };
-        // SAFETY: guaranteed by the caller.
-        unsafe { *out = g };
-        Ok(())
-    })
+    let code = |c: Option<u32>| c.unwrap_or(0);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        copy_entry("generation", i, out, |s, i| {
+            s.generations.get(i).map(|g| wm_generation {
+                id: g.id,
+                state: code(g.state.map(|s| s.code())),
+                kind: code(g.kind.map(|k| k.code())),
+                previous_run: code(g.previous_run.map(|r| r.code())),
+                master_pid: g.master_pid,
+                expected_workers: g.expected_workers,
+                live_workers: g.live_workers,
+                exit_reason: code(g.exit_reason.map(|r| r.code())),
+                workers_started: g.workers_started,
+                respawns: g.respawns,
+                crashes: g.crashes,
+                registered_ns: nanos_since_epoch(g.registered),
+            })
+        })
+    }
 }
 
 /// Copies worker `i` of the last snapshot into `*out`.
@@ -551,27 +563,19 @@ pub unsafe extern "C" fn wm_snapshot_generation(i: u32, out: *mut wm_generation)
 /// `out` is valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_int {
-    call(std::ptr::null_mut(), |state| {
-        let w = state
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.workers.get(i as usize))
-            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no worker {i} in the snapshot")))?;
-        let w = wm_worker {
-            generation: w.id.generation,
-            pid: w.id.pid,
-            index: w.id.index,
-            state: w.state.code(),
-            hung: w.hung as u32,
-            replaces_pid: w.replaces_pid.unwrap_or(0),
-            heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
-            registered_ns: w
-                .registered
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        };
-        // SAFETY: guaranteed by the caller.
-        unsafe { *out = w };
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        copy_entry("worker", i, out, |s, i| {
+            s.workers.get(i).map(|w| wm_worker {
+                generation: w.id.generation,
+                pid: w.id.pid,
+                index: w.id.index,
+                state: w.state.code(),
+                hung: w.hung as u32,
+                replaces_pid: w.replaces_pid.unwrap_or(0),
+                heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
+                registered_ns: nanos_since_epoch(w.registered),
+            })
+        })
+    }
 }
