@@ -49,5 +49,5 @@ pub use lifecycle::{
 };
 pub use process::Identity;
 pub use region::{Capacities, Opened};
-pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
+pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker, SUPERSEDED_GRACE};
 pub use snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};

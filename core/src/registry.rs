@@ -47,6 +47,10 @@ impl Default for Options {
     }
 }
 
+/// How long a generation that has no worker yet may wait once a newer generation
+/// registered (nginx: a reload that failed after `init_by_lua`, then another reload).
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(5);
+
 /// Settings of one generation, chosen by its master when it registers.
 #[derive(Debug, Clone)]
 pub struct GenerationConfig {
@@ -189,16 +193,26 @@ impl Census {
         self.0.last().map_or(0, |t| t.id)
     }
 
+    /// The counts for an event of `generation`. Neighbours are the tracked
+    /// generations: those with a process left, and the newest.
     fn counts(&self, generation: u64, mine: u32) -> Counts {
+        let newest = self.newest();
+        let tracked = |t: &&Tally| t.present > 0 || t.id == newest;
         Counts {
             prev: self
                 .0
                 .iter()
                 .rev()
+                .filter(tracked)
                 .find(|t| t.id < generation)
                 .map(|t| t.live),
             mine,
-            next: self.0.iter().find(|t| t.id > generation).map(|t| t.live),
+            next: self
+                .0
+                .iter()
+                .filter(tracked)
+                .find(|t| t.id > generation)
+                .map(|t| t.live),
         }
     }
 }
@@ -561,20 +575,35 @@ impl Registry {
         );
     }
 
-    /// Generations still waiting for their first worker after their start timeout.
-    /// (A dead registrant proves nothing: nginx's pre-daemon process registers the
-    /// generation and exits before the real master forks the workers.)
+    /// Generations still waiting for their first worker: after a newer generation
+    /// registered, they get [`SUPERSEDED_GRACE`] (or their start timeout, if
+    /// shorter), since two reloads in a row do start the first one's workers; else
+    /// their start timeout. (A dead registrant proves nothing: nginx's pre-daemon
+    /// process registers the generation and exits before the master forks workers.)
     fn abort_stalled(&self, now: u64, events: &mut Vec<Event>) {
-        let stalled: Vec<&GenerationRecord> = self
+        let stalled: Vec<(&GenerationRecord, AbortCause)> = self
             .generations()
-            .filter(|g| {
+            .filter(|g| load_state(g) == Some(GenerationState::Starting))
+            .filter_map(|g| {
+                let id = g.id.load(Relaxed);
+                let timeout = g.start_timeout_ms.load(Relaxed).saturating_mul(1_000_000);
+                let grace = timeout.min(clock::nanos(SUPERSEDED_GRACE));
+                let superseded = self.generations().any(|n| {
+                    n.id.load(Relaxed) > id
+                        && now.saturating_sub(n.registered_mono_ns.load(Relaxed)) > grace
+                });
                 let waited = now.saturating_sub(g.registered_mono_ns.load(Relaxed));
-                load_state(g) == Some(GenerationState::Starting)
-                    && waited > g.start_timeout_ms.load(Relaxed).saturating_mul(1_000_000)
+                if superseded {
+                    Some((g, AbortCause::Superseded))
+                } else if waited > timeout {
+                    Some((g, AbortCause::TimedOut))
+                } else {
+                    None
+                }
             })
             .collect();
-        for g in stalled {
-            self.abort(g, AbortCause::TimedOut, events);
+        for (g, cause) in stalled {
+            self.abort(g, cause, events);
         }
     }
 
@@ -691,24 +720,16 @@ impl Registry {
         let free = (0..self.region.capacities().generations)
             .map(|i| self.region.generation(i))
             .find(|g| g.id.load(Relaxed) == 0);
-        // Generations that never got a worker are superseded by this one; ended ones
-        // stop being the newest. Both go, which may free a record for this one.
-        let superseded: Vec<&GenerationRecord> = self
-            .generations()
-            .filter(|g| load_state(g) == Some(GenerationState::Starting))
-            .collect();
+        // Ended generations stop being the newest, which may free a record.
         let ended: Vec<&GenerationRecord> = self
             .generations()
             .filter(|g| load_state(g) == Some(GenerationState::Exited))
             .collect();
-        if free.is_none() && superseded.is_empty() && ended.is_empty() {
+        if free.is_none() && ended.is_empty() {
             return Err(Error::CapacityExhausted {
                 what: "generation",
                 capacity: self.region.capacities().generations,
             });
-        }
-        for g in superseded {
-            self.abort(g, AbortCause::Superseded, events);
         }
         for g in ended {
             self.retire(g);

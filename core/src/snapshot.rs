@@ -84,19 +84,30 @@ impl Snapshot {
     }
 
     /// The counts a callback about `generation` would get, with `n_mine` its live
-    /// workers.
+    /// workers. Neighbours are the tracked generations: those with a process left
+    /// (running or exiting), and the newest.
     pub fn counts(&self, generation: u64) -> Counts {
+        let newest = self.generations.last().map_or(0, |g| g.id);
+        let tracked = |g: &&GenerationInfo| {
+            g.id == newest
+                || self.workers.iter().any(|w| {
+                    w.id.generation == g.id
+                        && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
+                })
+        };
         Counts {
             prev: self
                 .generations
                 .iter()
                 .rev()
+                .filter(tracked)
                 .find(|g| g.id < generation)
                 .map(|g| g.live_workers),
             mine: self.live(generation),
             next: self
                 .generations
                 .iter()
+                .filter(tracked)
                 .find(|g| g.id > generation)
                 .map(|g| g.live_workers),
         }
