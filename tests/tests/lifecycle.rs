@@ -198,21 +198,11 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
     // A reload whose workers never come (nginx: the new configuration failed to bind).
     let g2 = master.ok("gen 10000 5000 50").parse::<u64>().unwrap();
     let registry = scratch.open();
-    // The start timeout is 50 ms; wait for it by the registry's own clock, without
-    // sleeping blind: sweep until the abort is reported, within a generous bound.
-    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
-    let mut aborted = Vec::new();
-    while aborted.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no abort");
-        std::thread::sleep(Duration::from_millis(10));
-        registry
-            .sweep(|e| {
-                if e.kind() == EventKind::GenerationAbort {
-                    aborted.push(*e)
-                }
-            })
-            .unwrap();
-    }
+    // The start timeout is 50 ms.
+    let aborted: Vec<_> = common::sweep_until(&registry, EventKind::GenerationAbort)
+        .into_iter()
+        .filter(|e| e.kind() == EventKind::GenerationAbort)
+        .collect();
     assert_eq!(aborted[0].generation, g2);
     assert!(matches!(
         aborted[0].detail,
@@ -230,18 +220,13 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
     let g3: u64 = m2.ok("gen 10000 5000 50").parse().unwrap();
     let g4 = m2.generation();
     assert!(g4 > g3);
-    let mut superseded = Vec::new();
-    while superseded.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no abort");
-        std::thread::sleep(Duration::from_millis(10));
-        registry
-            .sweep(|e| {
-                if let Detail::GenerationAbort { cause } = e.detail {
-                    superseded.push((e.generation, cause));
-                }
-            })
-            .unwrap();
-    }
+    let superseded: Vec<_> = common::sweep_until(&registry, EventKind::GenerationAbort)
+        .into_iter()
+        .filter_map(|e| match e.detail {
+            Detail::GenerationAbort { cause } => Some((e.generation, cause)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(superseded, [(g3, worker_manager::AbortCause::Superseded)]);
     assert!(kinds(&registry).contains(&EventKind::GenerationAbort));
 
@@ -266,13 +251,10 @@ fn a_silent_worker_is_reported_hung_then_recovered() {
     let g = registry.register_generation(&config, |_| {}).unwrap();
     let mut w = Probe::spawn(&scratch.registry());
     w.worker(g, 0);
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + common::STEP_TIMEOUT;
-    while !seen.contains(&EventKind::WorkerHang) {
-        assert!(std::time::Instant::now() < deadline, "no hang reported");
-        std::thread::sleep(Duration::from_millis(10));
-        registry.sweep(|e| seen.push(e.kind())).unwrap();
-    }
+    let mut seen: Vec<EventKind> = common::sweep_until(&registry, EventKind::WorkerHang)
+        .iter()
+        .map(|e| e.kind())
+        .collect();
     assert!(registry.snapshot().unwrap().workers[0].hung);
     w.ok("beat");
     registry.sweep(|e| seen.push(e.kind())).unwrap();

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
+use std::time::Duration;
 
 use tempfile::TempDir;
 use worker_manager::{Options, Registry};
@@ -67,6 +68,26 @@ impl Default for Scratch {
 pub fn kill9(pid: u32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Sweeps every 10 ms until a sweep reports an event of `kind` (time-based rules,
+/// such as timeouts, are judged by the registry's own clock); returns every event
+/// seen. Fails after `STEP_TIMEOUT`.
+pub fn sweep_until(
+    registry: &Registry,
+    kind: worker_manager::EventKind,
+) -> Vec<worker_manager::Event> {
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &worker_manager::Event| e.kind() == kind)
+    {
+        assert!(std::time::Instant::now() < deadline, "no {kind} reported");
+        std::thread::sleep(Duration::from_millis(10));
+        registry.sweep(|e| seen.push(*e)).expect("sweep");
+    }
+    seen
 }
 
 /// A child process killed (and reaped) when dropped, so that a failing test leaves
