@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
-use std::time::Duration;
 
 use tempfile::TempDir;
 use worker_manager::{Options, Registry};
