@@ -339,7 +339,6 @@ impl Registry {
         self.emit(
             &mut events,
             0,
-            Counts::default(),
             Detail::LockRecovered {
                 holder_pid,
                 holder_op,
@@ -388,12 +387,8 @@ impl Registry {
             })
             .collect();
         tallies.sort_unstable_by_key(|t| t.id);
-        for (_, slot) in self.slots() {
-            let state = slot.state.load(Relaxed);
-            let running = state == WorkerState::Running.code();
-            if !running && state != WorkerState::Exiting.code() {
-                continue;
-            }
+        for (_, slot) in self.present_slots() {
+            let running = slot.state.load(Relaxed) == WorkerState::Running.code();
             let generation = slot.generation.load(Relaxed);
             if let Some(t) = tallies.iter_mut().find(|t| t.id == generation) {
                 t.live += running as u32;
@@ -424,7 +419,20 @@ impl Registry {
 
     // ----- writing (the caller holds the lock) ---------------------------------
 
-    fn emit(&self, events: &mut Vec<Event>, generation: u64, counts: Counts, detail: Detail) {
+    /// Journals an event about `generation` with the counts at this moment, and
+    /// queues it for the callbacks. `n_mine` is 0 for the events of a generation as a
+    /// whole, the generation's live workers for the events of a worker.
+    fn emit(&self, events: &mut Vec<Event>, generation: u64, detail: Detail) {
+        let counts = match detail {
+            Detail::LockRecovered { .. } => Counts::default(),
+            Detail::MasterStart { .. }
+            | Detail::MasterExit { .. }
+            | Detail::GenerationAbort { .. } => self.census().counts(generation, 0),
+            _ => {
+                let census = self.census();
+                census.counts(generation, census.live(generation))
+            }
+        };
         let mut event = Event {
             seq: 0,
             time: SystemTime::now(),
@@ -462,13 +470,8 @@ impl Registry {
         g.state.store(GenerationState::Exited.code(), Release);
         g.exited_ns.store(clock::realtime_ns(), Relaxed);
         let id = g.id.load(Relaxed);
+        self.emit(events, id, Detail::MasterExit { reason });
         let census = self.census();
-        self.emit(
-            events,
-            id,
-            census.counts(id, 0),
-            Detail::MasterExit { reason },
-        );
         if id != census.newest() {
             self.retire(g);
         }
@@ -518,11 +521,9 @@ impl Registry {
                 g.crashes.fetch_add(1, Relaxed);
             }
             self.bump(Stat::Crashes);
-            let census = self.census();
             self.emit(
                 events,
                 worker.generation,
-                census.counts(worker.generation, census.live(worker.generation)),
                 Detail::WorkerCrash {
                     worker,
                     detection,
@@ -566,13 +567,7 @@ impl Registry {
         let id = g.id.load(Relaxed);
         self.bump(Stat::Aborts);
         self.retire(g);
-        let census = self.census();
-        self.emit(
-            events,
-            id,
-            census.counts(id, 0),
-            Detail::GenerationAbort { cause },
-        );
+        self.emit(events, id, Detail::GenerationAbort { cause });
     }
 
     /// Generations still waiting for their first worker: after a newer generation
@@ -619,11 +614,9 @@ impl Registry {
             slot.hung.store(1, Relaxed);
             slot.hung_since_mono_ns.store(now, Relaxed);
             self.bump(Stat::Hangs);
-            let census = self.census();
             self.emit(
                 events,
                 worker.generation,
-                census.counts(worker.generation, census.live(worker.generation)),
                 Detail::WorkerHang {
                     worker,
                     silent_for: Duration::from_nanos(silent),
@@ -632,11 +625,9 @@ impl Registry {
         } else if hung && silent <= limit {
             slot.hung.store(0, Relaxed);
             let since = slot.hung_since_mono_ns.load(Relaxed);
-            let census = self.census();
             self.emit(
                 events,
                 worker.generation,
-                census.counts(worker.generation, census.live(worker.generation)),
                 Detail::WorkerRecover {
                     worker,
                     hung_for: Duration::from_nanos(now.saturating_sub(since)),
@@ -771,11 +762,9 @@ impl Registry {
         g.state.store(GenerationState::Starting.code(), Relaxed);
         g.id.store(id, Release);
         h.next_generation.store(id + 1, Release);
-        let census = self.census();
         self.emit(
             events,
             id,
-            census.counts(id, 0),
             Detail::MasterStart {
                 kind,
                 previous_run,
@@ -903,13 +892,7 @@ impl Registry {
             pid: me,
             index,
         };
-        let census = self.census();
-        self.emit(
-            events,
-            generation,
-            census.counts(generation, census.live(generation)),
-            Detail::WorkerStart { worker, replaces },
-        );
+        self.emit(events, generation, Detail::WorkerStart { worker, replaces });
         Ok(Worker {
             slot: i,
             id: worker,
@@ -996,11 +979,9 @@ impl Registry {
             .compare_exchange(0, reason.code(), Relaxed, Relaxed);
         g.state.store(GenerationState::Draining.code(), Release);
         let generation = worker.id.generation;
-        let census = self.census();
         self.emit(
             events,
             generation,
-            census.counts(generation, census.live(generation)),
             Detail::WorkerExit {
                 worker: worker.id,
                 reason,
