@@ -9,7 +9,7 @@ use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crate::event::{Encoded, Event};
-use crate::region::layout::EventRecord;
+use crate::region::layout::{EventRecord, EVENT_KINDS};
 use crate::region::map::Region;
 
 fn entry(region: &Region, seq: u64) -> &EventRecord {
@@ -41,6 +41,9 @@ pub(crate) fn append(region: &Region, event: &mut Event) -> u64 {
     r.value.store(e.value, Relaxed);
     r.seq.store(seq, Release);
     h.next_seq.store(seq + 1, Release);
+    let kind = e.kind as usize % EVENT_KINDS;
+    h.event_totals[kind].fetch_add(1, Relaxed);
+    h.event_last_ns[kind].store(e.time_ns, Relaxed);
     seq
 }
 

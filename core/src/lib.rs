@@ -21,6 +21,9 @@
 //! # Ok::<(), worker_manager::Error>(())
 //! ```
 //!
+//! From outside the server, an [`Observer`] maps the registry read-only and reads
+//! snapshots and the journal without the lock.
+//!
 //! The design (region layout, locks, rules) is in `docs/design.md`. All `unsafe`
 //! code is in three small modules: `region::map` (the mapping), `lock` (the robust
 //! mutex) and `sys` (system calls).
@@ -28,26 +31,32 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
+mod change;
 mod clock;
 mod error;
 mod event;
+pub mod exposition;
 mod journal;
 pub mod lifecycle;
 mod lock;
 pub mod naming;
+mod observer;
 mod process;
 mod region;
 mod registry;
 mod snapshot;
 mod sys;
+mod tables;
 
+pub use change::OBSERVE_PATIENCE;
 pub use error::{Error, Result};
 pub use event::{Counts, Detail, Encoded, Event, WorkerId};
 pub use lifecycle::{
     AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
     StartKind, WorkerState,
 };
+pub use observer::Observer;
 pub use process::Identity;
 pub use region::{Capacities, Opened};
 pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker, SUPERSEDED_GRACE};
-pub use snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};
+pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, WorkerInfo};

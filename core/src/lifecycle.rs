@@ -185,6 +185,16 @@ impl RunState {
         }
     }
 
+    /// Its name: `never`, `running`, `ended_clean`, `ended_unclean`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunState::Never => "never",
+            RunState::Running => "running",
+            RunState::Ended(RunEnd::Clean) => "ended_clean",
+            RunState::Ended(RunEnd::Unclean) => "ended_unclean",
+        }
+    }
+
     /// The state for a stored code.
     pub const fn from_code(code: u32) -> Option<RunState> {
         match code {

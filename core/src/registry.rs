@@ -7,9 +7,10 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::time::{Duration, SystemTime};
 
+use crate::change::Change;
 use crate::clock::{self, monotonic_ns};
 use crate::error::{Error, Result};
 use crate::event::{Counts, Detail, Event, WorkerId};
@@ -23,8 +24,9 @@ use crate::process::Identity;
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
 use crate::region::map::Region;
 use crate::region::{Capacities, Opened};
-use crate::snapshot::{GenerationInfo, Snapshot, Stats, WorkerInfo};
+use crate::snapshot::{self, Snapshot};
 use crate::sys;
+use crate::tables::{load_state, worker_id};
 
 /// How to open (and, if needed, create) a registry.
 #[derive(Debug, Clone)]
@@ -165,70 +167,6 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// Per tracked generation, ordered by id: its live (Running) workers, and its present
-/// ones (Running, or Exiting: announced their exit but still alive).
-struct Census(Vec<Tally>);
-
-#[derive(Clone, Copy)]
-struct Tally {
-    id: u64,
-    live: u32,
-    present: u32,
-}
-
-impl Census {
-    fn tally(&self, generation: u64) -> Option<&Tally> {
-        self.0.iter().find(|t| t.id == generation)
-    }
-
-    fn live(&self, generation: u64) -> u32 {
-        self.tally(generation).map_or(0, |t| t.live)
-    }
-
-    fn present(&self, generation: u64) -> u32 {
-        self.tally(generation).map_or(0, |t| t.present)
-    }
-
-    fn newest(&self) -> u64 {
-        self.0.last().map_or(0, |t| t.id)
-    }
-
-    /// The counts for an event of `generation`. Neighbours are the tracked
-    /// generations: those with a process left, and the newest.
-    fn counts(&self, generation: u64, mine: u32) -> Counts {
-        let newest = self.newest();
-        let tracked = |t: &&Tally| t.present > 0 || t.id == newest;
-        Counts {
-            prev: self
-                .0
-                .iter()
-                .rev()
-                .filter(tracked)
-                .find(|t| t.id < generation)
-                .map(|t| t.live),
-            mine,
-            next: self
-                .0
-                .iter()
-                .filter(tracked)
-                .find(|t| t.id > generation)
-                .map(|t| t.live),
-        }
-    }
-}
-
-fn load_state(g: &GenerationRecord) -> Option<GenerationState> {
-    GenerationState::from_code(g.state.load(Relaxed))
-}
-
-fn worker_id(slot: &WorkerSlot) -> WorkerId {
-    WorkerId {
-        generation: slot.generation.load(Relaxed),
-        pid: slot.pid.load(Relaxed),
-        index: slot.index.load(Relaxed),
-    }
-}
-
 fn master_identity(g: &GenerationRecord) -> Identity {
     Identity {
         pid: g.master_pid.load(Relaxed),
@@ -305,7 +243,9 @@ impl Registry {
             let holder_pid = h.lock_holder_pid.load(Relaxed);
             let holder_op =
                 LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
+            let change = Change::begin(h);
             guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op))?;
+            drop(change);
         }
         h.lock_holder_pid.store(sys::getpid(), Relaxed);
         h.lock_holder_op.store(op.code(), Relaxed);
@@ -350,58 +290,11 @@ impl Registry {
 
     // ----- reading the tables (the caller holds the lock) ---------------------
 
-    fn generations(&self) -> impl Iterator<Item = &GenerationRecord> {
-        (0..self.region.capacities().generations)
-            .map(|i| self.region.generation(i))
-            .filter(|g| g.id.load(Relaxed) != 0)
-    }
-
-    fn find_generation(&self, id: u64) -> Option<&GenerationRecord> {
-        self.generations().find(|g| g.id.load(Relaxed) == id)
-    }
-
-    fn slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
-        let h = self.region.header();
-        let end = h
-            .slot_high_water
-            .load(Relaxed)
-            .min(self.region.capacities().workers);
-        (0..end).map(|i| (i, self.region.slot(i)))
-    }
-
-    /// Slots whose process is alive as far as the registry knows: Running or Exiting.
-    fn present_slots(&self) -> impl Iterator<Item = (u32, &WorkerSlot)> {
-        self.slots().filter(|(_, s)| {
-            let state = s.state.load(Relaxed);
-            state == WorkerState::Running.code() || state == WorkerState::Exiting.code()
-        })
-    }
-
-    fn census(&self) -> Census {
-        let mut tallies: Vec<Tally> = self
-            .generations()
-            .map(|g| Tally {
-                id: g.id.load(Relaxed),
-                live: 0,
-                present: 0,
-            })
-            .collect();
-        tallies.sort_unstable_by_key(|t| t.id);
-        for (_, slot) in self.present_slots() {
-            let running = slot.state.load(Relaxed) == WorkerState::Running.code();
-            let generation = slot.generation.load(Relaxed);
-            if let Some(t) = tallies.iter_mut().find(|t| t.id == generation) {
-                t.live += running as u32;
-                t.present += 1;
-            }
-        }
-        Census(tallies)
-    }
-
     /// The newest generation newer than `g` that has had workers: what replaces `g`.
     fn successor(&self, g: &GenerationRecord) -> Option<&GenerationRecord> {
         let id = g.id.load(Relaxed);
-        self.generations()
+        self.region
+            .generations()
             .filter(|s| s.id.load(Relaxed) > id && s.workers_started.load(Relaxed) > 0)
             .max_by_key(|s| s.id.load(Relaxed))
     }
@@ -427,9 +320,9 @@ impl Registry {
             Detail::LockRecovered { .. } => Counts::default(),
             Detail::MasterStart { .. }
             | Detail::MasterExit { .. }
-            | Detail::GenerationAbort { .. } => self.census().counts(generation, 0),
+            | Detail::GenerationAbort { .. } => self.region.census().counts(generation, 0),
             _ => {
-                let census = self.census();
+                let census = self.region.census();
                 census.counts(generation, census.live(generation))
             }
         };
@@ -451,7 +344,7 @@ impl Registry {
     /// Frees a generation record and the tombstones of its dead workers.
     fn retire(&self, g: &GenerationRecord) {
         let id = g.id.load(Relaxed);
-        for (_, slot) in self.slots() {
+        for (_, slot) in self.region.slots() {
             if slot.generation.load(Relaxed) == id
                 && slot.state.load(Relaxed) == WorkerState::Dead.code()
             {
@@ -471,11 +364,11 @@ impl Registry {
         g.exited_ns.store(clock::realtime_ns(), Relaxed);
         let id = g.id.load(Relaxed);
         self.emit(events, id, Detail::MasterExit { reason });
-        let census = self.census();
+        let census = self.region.census();
         if id != census.newest() {
             self.retire(g);
         }
-        let anything_left = self.generations().any(|g| {
+        let anything_left = self.region.generations().any(|g| {
             matches!(load_state(g), Some(GenerationState::Starting))
                 || census.live(g.id.load(Relaxed)) > 0
         });
@@ -499,7 +392,7 @@ impl Registry {
         let me = sys::getpid();
         let now = monotonic_ns();
         let mut crashed = Vec::new();
-        for (_, slot) in self.present_slots() {
+        for (_, slot) in self.region.present_slots() {
             let detection = match slot.mutex.try_lock()? {
                 TryLocked::Busy => {
                     self.age_heartbeat(slot, now, events);
@@ -517,7 +410,7 @@ impl Registry {
             slot.state.store(WorkerState::Dead.code(), Release);
             let worker = worker_id(slot);
             crashed.push(worker.generation);
-            if let Some(g) = self.find_generation(worker.generation) {
+            if let Some(g) = self.region.find_generation(worker.generation) {
                 g.crashes.fetch_add(1, Relaxed);
             }
             self.bump(Stat::Crashes);
@@ -541,9 +434,10 @@ impl Registry {
     /// respawn them: it was draining, a newer generation replaced it, or its master
     /// is gone. Otherwise its master is expected to respawn them.
     fn end_deserted(&self, crashed: &[u64], events: &mut Vec<Event>) {
-        let census = self.census();
+        let census = self.region.census();
         let newest = census.newest();
         let deserted: Vec<&GenerationRecord> = self
+            .region
             .generations()
             .filter(|g| {
                 let id = g.id.load(Relaxed);
@@ -577,13 +471,14 @@ impl Registry {
     /// process registers the generation and exits before the master forks workers.)
     fn abort_stalled(&self, now: u64, events: &mut Vec<Event>) {
         let stalled: Vec<(&GenerationRecord, AbortCause)> = self
+            .region
             .generations()
             .filter(|g| load_state(g) == Some(GenerationState::Starting))
             .filter_map(|g| {
                 let id = g.id.load(Relaxed);
                 let timeout = g.start_timeout_ms.load(Relaxed).saturating_mul(1_000_000);
                 let grace = timeout.min(clock::nanos(SUPERSEDED_GRACE));
-                let superseded = self.generations().any(|n| {
+                let superseded = self.region.generations().any(|n| {
                     n.id.load(Relaxed) > id
                         && now.saturating_sub(n.registered_mono_ns.load(Relaxed)) > grace
                 });
@@ -604,7 +499,7 @@ impl Registry {
 
     fn age_heartbeat(&self, slot: &WorkerSlot, now: u64, events: &mut Vec<Event>) {
         let worker = worker_id(slot);
-        let Some(g) = self.find_generation(worker.generation) else {
+        let Some(g) = self.region.find_generation(worker.generation) else {
             return;
         };
         let limit = (g.interval_ms.load(Relaxed) + g.failed_ms.load(Relaxed)) * 1_000_000;
@@ -646,9 +541,11 @@ impl Registry {
     ) -> Result<T> {
         let mut guard = self.lock(op)?;
         let mut events = std::mem::take(&mut guard.recovered);
+        let change = Change::begin(self.region.header());
         let outcome = self
             .sweep_locked(0, &mut events)
             .and_then(|()| body(&mut events));
+        drop(change);
         for event in &events {
             on_event(event);
         }
@@ -680,13 +577,14 @@ impl Registry {
         let h = self.region.header();
         let me = Identity::current();
         let active = self
+            .region
             .generations()
             .filter(|g| load_state(g) != Some(GenerationState::Exited))
             .max_by_key(|g| g.id.load(Relaxed));
         let run = RunState::from_code(h.run_state.load(Relaxed)).unwrap_or(RunState::Running);
         // A master that still has a generation reloads, even when another master's
         // generation is newer (an upgrade in progress).
-        let mine = self.generations().any(|g| {
+        let mine = self.region.generations().any(|g| {
             load_state(g) != Some(GenerationState::Exited) && g.master_pid.load(Relaxed) == me.pid
         });
         let (kind, previous_run) = match active {
@@ -713,6 +611,7 @@ impl Registry {
             .find(|g| g.id.load(Relaxed) == 0);
         // Ended generations stop being the newest, which may free a record.
         let ended: Vec<&GenerationRecord> = self
+            .region
             .generations()
             .filter(|g| load_state(g) == Some(GenerationState::Exited))
             .collect();
@@ -737,7 +636,7 @@ impl Registry {
             h.run_state.store(RunState::Running.code(), Relaxed);
         }
         match kind {
-            StartKind::Start => {}
+            StartKind::Start => self.bump(Stat::Starts),
             StartKind::Restart => self.bump(Stat::Restarts),
             StartKind::Reload => self.bump(Stat::Reloads),
             StartKind::Upgrade => self.bump(Stat::Upgrades),
@@ -797,6 +696,7 @@ impl Registry {
     ) -> Result<Worker> {
         let me = sys::getpid();
         if let Some((_, slot)) = self
+            .region
             .present_slots()
             .find(|(_, s)| s.pid.load(Relaxed) == me)
         {
@@ -809,6 +709,7 @@ impl Registry {
             });
         }
         let g = self
+            .region
             .find_generation(generation)
             .ok_or(Error::UnknownGeneration(generation))?;
         let caps = self.region.capacities();
@@ -858,6 +759,9 @@ impl Registry {
         slot.hung_since_mono_ns.store(0, Relaxed);
         slot.replaced_pid
             .store(replaces.map_or(0, |w| w.pid), Relaxed);
+        // The tombstone's own count, while the slot still holds it.
+        let respawns = replaces.map_or(0, |_| slot.respawns.load(Relaxed).saturating_add(1));
+        slot.respawns.store(respawns, Relaxed);
         let ppid = sys::getppid();
         slot.ppid.store(ppid, Relaxed);
         slot.state.store(WorkerState::Running.code(), Release);
@@ -938,7 +842,7 @@ impl Registry {
         }
         slot.state.store(WorkerState::Free.code(), Release);
         self.region.keep_mapped(false);
-        if self.census().present(worker.id.generation) == 0
+        if self.region.census().present(worker.id.generation) == 0
             && load_state(g) != Some(GenerationState::Exited)
         {
             self.master_exit(g, true, events);
@@ -955,6 +859,7 @@ impl Registry {
             return Err(Error::NotRegistered(worker.id.to_string()));
         }
         let g = self
+            .region
             .find_generation(worker.id.generation)
             .ok_or(Error::UnknownGeneration(worker.id.generation))?;
         Ok((slot, g))
@@ -1004,7 +909,7 @@ impl Registry {
             }
             self.report_exit(worker, g, true, events);
             slot.state.store(WorkerState::Exiting.code(), Release);
-            if self.census().live(worker.id.generation) == 0
+            if self.region.census().live(worker.id.generation) == 0
                 && self.successor_reason(g) == ExitReason::Stop
             {
                 self.master_exit(g, true, events);
@@ -1043,74 +948,16 @@ impl Registry {
     /// A consistent picture of the registry, taken under the lock (no sweep).
     pub fn snapshot(&self) -> Result<Snapshot> {
         let guard = self.lock(LockOp::Snapshot)?;
-        let h = self.region.header();
-        let census = self.census();
-        let now = monotonic_ns();
-        let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
-        let mut generations: Vec<GenerationInfo> = self
-            .generations()
-            .map(|g| {
-                let id = g.id.load(Relaxed);
-                GenerationInfo {
-                    id,
-                    state: load_state(g),
-                    kind: StartKind::from_code(g.kind.load(Relaxed)),
-                    previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
-                    master_pid: g.master_pid.load(Relaxed),
-                    registered: time(g.registered_ns.load(Relaxed)),
-                    interval: Duration::from_millis(g.interval_ms.load(Relaxed)),
-                    failed: Duration::from_millis(g.failed_ms.load(Relaxed)),
-                    expected_workers: g.expected_workers.load(Relaxed),
-                    live_workers: census.live(id),
-                    workers_started: g.workers_started.load(Relaxed),
-                    respawns: g.respawns.load(Relaxed),
-                    crashes: g.crashes.load(Relaxed),
-                    exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
-                }
-            })
-            .collect();
-        generations.sort_by_key(|g| g.id);
-        let workers = self
-            .slots()
-            .filter_map(|(_, s)| {
-                let state = WorkerState::from_code(s.state.load(Relaxed))?;
-                (state != WorkerState::Free).then(|| WorkerInfo {
-                    id: worker_id(s),
-                    state,
-                    registered: time(s.registered_ns.load(Relaxed)),
-                    heartbeat_age: Duration::from_nanos(
-                        now.saturating_sub(s.heartbeat_mono_ns.load(Acquire)),
-                    ),
-                    hung: s.hung.load(Relaxed) != 0,
-                    replaces_pid: Some(s.replaced_pid.load(Relaxed)).filter(|&p| p != 0),
-                })
-            })
-            .collect();
-        let stat = |s: Stat| h.stats[s as usize].load(Relaxed);
-        let snapshot = Snapshot {
-            run_id: h.run_id.load(Relaxed),
-            run_state: RunState::from_code(h.run_state.load(Relaxed)),
-            next_seq: h.next_seq.load(Acquire),
-            capacities: self.region.capacities(),
-            generations,
-            workers,
-            stats: Stats {
-                crashes: stat(Stat::Crashes),
-                respawns: stat(Stat::Respawns),
-                reloads: stat(Stat::Reloads),
-                restarts: stat(Stat::Restarts),
-                upgrades: stat(Stat::Upgrades),
-                aborts: stat(Stat::Aborts),
-                hangs: stat(Stat::Hangs),
-                lock_acquisitions: stat(Stat::LockAcquisitions),
-                lock_contended: stat(Stat::LockContended),
-                lock_wait: Duration::from_nanos(stat(Stat::LockWaitNs)),
-                lock_hold: Duration::from_nanos(stat(Stat::LockHoldNs)),
-                lock_recoveries: stat(Stat::LockRecoveries),
-            },
-        };
+        let snapshot = snapshot::capture(&self.region);
         drop(guard);
         Ok(snapshot)
+    }
+
+    /// The same picture read without the lock, as the CLI reads it: never waits
+    /// behind a callback that holds the lock (see [`crate::Observer`]). `consistent`
+    /// tells whether a writer's change was in progress throughout.
+    pub fn observe(&self) -> Snapshot {
+        snapshot::observe(&self.region)
     }
 
     /// Journal entries from sequence number `from` on, oldest first, read without the

@@ -113,3 +113,33 @@ pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(code))
     }
 }
+
+/// Sleeps until another process calls [`futex_wake`] on `word`, `timeout` passes, a
+/// signal arrives, or `word` no longer holds `expected` (checked atomically by the
+/// kernel on entry). A shared futex: `word` may sit in a mapping of another process,
+/// read-only in this one. Every outcome is a possible wake-up; the caller rechecks.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, aligned 32-bit word for the duration of the call and
+    // `ts` a valid relative timeout; FUTEX_WAIT only reads the word. Its errors
+    // (EAGAIN: the word moved, ETIMEDOUT, EINTR) all mean "recheck".
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a valid, aligned 32-bit word for the duration of the call;
+    // FUTEX_WAKE neither reads nor writes it. It cannot fail on a valid address.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}

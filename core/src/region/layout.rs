@@ -11,6 +11,7 @@
 use std::mem::size_of;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
+use crate::lifecycle::EventKind;
 use crate::lock::RawMutex;
 
 /// "WMREGIST".
@@ -24,7 +25,9 @@ pub(crate) const RECORD_SIZE: usize = 128;
 pub(crate) const MAX_CAPACITY: u32 = 65536;
 
 /// Header statistics, indexed by [`Stat`].
-pub(crate) const STAT_COUNT: usize = 12;
+pub(crate) const STAT_COUNT: usize = 13;
+/// Per-kind event counters: room for every event kind code.
+pub(crate) const EVENT_KINDS: usize = 16;
 
 /// The counters kept in the header for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +44,7 @@ pub(crate) enum Stat {
     LockHoldNs = 9,
     LockRecoveries = 10,
     Respawns = 11,
+    Starts = 12,
 }
 
 #[repr(C)]
@@ -68,6 +72,14 @@ pub(crate) struct Header {
     pub _reserved: AtomicU32,
     pub next_seq: AtomicU64,
     pub stats: [AtomicU64; STAT_COUNT],
+    /// Odd while a writer changes the tables (see `docs/design.md` 7.2); also the
+    /// futex word that journal readers sleep on.
+    pub change_seq: AtomicU32,
+    pub _reserved2: AtomicU32,
+    /// Journal entries ever appended, per event kind code.
+    pub event_totals: [AtomicU64; EVENT_KINDS],
+    /// Wall-clock time of the last entry of each event kind code (0: none).
+    pub event_last_ns: [AtomicU64; EVENT_KINDS],
 }
 
 #[repr(C)]
@@ -109,6 +121,8 @@ pub(crate) struct WorkerSlot {
     /// The pid of the dead worker this one replaced (0: not a respawn).
     pub replaced_pid: AtomicU32,
     pub ppid: AtomicU32,
+    /// How many dead workers of this generation and index precede this one.
+    pub respawns: AtomicU32,
 }
 
 #[repr(C)]
@@ -191,3 +205,11 @@ pub(crate) struct Offsets {
     pub events: usize,
     pub total: usize,
 }
+
+const _: () = {
+    let mut i = 0;
+    while i < EventKind::ALL.len() {
+        assert!((EventKind::ALL[i].code() as usize) < EVENT_KINDS);
+        i += 1;
+    }
+};

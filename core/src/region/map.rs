@@ -1,16 +1,16 @@
 //! Creating, validating and mapping the registry file. All `unsafe` of the mapping
 //! lives here: the pointer arithmetic that turns the mapping into records.
 
-use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::mem::{size_of, ManuallyDrop};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use memmap2::MmapRaw;
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::layout::{
     Capacities, EventRecord, GenerationRecord, Header, Offsets, WorkerSlot, HEADER_SIZE,
@@ -39,7 +39,7 @@ pub(crate) struct Region {
     /// Set while a worker of this process holds a slot mutex: the mapping must then
     /// outlive the handle, for the kernel reaches held robust mutexes through it when
     /// the process dies.
-    keep_mapped: Cell<bool>,
+    keep_mapped: AtomicBool,
     caps: Capacities,
     offsets: Offsets,
 }
@@ -141,6 +141,55 @@ impl Region {
         outcome
     }
 
+    /// Maps an existing registry read-only, for an observer: no creation, no `flock`,
+    /// no ownership checks (reading another user's registry is what an operator
+    /// does). Returns the region and whether it was last written in an earlier boot.
+    /// The mapping is `PROT_READ`: the caller must never lock a mutex of it.
+    pub(crate) fn open_read_only(path: &Path) -> Result<(Region, bool)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::Symlink {
+                    path: path.to_path_buf(),
+                },
+                _ => io_error(path, "open", e),
+            })?;
+        let meta = file.metadata().map_err(|e| io_error(path, "fstat", e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::NotRegularFile {
+                path: path.to_path_buf(),
+            });
+        }
+        // An empty file is one being created: not a registry yet.
+        if meta.len() == 0 {
+            return Err(Error::NotInitialised {
+                path: path.to_path_buf(),
+            });
+        }
+        if meta.len() < HEADER_SIZE as u64 {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                len: meta.len(),
+                expected: HEADER_SIZE as u64,
+            });
+        }
+        let map = MmapOptions::new()
+            .map_raw_read_only(&file)
+            .map_err(|e| io_error(path, "mmap", e))?;
+        // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned.
+        let header = unsafe { &*map.as_ptr().cast::<Header>() };
+        let caps = validate(path, header, meta.len())?;
+        let file_boot = [
+            header.boot_id[0].load(Acquire),
+            header.boot_id[1].load(Acquire),
+        ];
+        let now_boot = boot_id();
+        let previous_boot = now_boot != [0, 0] && file_boot != now_boot;
+        Ok((Region::new(map, caps), previous_boot))
+    }
+
     fn open_locked(path: &Path, file: &File, caps: Capacities) -> Result<(Region, Opened)> {
         let len = file
             .metadata()
@@ -180,7 +229,7 @@ impl Region {
     fn new(map: MmapRaw, caps: Capacities) -> Region {
         Region {
             map: ManuallyDrop::new(map),
-            keep_mapped: Cell::new(false),
+            keep_mapped: AtomicBool::new(false),
             caps,
             offsets: caps.offsets(),
         }
@@ -277,13 +326,13 @@ impl Region {
     /// Whether dropping the region leaves the mapping in place for the rest of the
     /// process's life.
     pub(crate) fn keep_mapped(&self, keep: bool) {
-        self.keep_mapped.set(keep);
+        self.keep_mapped.store(keep, Relaxed);
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if !self.keep_mapped.get() {
+        if !self.keep_mapped.load(Relaxed) {
             // SAFETY: the map is dropped exactly once, here, and no reference into it
             // outlives `self`: records are only handed out borrowed from `&self`.
             unsafe { ManuallyDrop::drop(&mut self.map) };

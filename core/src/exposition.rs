@@ -1,0 +1,322 @@
+//! The registry in the Prometheus text exposition format (version 0.0.4), for the
+//! CLI's `metrics` and the Lua module's `metrics()`: the same text from both, so a
+//! fleet is scraped the same way whichever way in is used. Metric names are stable;
+//! README.md lists them.
+
+use std::fmt::{Display, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::lifecycle::{StartKind, WorkerState};
+use crate::region::layout::LAYOUT_VERSION;
+use crate::snapshot::Snapshot;
+
+/// Renders `snapshot`, read from the registry at `path`.
+pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
+    let mut out = Exposition(String::with_capacity(4096));
+    let s = snapshot;
+
+    out.family(
+        "registry_info",
+        "gauge",
+        "The registry file and its layout version.",
+    );
+    out.sample(
+        "registry_info",
+        &[
+            ("path", &path.display().to_string()),
+            ("layout_version", &LAYOUT_VERSION.to_string()),
+        ],
+        1,
+    );
+    out.family(
+        "registry_capacity",
+        "gauge",
+        "Records per table, fixed when the registry was created.",
+    );
+    let caps = s.capacities;
+    for (table, n) in [
+        ("generations", caps.generations),
+        ("workers", caps.workers),
+        ("events", caps.events),
+    ] {
+        out.sample("registry_capacity", &[("table", table)], n);
+    }
+    out.family(
+        "registry_used",
+        "gauge",
+        "Records in use: tracked generations, and worker slots of live workers and of dead ones not yet retired.",
+    );
+    out.sample(
+        "registry_used",
+        &[("table", "generations")],
+        s.generations.len(),
+    );
+    out.sample("registry_used", &[("table", "workers")], s.workers.len());
+    out.family(
+        "snapshot_consistent",
+        "gauge",
+        "1 when the figures come from one consistent reading; 0 when a writer died in the middle of a change.",
+    );
+    out.sample("snapshot_consistent", &[], u8::from(s.consistent));
+    out.family(
+        "node_run_info",
+        "gauge",
+        "The current node run (from a start with nothing running until the last generation is gone) and its state.",
+    );
+    let run_state = s.run_state.map_or("unknown", |r| r.as_str());
+    out.sample(
+        "node_run_info",
+        &[("run", &s.run_id.to_string()), ("state", run_state)],
+        1,
+    );
+
+    out.family(
+        "generation_info",
+        "gauge",
+        "One series per tracked generation (one loaded configuration).",
+    );
+    for g in &s.generations {
+        let text = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+        out.sample(
+            "generation_info",
+            &[
+                ("generation", &g.id.to_string()),
+                ("kind", &text(g.kind.map(|k| k.to_string()))),
+                ("state", &text(g.state.map(|k| k.to_string()))),
+                ("master_pid", &g.master_pid.to_string()),
+            ],
+            1,
+        );
+    }
+    out.family(
+        "generation_start_timestamp_seconds",
+        "gauge",
+        "When the generation was registered.",
+    );
+    for g in &s.generations {
+        out.sample(
+            "generation_start_timestamp_seconds",
+            &[("generation", &g.id.to_string())],
+            unix(g.registered),
+        );
+    }
+    out.family(
+        "generation_expected_workers",
+        "gauge",
+        "Workers the generation's master said it would start (0: not said).",
+    );
+    for g in &s.generations {
+        out.sample(
+            "generation_expected_workers",
+            &[("generation", &g.id.to_string())],
+            g.expected_workers,
+        );
+    }
+    out.family(
+        "generation_workers",
+        "gauge",
+        "Worker slots of a generation by state: running (counted in n_mine), exiting (announced, process still alive), dead (crashed, awaiting respawn or retirement).",
+    );
+    for g in &s.generations {
+        for state in [
+            WorkerState::Running,
+            WorkerState::Exiting,
+            WorkerState::Dead,
+        ] {
+            let n = s
+                .workers
+                .iter()
+                .filter(|w| w.id.generation == g.id && w.state == state)
+                .count();
+            out.sample(
+                "generation_workers",
+                &[("generation", &g.id.to_string()), ("state", state.as_str())],
+                n,
+            );
+        }
+    }
+    out.family(
+        "worker_heartbeat_age_seconds",
+        "gauge",
+        "Time since each running worker's last heartbeat.",
+    );
+    for w in s.live_workers() {
+        out.sample(
+            "worker_heartbeat_age_seconds",
+            &[
+                ("worker", &w.id.to_string()),
+                ("generation", &w.id.generation.to_string()),
+                ("index", &w.id.index.to_string()),
+            ],
+            w.heartbeat_age.as_secs_f64(),
+        );
+    }
+    out.family(
+        "workers_hung",
+        "gauge",
+        "Running workers whose heartbeat is overdue by more than the generation's `failed` time.",
+    );
+    out.sample(
+        "workers_hung",
+        &[],
+        s.live_workers().filter(|w| w.hung).count(),
+    );
+
+    let st = &s.stats;
+    out.family(
+        "generations_total",
+        "counter",
+        "Generations registered, by kind: start, restart, reload, upgrade.",
+    );
+    for (kind, n) in [
+        (StartKind::Start, st.starts),
+        (StartKind::Restart, st.restarts),
+        (StartKind::Reload, st.reloads),
+        (StartKind::Upgrade, st.upgrades),
+    ] {
+        out.sample("generations_total", &[("kind", kind.as_str())], n);
+    }
+    for (name, help, n) in [
+        (
+            "worker_crashes_total",
+            "Workers that died without exiting.",
+            st.crashes,
+        ),
+        (
+            "worker_respawns_total",
+            "Workers that replaced a dead worker of the same generation and index.",
+            st.respawns,
+        ),
+        (
+            "generation_aborts_total",
+            "Generations that never got a worker (a reload that failed after init_by_lua).",
+            st.aborts,
+        ),
+        (
+            "worker_hangs_total",
+            "Times a worker's heartbeat became overdue.",
+            st.hangs,
+        ),
+        (
+            "lock_acquisitions_total",
+            "Acquisitions of the registry lock.",
+            st.lock_acquisitions,
+        ),
+        (
+            "lock_contended_total",
+            "Acquisitions of the registry lock that waited for another holder.",
+            st.lock_contended,
+        ),
+        (
+            "lock_recoveries_total",
+            "Times the registry lock's holder died holding it and the registry was repaired.",
+            st.lock_recoveries,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        out.sample(name, &[], n);
+    }
+    out.family(
+        "lock_wait_seconds_total",
+        "counter",
+        "Time spent waiting for the registry lock.",
+    );
+    out.sample("lock_wait_seconds_total", &[], st.lock_wait.as_secs_f64());
+    out.family(
+        "lock_hold_seconds_total",
+        "counter",
+        "Time the registry lock was held (operations and the callbacks they run).",
+    );
+    out.sample("lock_hold_seconds_total", &[], st.lock_hold.as_secs_f64());
+    out.family(
+        "lock_held_seconds",
+        "gauge",
+        "How long the current holder has held the registry lock; 0 when it is free.",
+    );
+    out.sample(
+        "lock_held_seconds",
+        &[],
+        s.lock.map_or(0.0, |l| l.held_for.as_secs_f64()),
+    );
+
+    out.family(
+        "events_total",
+        "counter",
+        "Lifecycle events journalled, by kind.",
+    );
+    for e in &s.events {
+        out.sample("events_total", &[("event", e.kind.as_str())], e.total);
+    }
+    out.family(
+        "last_event_timestamp_seconds",
+        "gauge",
+        "When the last event of each kind happened (kinds that never happened are absent).",
+    );
+    for e in &s.events {
+        if let Some(last) = e.last {
+            out.sample(
+                "last_event_timestamp_seconds",
+                &[("event", e.kind.as_str())],
+                unix(last),
+            );
+        }
+    }
+    out.0
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+struct Exposition(String);
+
+impl Exposition {
+    const PREFIX: &'static str = "worker_manager_";
+
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let p = Self::PREFIX;
+        // Help text is ours: no backslash or line feed to escape.
+        let _ = writeln!(self.0, "# HELP {p}{name} {help}");
+        let _ = writeln!(self.0, "# TYPE {p}{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(Self::PREFIX);
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (label, text)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(label);
+                self.0.push_str("=\"");
+                for c in text.chars() {
+                    match c {
+                        '\\' => self.0.push_str("\\\\"),
+                        '"' => self.0.push_str("\\\""),
+                        '\n' => self.0.push_str("\\n"),
+                        c => self.0.push(c),
+                    }
+                }
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition(String::new());
+        out.sample("x", &[("path", "a\"b\\c\nd")], 1);
+        assert_eq!(out.0, "worker_manager_x{path=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+}

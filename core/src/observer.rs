@@ -1,0 +1,87 @@
+//! Reading a registry from outside the server: read-only, lock-free, never waiting
+//! on a writer for more than [`OBSERVE_PATIENCE`](crate::OBSERVE_PATIENCE). See
+//! `docs/design.md` section 7.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Acquire;
+use std::time::Duration;
+
+use crate::change;
+use crate::error::Result;
+use crate::event::Event;
+use crate::journal;
+use crate::region::map::Region;
+use crate::region::Capacities;
+use crate::snapshot::{self, Snapshot};
+
+/// A registry mapped read-only. It never creates, writes or locks the file, so it
+/// may run as any user who can read it, at any moment, as often as wanted.
+pub struct Observer {
+    region: Region,
+    path: PathBuf,
+    previous_boot: bool,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("path", &self.path)
+            .field("capacities", &self.region.capacities())
+            .field("previous_boot", &self.previous_boot)
+            .finish()
+    }
+}
+
+impl Observer {
+    /// Maps the existing registry at `path` read-only, after validating its header.
+    /// A missing file is [`Error::Io`](crate::Error::Io) with
+    /// [`std::io::ErrorKind::NotFound`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Observer> {
+        let path = path.as_ref();
+        let (region, previous_boot) = Region::open_read_only(path)?;
+        Ok(Observer {
+            region,
+            path: path.to_path_buf(),
+            previous_boot,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacities(&self) -> Capacities {
+        self.region.capacities()
+    }
+
+    /// The file's size in bytes as its capacities lay it out.
+    pub fn size(&self) -> u64 {
+        self.region.capacities().offsets().total as u64
+    }
+
+    /// A picture of the registry, consistent unless a writer stayed in the middle of
+    /// a change for longer than the patience (then `consistent` is false).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = snapshot::observe(&self.region);
+        snapshot.previous_boot = self.previous_boot;
+        snapshot
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.region.header().next_seq.load(Acquire)
+    }
+
+    /// Journal entries from sequence number `from` on, oldest first. Entries the ring
+    /// has overwritten are skipped: the first may be newer than `from`.
+    pub fn events_since(&self, from: u64) -> Vec<Event> {
+        journal::since(&self.region, from)
+    }
+
+    /// Sleeps until an event with a sequence number of at least `next` exists, or
+    /// `timeout` passes; returns whether one does. No polling: writers wake the
+    /// sleeper through a futex when they journal.
+    pub fn wait_for_event(&self, next: u64, timeout: Duration) -> bool {
+        change::wait_for_event(self.region.header(), next, timeout)
+    }
+}
