@@ -12,7 +12,7 @@
 /**
  * The version of this ABI; the Lua side refuses a library with another one.
  */
-#define WM_ABI_VERSION 1
+#define WM_ABI_VERSION 2
 
 #define WM_OK 0
 
@@ -141,6 +141,10 @@ struct wm_worker {
   uint32_t state;
   uint32_t hung;
   uint32_t replaces_pid;
+  /**
+   * Dead workers of the same generation and index before this one.
+   */
+  uint32_t respawns;
   uint64_t heartbeat_age_ms;
   uint64_t registered_ns;
 };
@@ -269,6 +273,18 @@ int wm_snapshot(uint32_t *generations,
                 uint32_t *run_state,
                 uint64_t *next_seq,
                 const char **err);
+
+/**
+ * Renders the registry in the Prometheus text exposition format, read without the
+ * lock (a scrape never waits behind a callback). `*text` points to `*len` bytes
+ * (not NUL-terminated) owned by the library, valid until the next `wm_metrics`
+ * call on the same thread.
+ *
+ * # Safety
+ *
+ * `text` and `len` are valid for writes; `err` is NULL or valid for a write.
+ */
+int wm_metrics(const char **text, size_t *len, const char **err);
 
 /**
  * Copies generation `i` of the last snapshot into `*out`.

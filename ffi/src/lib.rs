@@ -27,11 +27,11 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use worker_manager::{
-    Error, Event, GenerationConfig, LockHold, Options, Registry, Snapshot, Worker,
+    exposition, Error, Event, GenerationConfig, LockHold, Options, Registry, Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 1;
+pub const WM_ABI_VERSION: u32 = 2;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -122,6 +122,8 @@ pub struct wm_worker {
     pub state: u32,
     pub hung: u32,
     pub replaces_pid: u32,
+    /// Dead workers of the same generation and index before this one.
+    pub respawns: u32,
     pub heartbeat_age_ms: u64,
     pub registered_ns: u64,
 }
@@ -133,6 +135,8 @@ struct State {
     worker: Option<Worker>,
     events: Vec<wm_event>,
     snapshot: Option<Snapshot>,
+    /// The last metrics text.
+    metrics: String,
     error: Option<CString>,
 }
 
@@ -499,6 +503,32 @@ pub unsafe extern "C" fn wm_snapshot(
     })
 }
 
+/// Renders the registry in the Prometheus text exposition format, read without the
+/// lock (a scrape never waits behind a callback). `*text` points to `*len` bytes
+/// (not NUL-terminated) owned by the library, valid until the next `wm_metrics`
+/// call on the same thread.
+///
+/// # Safety
+///
+/// `text` and `len` are valid for writes; `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_metrics(
+    text: *mut *const c_char,
+    len: *mut usize,
+    err: *mut *const c_char,
+) -> c_int {
+    call(err, |state| {
+        let registry = registry(state)?;
+        state.metrics = exposition::prometheus(&registry.observe(), registry.path());
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            *text = state.metrics.as_ptr().cast();
+            *len = state.metrics.len();
+        }
+        Ok(())
+    })
+}
+
 fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -573,6 +603,7 @@ pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_in
                 state: w.state.code(),
                 hung: w.hung as u32,
                 replaces_pid: w.replaces_pid.unwrap_or(0),
+                respawns: w.respawns,
                 heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
                 registered_ns: nanos_since_epoch(w.registered),
             })

@@ -39,6 +39,8 @@ local generation_out = ffi.new("struct wm_generation")
 local worker_out = ffi.new("struct wm_worker")
 local count_out = ffi.new("uint32_t[3]")
 local seq_out = ffi.new("uint64_t[1]")
+local text_out = ffi.new("const char *[1]")
+local len_out = ffi.new("size_t[1]")
 
 local EVENTS = {
   "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
@@ -439,12 +441,27 @@ function _M.status()
         state = WORKER_STATES[w.state],
         hung = w.hung == 1,
         replaces_pid = w.replaces_pid ~= 0 and w.replaces_pid or nil,
+        respawns = w.respawns,
         heartbeat_age = tonumber(w.heartbeat_age_ms) / 1000,
         registered = tonumber(w.registered_ns) / 1e9,
       }
     end
   end
   return status
+end
+
+--- The registry in the Prometheus text exposition format (the same text as
+-- `worker-manager metrics`), read without the registry lock: a scrape never waits
+-- behind a callback. Serve it from a `location` for Prometheus to scrape.
+-- @return the text, or nil and an error
+function _M.metrics()
+  if not C then
+    return nil, "on_init_by_lua has not run"
+  end
+  if C.wm_metrics(text_out, len_out, err_out) ~= 0 then
+    return nil, last_error()
+  end
+  return ffi_string(text_out[0], len_out[0])
 end
 
 return _M

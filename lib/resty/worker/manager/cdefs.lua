@@ -46,6 +46,7 @@ struct wm_worker {
   uint32_t state;
   uint32_t hung;
   uint32_t replaces_pid;
+  uint32_t respawns;
   uint64_t heartbeat_age_ms;
   uint64_t registered_ns;
 };
@@ -72,12 +73,13 @@ int wm_snapshot(uint32_t *generations,
                 uint32_t *run_state,
                 uint64_t *next_seq,
                 const char **err);
+int wm_metrics(const char **text, size_t *len, const char **err);
 int wm_snapshot_generation(uint32_t i, struct wm_generation *out);
 int wm_snapshot_worker(uint32_t i, struct wm_worker *out);
 ]])
 
 local _M = {
-  ABI_VERSION = 1,
+  ABI_VERSION = 2,
   LIB_NAME = "libworker_manager_ffi.so",
 }
 

@@ -1,0 +1,231 @@
+//! `worker-manager`: a node's generations, workers, events and metrics, read from
+//! outside the server. Read-only: the registry is mapped without write access and
+//! its lock is never taken (see `docs/design.md` section 7).
+
+mod events;
+mod status;
+mod text;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use worker_manager::{exposition, naming, Error, Observer};
+
+/// Exit codes, documented in `worker-manager --help` and the README.
+mod exit {
+    pub const OK: u8 = 0;
+    /// Anything else: output could not be written, the followed file was replaced.
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments (clap's own code).
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const UNREADABLE: u8 = 4;
+    pub const INCOMPATIBLE: u8 = 5;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other failure (output could not be written; the followed registry was replaced)
+  2  bad arguments
+  3  no registry at the path (is the server running with this prefix and name?)
+  4  the registry cannot be read: permission, symlink, not a regular file,
+     truncated or not initialised
+  5  the registry is not one this build reads: foreign file, or another layout
+     version";
+
+/// Reads a worker-manager registry: the generations and workers of an nginx (or any
+/// pre-fork server) node, its event journal, and Prometheus metrics. Never writes
+/// the registry and never waits on the server's lock.
+#[derive(Debug, Parser)]
+#[command(name = "worker-manager", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generations and workers, as a table or as JSON.
+    Status {
+        #[command(flatten)]
+        registry: Location,
+        /// JSON (schema in docs/cli.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event journal, oldest first.
+    Events {
+        #[command(flatten)]
+        registry: Location,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// After the journal, print new events as they happen, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Prometheus text exposition (format 0.0.4).
+    Metrics {
+        #[command(flatten)]
+        registry: Location,
+    },
+}
+
+/// Where the registry is: a file, or the nginx prefix and `shm` name that the Lua
+/// module derives its default path from.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+struct Location {
+    /// The registry file (the Lua `path` option).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prefix", "shm"])]
+    path: Option<PathBuf>,
+    /// The nginx prefix (`nginx -p`, or its compiled-in --prefix), as nginx reports
+    /// it; a trailing slash is added when missing.
+    #[arg(long, value_name = "DIR", requires = "shm")]
+    prefix: Option<String>,
+    /// The Lua `shm` option.
+    #[arg(long, value_name = "NAME", requires = "prefix", value_parser = shm_name)]
+    shm: Option<String>,
+}
+
+fn shm_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err("a shm name may only hold letters, digits, '_', '.' and '-'".into())
+    }
+}
+
+impl Location {
+    fn path(&self) -> PathBuf {
+        match (&self.path, &self.prefix, &self.shm) {
+            (Some(path), _, _) => path.clone(),
+            (None, Some(prefix), Some(shm)) => {
+                let mut prefix = prefix.clone();
+                if !prefix.ends_with('/') {
+                    prefix.push('/');
+                }
+                naming::default_path(&prefix, shm)
+            }
+            // clap requires one of the two forms.
+            _ => unreachable!("clap enforces --path or --prefix with --shm"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (&self.prefix, &self.shm) {
+            (Some(prefix), Some(shm)) => format!(" (from --prefix {prefix} --shm {shm})"),
+            _ => String::new(),
+        }
+    }
+
+    fn open(&self) -> Result<Observer, Failure> {
+        let path = self.path();
+        Observer::open(&path).map_err(|e| Failure::open(e, &self.describe()))
+    }
+}
+
+/// A failure to report: its exit code and message.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn open(e: Error, origin: &str) -> Failure {
+        let code = match &e {
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => exit::NOT_FOUND,
+            Error::ForeignMagic { .. }
+            | Error::NewerLayout { .. }
+            | Error::OlderLayout { .. }
+            | Error::Incompatible { .. } => exit::INCOMPATIBLE,
+            _ => exit::UNREADABLE,
+        };
+        let message = match &e {
+            Error::Io { path, .. } if code == exit::NOT_FOUND => format!(
+                "no registry at {}{origin}: is the server running with this prefix and shm name, or with this path?",
+                path.display()
+            ),
+            _ => format!("{e}{origin}"),
+        };
+        Failure { code, message }
+    }
+}
+
+/// The outcome of writing output. A reader that went away (`| head`) ends the
+/// command quietly, with success.
+fn written(result: io::Result<()>) -> Result<(), Failure> {
+    result.map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe => Failure {
+            code: exit::OK,
+            message: String::new(),
+        },
+        _ => Failure {
+            code: exit::FAILURE,
+            message: format!("cannot write the output: {e}"),
+        },
+    })
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = match cli.command {
+        Command::Status { registry, json } => {
+            let observer = registry.open()?;
+            let snapshot = observer.snapshot();
+            if !snapshot.consistent {
+                eprintln!("worker-manager: {}", status::inconsistency(&snapshot));
+            }
+            if json {
+                status::json(&mut out, &observer, &snapshot)
+            } else {
+                status::table(&mut out, &observer, &snapshot)
+            }
+        }
+        Command::Events {
+            registry,
+            json,
+            follow,
+        } => {
+            let observer = registry.open()?;
+            return events::print(&mut out, &observer, json, follow);
+        }
+        Command::Metrics { registry } => {
+            let observer = registry.open()?;
+            let text = exposition::prometheus(&observer.snapshot(), observer.path());
+            out.write_all(text.as_bytes())
+        }
+    };
+    written(result.and_then(|()| out.flush()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) if f.code == exit::OK => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("worker-manager: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

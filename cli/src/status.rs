@@ -1,0 +1,387 @@
+//! `worker-manager status`: the generations and workers of a snapshot, as a table for
+//! people or as JSON for scripts. The JSON schema is versioned (`schema`) and
+//! documented in `docs/cli.md`: fields are added, never renamed or removed, within
+//! a schema version.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use worker_manager::{Identity, Observer, Snapshot, WorkerState};
+
+use crate::text::{age, since, timestamp, unix};
+
+/// Bumped when a field changes meaning or goes away.
+const SCHEMA: u32 = 1;
+
+#[derive(Serialize)]
+struct Status<'a> {
+    schema: u32,
+    registry: Registry<'a>,
+    /// False when a writer was changing the registry throughout the reading.
+    consistent: bool,
+    node_run: NodeRun,
+    lock: Option<Lock>,
+    next_seq: u64,
+    generations: Vec<Generation>,
+    workers: Vec<Worker>,
+    stats: Stats,
+    events: Vec<EventTally>,
+}
+
+#[derive(Serialize)]
+struct Registry<'a> {
+    path: &'a std::path::Path,
+    size_bytes: u64,
+    created: f64,
+    capacities: Capacities,
+    previous_boot: bool,
+}
+
+#[derive(Serialize)]
+struct Capacities {
+    generations: u32,
+    workers: u32,
+    events: u32,
+}
+
+#[derive(Serialize)]
+struct NodeRun {
+    id: u64,
+    state: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Lock {
+    holder_pid: u32,
+    op: Option<&'static str>,
+    held_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Generation {
+    id: u64,
+    kind: Option<&'static str>,
+    state: Option<&'static str>,
+    previous_run: Option<&'static str>,
+    master_pid: u32,
+    master_alive: bool,
+    started: f64,
+    age_seconds: f64,
+    live_workers: u32,
+    expected_workers: u32,
+    workers_started: u64,
+    respawns: u64,
+    crashes: u64,
+    exit_reason: Option<&'static str>,
+    exited: Option<f64>,
+    interval_seconds: f64,
+    failed_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Worker {
+    id: String,
+    generation: u64,
+    index: u32,
+    pid: u32,
+    state: &'static str,
+    process_alive: bool,
+    started: f64,
+    age_seconds: f64,
+    heartbeat_age_seconds: f64,
+    hung: bool,
+    respawns: u32,
+    replaces_pid: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    starts: u64,
+    restarts: u64,
+    reloads: u64,
+    upgrades: u64,
+    crashes: u64,
+    respawns: u64,
+    aborts: u64,
+    hangs: u64,
+    lock_acquisitions: u64,
+    lock_contended: u64,
+    lock_wait_seconds: f64,
+    lock_hold_seconds: f64,
+    lock_recoveries: u64,
+}
+
+#[derive(Serialize)]
+struct EventTally {
+    event: &'static str,
+    total: u64,
+    last: Option<f64>,
+}
+
+fn generations(s: &Snapshot) -> Vec<Generation> {
+    s.generations
+        .iter()
+        .map(|g| Generation {
+            id: g.id,
+            kind: g.kind.map(|k| k.as_str()),
+            state: g.state.map(|k| k.as_str()),
+            previous_run: g.previous_run.map(|r| r.as_str()),
+            master_pid: g.master_pid,
+            master_alive: Identity {
+                pid: g.master_pid,
+                start_time: g.master_start_time,
+            }
+            .is_alive(),
+            started: unix(g.registered),
+            age_seconds: since(g.registered).as_secs_f64(),
+            live_workers: g.live_workers,
+            expected_workers: g.expected_workers,
+            workers_started: g.workers_started,
+            respawns: g.respawns,
+            crashes: g.crashes,
+            exit_reason: g.exit_reason.map(|r| r.as_str()),
+            exited: g.exited.map(unix),
+            interval_seconds: g.interval.as_secs_f64(),
+            failed_seconds: g.failed.as_secs_f64(),
+        })
+        .collect()
+}
+
+fn workers(s: &Snapshot) -> Vec<Worker> {
+    s.workers
+        .iter()
+        .map(|w| Worker {
+            id: w.id.to_string(),
+            generation: w.id.generation,
+            index: w.id.index,
+            pid: w.id.pid,
+            state: w.state.as_str(),
+            process_alive: w.state != WorkerState::Dead
+                && Identity {
+                    pid: w.id.pid,
+                    start_time: w.start_time,
+                }
+                .is_alive(),
+            started: unix(w.registered),
+            age_seconds: since(w.registered).as_secs_f64(),
+            heartbeat_age_seconds: w.heartbeat_age.as_secs_f64(),
+            hung: w.hung,
+            respawns: w.respawns,
+            replaces_pid: w.replaces_pid,
+        })
+        .collect()
+}
+
+/// What to tell people when the reading is not consistent.
+pub fn inconsistency(s: &Snapshot) -> String {
+    let holder = match s.lock {
+        Some(l) => format!(
+            "the lock is held by pid {} ({}) for {}",
+            l.pid,
+            l.op.map_or("?", |op| op.as_str()),
+            age(l.held_for)
+        ),
+        None => "the lock is free".into(),
+    };
+    format!(
+        "warning: a writer stayed in the middle of a change while reading ({holder}); \
+         the figures may be mixed: run again, and if this persists the writer died and \
+         the next lifecycle event repairs the registry"
+    )
+}
+
+pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Result<()> {
+    let caps = s.capacities;
+    let st = &s.stats;
+    let status = Status {
+        schema: SCHEMA,
+        registry: Registry {
+            path: observer.path(),
+            size_bytes: observer.size(),
+            created: unix(s.created),
+            capacities: Capacities {
+                generations: caps.generations,
+                workers: caps.workers,
+                events: caps.events,
+            },
+            previous_boot: s.previous_boot,
+        },
+        consistent: s.consistent,
+        node_run: NodeRun {
+            id: s.run_id,
+            state: s.run_state.map(|r| r.as_str()),
+        },
+        lock: s.lock.map(|l| Lock {
+            holder_pid: l.pid,
+            op: l.op.map(|op| op.as_str()),
+            held_seconds: l.held_for.as_secs_f64(),
+        }),
+        next_seq: s.next_seq,
+        generations: generations(s),
+        workers: workers(s),
+        stats: Stats {
+            starts: st.starts,
+            restarts: st.restarts,
+            reloads: st.reloads,
+            upgrades: st.upgrades,
+            crashes: st.crashes,
+            respawns: st.respawns,
+            aborts: st.aborts,
+            hangs: st.hangs,
+            lock_acquisitions: st.lock_acquisitions,
+            lock_contended: st.lock_contended,
+            lock_wait_seconds: st.lock_wait.as_secs_f64(),
+            lock_hold_seconds: st.lock_hold.as_secs_f64(),
+            lock_recoveries: st.lock_recoveries,
+        },
+        events: s
+            .events
+            .iter()
+            .map(|e| EventTally {
+                event: e.kind.as_str(),
+                total: e.total,
+                last: e.last.map(unix),
+            })
+            .collect(),
+    };
+    serde_json::to_writer_pretty(&mut *out, &status)?;
+    writeln!(out)
+}
+
+/// Columns padded to their widest cell.
+fn columns(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let last = row.len() - 1;
+        for (c, cell) in row.iter().enumerate() {
+            if c == last {
+                writeln!(out, "{cell}")?;
+            } else {
+                write!(out, "{cell:<w$}  ", w = widths[c])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Result<()> {
+    writeln!(
+        out,
+        "registry  {} ({} bytes, created {})",
+        observer.path().display(),
+        observer.size(),
+        timestamp(s.created)
+    )?;
+    if s.previous_boot {
+        writeln!(
+            out,
+            "          written before the last reboot: every process it records is gone"
+        )?;
+    }
+    let lock = match s.lock {
+        Some(l) => format!(
+            "held by pid {} ({}) for {}",
+            l.pid,
+            l.op.map_or("?", |op| op.as_str()),
+            age(l.held_for)
+        ),
+        None => "free".into(),
+    };
+    writeln!(
+        out,
+        "node run  {} ({}); lock {lock}; {} events journalled",
+        s.run_id,
+        s.run_state.map_or("unknown", |r| r.as_str()),
+        s.next_seq - 1
+    )?;
+    writeln!(out)?;
+    let gens = generations(s);
+    if gens.is_empty() {
+        writeln!(out, "no generations")?;
+    } else {
+        let mut rows = vec![header(&[
+            "GENERATION",
+            "KIND",
+            "STATE",
+            "MASTER",
+            "AGE",
+            "WORKERS",
+            "RESPAWNS",
+            "CRASHES",
+        ])];
+        for g in &gens {
+            let master = if g.master_alive {
+                g.master_pid.to_string()
+            } else {
+                format!("{} (gone)", g.master_pid)
+            };
+            let expected = match g.expected_workers {
+                0 => "?".to_string(),
+                n => n.to_string(),
+            };
+            rows.push(vec![
+                g.id.to_string(),
+                g.kind.unwrap_or("?").into(),
+                g.state.unwrap_or("?").into(),
+                master,
+                age(std::time::Duration::from_secs_f64(g.age_seconds)),
+                format!("{}/{expected}", g.live_workers),
+                g.respawns.to_string(),
+                g.crashes.to_string(),
+            ]);
+        }
+        columns(out, &rows)?;
+    }
+    writeln!(out)?;
+    let ws = workers(s);
+    if ws.is_empty() {
+        return writeln!(out, "no workers");
+    }
+    let mut rows = vec![header(&[
+        "WORKER",
+        "INDEX",
+        "PID",
+        "STATE",
+        "AGE",
+        "HEARTBEAT",
+        "RESPAWNS",
+        "PROCESS",
+    ])];
+    for w in &ws {
+        let state = if w.hung {
+            format!("{} (hung)", w.state)
+        } else {
+            w.state.to_string()
+        };
+        let process = match (w.process_alive, w.state) {
+            (true, _) => "alive",
+            (false, "dead") => "gone",
+            (false, _) => "gone, not yet swept",
+        };
+        let heartbeat = if w.state == "running" {
+            format!(
+                "{} ago",
+                age(std::time::Duration::from_secs_f64(w.heartbeat_age_seconds))
+            )
+        } else {
+            "-".into()
+        };
+        rows.push(vec![
+            w.id.clone(),
+            w.index.to_string(),
+            w.pid.to_string(),
+            state,
+            age(std::time::Duration::from_secs_f64(w.age_seconds)),
+            heartbeat,
+            w.respawns.to_string(),
+            process.into(),
+        ]);
+    }
+    columns(out, &rows)
+}
