@@ -14,23 +14,24 @@ build: deps
 # A real nginx with resty.worker.manager, driven through start, reload, kill -9 of a
 # worker, binary upgrade and stop.
 demo: deps
-	$(CARGO) build --quiet -p worker-manager-ffi
+	$(CARGO) build --quiet -p worker-manager-ffi -p worker-manager-cli
 	examples/openresty/demo.sh
 
 # The same lifecycle on the Rust API alone: a pre-fork server.
 demo-prefork: deps
 	$(CARGO) run --quiet -p prefork -- demo
 
-# Installs the Lua module and the library where Debian's nginx (LuaJIT's default
-# paths) finds them; for OpenResty: make install LUA_LIB_DIR=/usr/local/openresty/lualib
+# Installs the CLI in $(PREFIX)/bin, and the Lua module and the library where
+# Debian's nginx (LuaJIT's default paths) finds them; for OpenResty: make install LUA_LIB_DIR=/usr/local/openresty/lualib
 # LUA_CLIB_DIR=/usr/local/openresty/lualib
 PREFIX ?= /usr/local
 LUA_LIB_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
 
 install: deps
-	$(CARGO) build --release -p worker-manager-ffi
-	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR)
+	$(CARGO) build --release -p worker-manager-ffi -p worker-manager-cli
+	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR) $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 target/release/worker-manager $(DESTDIR)$(PREFIX)/bin/worker-manager
 	install -m 0644 lib/resty/worker/manager.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager.lua
 	install -m 0644 lib/resty/worker/manager/cdefs.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager/cdefs.lua
 	install -m 0755 target/release/libworker_manager_ffi.so $(DESTDIR)$(LUA_CLIB_DIR)/libworker_manager_ffi.so

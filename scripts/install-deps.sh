@@ -14,6 +14,8 @@ declare -A packages=(
     [/usr/share/lua/5.1/resty/core.lua]=lua-resty-core
     [/usr/share/lua/5.1/resty/lrucache.lua]=lua-resty-lrucache
     [luacheck]=lua-check
+    [setpriv]=util-linux
+    [/usr/lib/python3/dist-packages/prometheus_client/parser.py]=python3-prometheus-client
 )
 
 missing=()

@@ -6,6 +6,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 lib_dir=${LIB_DIR:-$repo/target/debug}
+cli=${CLI:-$repo/target/debug/worker-manager}
 nginx=/usr/sbin/nginx   # by its absolute path: a binary upgrade re-executes it
 
 prefix=$(mktemp -d /tmp/wm-demo.XXXXXX)
@@ -72,6 +73,9 @@ victim=$(pgrep -P "$master" | head -n 1)
 kill -9 "$victim"
 until_seen "respawn=true" 1
 
+step "what an operator sees from outside nginx: worker-manager status (read-only, lock-free)"
+"$cli" status --path "$prefix/registry.wm"
+
 step "binary upgrade (SIGUSR2, then SIGWINCH and SIGQUIT to the old master): kind=upgrade, ids go on"
 kill -USR2 "$master"
 until_seen "kind=upgrade" 1
@@ -87,4 +91,9 @@ kill -QUIT "$new_master"
 until_seen "reason=stop" 3
 while kill -0 "$new_master" 2>/dev/null; do sleep 0.05; done
 show_new
+
+step "the journal survives the node: worker-manager events, and a few of its metrics"
+"$cli" events --path "$prefix/registry.wm" | tail -n 4
+"$cli" metrics --path "$prefix/registry.wm" \
+    | grep -E '^worker_manager_(generations_total|worker_crashes_total|worker_respawns_total)'
 printf '\nnginx stopped; nothing is left running.\n'

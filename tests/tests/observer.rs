@@ -124,10 +124,16 @@ fn waiting_for_an_event_sleeps_until_one_is_journalled() {
     );
 
     // Another process journals an event: the sleeper wakes.
+    // Woken, not timed out: well before the timeout.
     std::thread::scope(|scope| {
-        let waiter = scope.spawn(|| observer.wait_for_event(next, STEP_TIMEOUT));
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            (observer.wait_for_event(next, STEP_TIMEOUT), started.elapsed())
+        });
         master.generation();
-        assert!(waiter.join().unwrap());
+        let (woken, after) = waiter.join().unwrap();
+        assert!(woken);
+        assert!(after < STEP_TIMEOUT / 4, "woken after {after:?}");
     });
     assert!(observer.next_seq() > next);
     assert!(

@@ -277,6 +277,12 @@ http {{
                 ngx.say("live=", live, " pid=", ngx.worker.pid())
             }}
         }}
+        location = /metrics {{
+            content_by_lua_block {{
+                local text, err = require("resty.worker.manager").metrics()
+                ngx.print(text or ("err=" .. err))
+            }}
+        }}
     }}
 }}
 "#,
