@@ -243,3 +243,16 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");
 }
+
+#[test]
+fn a_registry_of_an_earlier_boot_is_read_and_said_to_be_stale() {
+    let dir = scratch();
+    // The boot id is the pair of u64 at offset 56.
+    let stale = patched(dir.path(), "stale.wm", 56, &[0x5a; 16]);
+    let json: serde_json::Value =
+        serde_json::from_str(&cli_on("status", &stale, &["--json"]).stdout).unwrap();
+    assert_eq!(json["registry"]["previous_boot"], true);
+    let table = cli_on("status", &stale, &[]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("before the last reboot"), "{table:?}");
+}

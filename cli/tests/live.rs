@@ -108,7 +108,11 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     }
     let table = cli_on("status", &path, &[]);
     for pid in &pids {
-        assert!(table.stdout.contains(&format!("1-{pid}")), "{}", table.stdout);
+        assert!(
+            table.stdout.contains(&format!("1-{pid}")),
+            "{}",
+            table.stdout
+        );
     }
 
     // Reload: generation 2 takes over, generation 1 ends.
@@ -140,7 +144,10 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     assert!(!pids.contains(&victim));
     wait_real_workers(&nginx, master, &pids);
     let g2 = generation(&s, 2);
-    assert_eq!((g2["crashes"].as_u64(), g2["respawns"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (g2["crashes"].as_u64(), g2["respawns"].as_u64()),
+        (Some(1), Some(1))
+    );
     let respawned = s["workers"]
         .as_array()
         .unwrap()
@@ -188,7 +195,9 @@ fn events_follow_streams_a_reload_as_it_happens() {
 
     let mut follower = Follower(
         Command::new(common::CLI)
-            .args(["events", "--follow", "--json", "--prefix", &prefix, "--shm", &shm])
+            .args([
+                "events", "--follow", "--json", "--prefix", &prefix, "--shm", &shm,
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -204,7 +213,7 @@ fn events_follow_streams_a_reload_as_it_happens() {
         }
     });
     let mut seen: Vec<Value> = Vec::new();
-    let mut next_until = |seen: &mut Vec<Value>, done: &dyn Fn(&Value) -> bool| {
+    let next_until = |seen: &mut Vec<Value>, done: &dyn Fn(&Value) -> bool| {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -256,7 +265,10 @@ fn metrics_from_the_cli_and_from_lua_parse_and_agree() {
             2.0
         );
         assert_eq!(
-            sample(&samples, "worker_manager_events_total{event=\"worker_start\"}"),
+            sample(
+                &samples,
+                "worker_manager_events_total{event=\"worker_start\"}"
+            ),
             2.0
         );
         assert_eq!(
@@ -274,13 +286,11 @@ fn metrics_from_the_cli_and_from_lua_parse_and_agree() {
 #[test]
 fn a_callback_holding_the_lock_for_seconds_never_holds_up_the_cli() {
     let _serial = serial();
-    let nginx = Nginx::new();
+    let mut nginx = Nginx::new();
     let flags = nginx.prefix().join("flags");
     std::fs::create_dir(&flags).unwrap();
-    std::fs::set_permissions(&flags, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .unwrap();
+    std::fs::set_permissions(&flags, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     // The first worker_start callback sleeps 5 s, holding the registry lock.
-    let mut nginx = nginx;
     nginx.write_config(&Config {
         in_callback: format!(
             r#"if name == "worker_start" then
@@ -310,7 +320,10 @@ fn a_callback_holding_the_lock_for_seconds_never_holds_up_the_cli() {
                 break s["lock"]["holder_pid"].as_u64().unwrap();
             }
         }
-        assert!(Instant::now() < deadline, "the lock was never seen held: {run:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the lock was never seen held: {run:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let started = Instant::now();

@@ -128,7 +128,10 @@ fn waiting_for_an_event_sleeps_until_one_is_journalled() {
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             let started = Instant::now();
-            (observer.wait_for_event(next, STEP_TIMEOUT), started.elapsed())
+            (
+                observer.wait_for_event(next, STEP_TIMEOUT),
+                started.elapsed(),
+            )
         });
         master.generation();
         let (woken, after) = waiter.join().unwrap();
