@@ -46,9 +46,17 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	luacheck lib examples
 
-# Microbenchmarks; figures are quoted in docs/BENCHMARKS.md.
+# The core's microbenchmarks, then worker-manager in a real nginx side by side with
+# the original (BASELINE, its manager.lua; empty: worker-manager alone). Writes
+# docs/BENCHMARKS.md. About 15 minutes with the original (its crash detection at the
+# default interval takes 15 to 25 s a kill).
+BASELINE ?= $(wildcard ../shared/reference/lua-resty-worker-manager/manager.lua)
+BENCH_ARGS ?=
+
 bench: deps
-	$(CARGO) bench -p worker-manager
+	$(CARGO) build --release -p worker-manager-ffi -p wm-bench
+	$(CARGO) bench -p worker-manager --bench core > target/micro.txt
+	target/release/wm-bench --micro target/micro.txt $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

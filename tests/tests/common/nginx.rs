@@ -54,6 +54,8 @@ pub struct Config {
     pub in_callback: String,
     /// Extra `http` block lines.
     pub http: String,
+    /// Extra lines of the test server's block (locations).
+    pub locations: String,
     /// The whole `init_by_lua_block`/`init_worker_by_lua_block` pair, replacing the
     /// standard ones (for configurations written the original's way).
     pub lua_blocks: Option<String>,
@@ -68,6 +70,7 @@ impl Default for Config {
             exit_hook: true,
             in_callback: String::new(),
             http: String::new(),
+            locations: String::new(),
             lua_blocks: None,
         }
     }
@@ -192,8 +195,43 @@ impl Nginx {
         self.prefix().join("registry.wm")
     }
 
+    /// Lua for `init_by_lua` that defines the global `WM_RECORD(name)`: a callback
+    /// that appends `name id=.. n_prev=.. n_mine=.. n_next=.. by=<pid> t=<ns> info..`
+    /// to `events.log` (`t`: wall-clock nanoseconds when the callback ran), then runs
+    /// `in_callback` (`name` and `info` in scope).
+    pub fn record_lua(&self, in_callback: &str) -> String {
+        format!(
+            r#"
+        local ffi = require("ffi")
+        ffi.cdef[[
+            typedef struct {{ long sec; long nsec; }} wm_test_timespec;
+            int clock_gettime(int clock, wm_test_timespec *ts);
+        ]]
+        local ts = ffi.new("wm_test_timespec")
+        function WM_RECORD(name)
+            return function(id, n_prev, n_mine, n_next, info)
+                ffi.C.clock_gettime(0, ts)
+                local t = string.format("%d%09d", tonumber(ts.sec), tonumber(ts.nsec))
+                local fields = {{}}
+                for k, v in pairs(info or {{}}) do
+                    fields[#fields + 1] = k .. "=" .. tostring(v)
+                end
+                table.sort(fields)
+                local f = assert(io.open("{events}", "a"))
+                f:write(name, " id=", tostring(id), " n_prev=", tostring(n_prev),
+                        " n_mine=", tostring(n_mine), " n_next=", tostring(n_next),
+                        " by=", tostring(ngx.worker.pid()), " t=", t, " ",
+                        table.concat(fields, " "), "\n")
+                f:close()
+                {in_callback}
+            end
+        end
+"#,
+            events = self.prefix().join("events.log").display(),
+        )
+    }
+
     pub fn write_config(&self, c: &Config) {
-        let events = self.prefix().join("events.log");
         let opts = if c.opts.contains("path =") || c.opts.contains("shm =") {
             c.opts.clone()
         } else {
@@ -203,39 +241,23 @@ impl Nginx {
             format!(
                 r#"
     init_by_lua_block {{
+        {record}
         local wm = require("resty.worker.manager")
-        local function record(name)
-            return function(id, n_prev, n_mine, n_next, info)
-                local fields = {{}}
-                for k, v in pairs(info or {{}}) do
-                    fields[#fields + 1] = k .. "=" .. tostring(v)
-                end
-                table.sort(fields)
-                local f = assert(io.open("{events}", "a"))
-                f:write(name, " id=", tostring(id), " n_prev=", tostring(n_prev),
-                        " n_mine=", tostring(n_mine), " n_next=", tostring(n_next),
-                        " by=", tostring(ngx.worker.pid()), " ", table.concat(fields, " "), "\n")
-                f:close()
-                {in_callback}
-            end
-        end
-        WM_RECORD = record
         assert(wm.on_init_by_lua({{
             interval = 0.2, failed = 1,
-            on_worker_crash = record("worker_crash"),
-            on_generation_abort = record("generation_abort"),
-            on_worker_hang = record("worker_hang"),
-            on_worker_recover = record("worker_recover"),
+            on_worker_crash = WM_RECORD("worker_crash"),
+            on_generation_abort = WM_RECORD("generation_abort"),
+            on_worker_hang = WM_RECORD("worker_hang"),
+            on_worker_recover = WM_RECORD("worker_recover"),
             {opts}
-        }}, record("master_start"), record("master_exit")))
+        }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
     }}
     init_worker_by_lua_block {{
         assert(require("resty.worker.manager").on_init_worker_by_lua(
             WM_RECORD("worker_start"), WM_RECORD("worker_exit")))
     }}
 "#,
-                events = events.display(),
-                in_callback = c.in_callback,
+                record = self.record_lua(&c.in_callback),
                 opts = opts,
             )
         });
@@ -283,6 +305,7 @@ http {{
                 ngx.print(text or ("err=" .. err))
             }}
         }}
+        {locations}
     }}
 }}
 "#,
@@ -292,6 +315,7 @@ http {{
             cpath = lib_dir().display(),
             port = self.port,
             http = c.http,
+            locations = c.locations,
         );
         fs::write(self.prefix().join("conf/nginx.conf"), conf).unwrap();
     }

@@ -1,0 +1,329 @@
+//! The measured scenarios. Each runs one real nginx per tracker, drives it with
+//! real signals, and takes its figures from the callbacks' own timestamps, from
+//! `/proc/<pid>/schedstat` (CPU, nanoseconds), and for the original's counts, which
+//! no callback reports, from its shared dict.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::nginx::{signal, Ev};
+use crate::node::{at, cpu_ns, generation_of, now_ns, of, Node, Settings, Tracker};
+
+/// Figures in milliseconds (or microseconds, as the caller says).
+#[derive(Debug, Clone, Default)]
+pub struct Samples(pub Vec<f64>);
+
+impl Samples {
+    fn push_ns(&mut self, from: u64, to: u64) {
+        self.0.push(to.saturating_sub(from) as f64 / 1e6);
+    }
+
+    /// Nearest-rank percentile.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        v[rank.min(v.len()) - 1]
+    }
+
+    pub fn max(&self) -> f64 {
+        self.0.iter().copied().fold(f64::NAN, f64::max)
+    }
+}
+
+/// The events recorded after the first `skip`.
+fn after(events: &[Ev], skip: usize) -> &[Ev] {
+    &events[skip.min(events.len())..]
+}
+
+fn kill9(pid: u32) {
+    signal(pid, libc::SIGKILL);
+}
+
+pub struct Crash {
+    /// From the kill to the `worker_crash` callback (the original has none).
+    pub to_callback: Option<Samples>,
+    /// From the kill until the tracker's count of the generation's workers is the
+    /// real one again, the respawn included.
+    pub to_counts: Samples,
+    /// `n_mine` as the respawned workers saw it (the real number is `workers`).
+    pub respawn_n_mine: Vec<u64>,
+    pub workers: u32,
+}
+
+/// kill -9 of a worker, `kills` times, one at a time.
+pub fn crash(tracker: &Tracker, interval: f64, failed: f64, kills: u32) -> Crash {
+    let workers = 4;
+    let node = Node::start(tracker, &Settings::new(workers, interval, failed));
+    let generation = node.generation();
+    let mut to_callback = Samples::default();
+    let mut to_counts = Samples::default();
+    let mut respawn_n_mine = Vec::new();
+    for k in 0..kills {
+        let skip = node.events().len();
+        let live = node.workers();
+        let victim = live[k as usize % live.len()];
+        let replaced = format!("{generation}-{victim}");
+        let t0 = now_ns();
+        kill9(victim);
+        let events = node.nginx.wait("the respawn", |ev| {
+            after(ev, skip)
+                .iter()
+                .any(|e| e.name == "worker_start" && generation_of(e) == generation)
+        });
+        let respawn = after(&events, skip)
+            .iter()
+            .find(|e| e.name == "worker_start")
+            .unwrap()
+            .clone();
+        respawn_n_mine.push(respawn.num("n_mine").unwrap_or(0));
+        match tracker {
+            Tracker::Product | Tracker::Bare => {
+                let events = node.nginx.wait("the crash", |ev| {
+                    after(ev, skip)
+                        .iter()
+                        .any(|e| e.name == "worker_crash" && e.get("worker") == replaced)
+                });
+                let crash = after(&events, skip)
+                    .iter()
+                    .find(|e| e.name == "worker_crash")
+                    .unwrap();
+                to_callback.push_ns(t0, at(crash));
+                assert_eq!(respawn.get("replaces"), replaced);
+                // Counted exactly from the crash on; the respawn makes it whole.
+                to_counts.push_ns(t0, at(&respawn));
+            }
+            Tracker::Original { .. } => {
+                // The respawn counted the dead worker too; the count is right once a
+                // heartbeat sweep drops the dead one.
+                let limit = Duration::from_secs_f64(3.0 * (interval + failed) + 10.0);
+                let right = node.poll_until(
+                    "its count back to the real one",
+                    Duration::from_millis(10),
+                    limit,
+                    || node.original_state().0 == i64::from(workers),
+                );
+                to_counts.push_ns(t0, right);
+            }
+        }
+        node.nginx.wait("all workers back", |_| {
+            node.workers().len() == workers as usize
+        });
+    }
+    Crash {
+        to_callback: matches!(tracker, Tracker::Product).then_some(to_callback),
+        to_counts,
+        respawn_n_mine,
+        workers,
+    }
+}
+
+/// One reload: HUP, then the new generation's `master_start`, all its workers
+/// started, and the old generation's `master_exit`. Returns the three times.
+fn reload_once(node: &Node) -> (u64, u64, u64, u64) {
+    let old = node.generation();
+    let skip = node.events().len();
+    let t0 = now_ns();
+    signal(node.master, libc::SIGHUP);
+    let workers = node.settings.workers as usize;
+    let events = node.nginx.wait("the reload", |ev| {
+        let ev = after(ev, skip);
+        let Some(new) = ev
+            .iter()
+            .find(|e| e.name == "master_start")
+            .map(generation_of)
+        else {
+            return false;
+        };
+        of(ev, "worker_start", new).len() >= workers && !of(ev, "master_exit", old).is_empty()
+    });
+    let ev = after(&events, skip);
+    let start = ev.iter().find(|e| e.name == "master_start").unwrap();
+    let new = generation_of(start);
+    let started = of(ev, "worker_start", new).iter().map(at).max().unwrap();
+    let exited = at(&of(ev, "master_exit", old)[0]);
+    (t0, at(start), started, exited)
+}
+
+pub struct Reload {
+    pub to_master_start: Samples,
+    pub to_workers_started: Samples,
+    pub to_master_exit: Samples,
+}
+
+pub fn reload(tracker: &Tracker, reloads: u32) -> Reload {
+    let node = Node::start(tracker, &Settings::new(4, 10.0, 5.0));
+    let mut r = Reload {
+        to_master_start: Samples::default(),
+        to_workers_started: Samples::default(),
+        to_master_exit: Samples::default(),
+    };
+    for _ in 0..reloads {
+        let (t0, start, started, exited) = reload_once(&node);
+        r.to_master_start.push_ns(t0, start);
+        r.to_workers_started.push_ns(t0, started);
+        r.to_master_exit.push_ns(t0, exited);
+        wait_settled(&node);
+    }
+    r
+}
+
+/// Waits until only the newest generation's workers are left.
+fn wait_settled(node: &Node) {
+    let n = node.settings.workers as usize;
+    node.nginx
+        .wait("the old workers gone", |_| node.workers().len() == n);
+}
+
+pub struct Steady {
+    pub workers: u32,
+    pub interval: f64,
+    pub reloads: u32,
+    /// CPU per worker per heartbeat tick, microseconds: at the start, after the reloads.
+    pub tick_us: (f64, f64),
+    /// State size in bytes (the product: the registry file; the original: its JSON
+    /// document in the shared dict), at the start and after the reloads.
+    pub state_bytes: (u64, u64),
+}
+
+/// CPU of the workers over `window`, per worker and per tick.
+fn tick_cost(node: &Node, window: Duration) -> f64 {
+    wait_settled(node);
+    let pids = node.workers();
+    let before: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
+    std::thread::sleep(window);
+    let spent: u64 = pids.iter().map(|&p| cpu_ns(p)).sum::<u64>() - before;
+    let ticks = pids.len() as f64 * window.as_secs_f64() / node.settings.interval;
+    spent as f64 / ticks / 1e3
+}
+
+fn state_bytes(node: &Node) -> u64 {
+    match node.tracker {
+        Tracker::Product => node.registry_size().0,
+        Tracker::Original { .. } => node.original_state().1,
+        Tracker::Bare => 0,
+    }
+}
+
+/// The same settings as [`steady`], without a tracker: what a tick costs nginx.
+pub fn bare_tick(window: Duration) -> f64 {
+    tick_cost(&Node::start(&Tracker::Bare, &STEADY), window)
+}
+
+/// Steady-cost settings: 8 workers beating every 50 ms.
+const STEADY: Settings = Settings {
+    workers: 8,
+    interval: 0.05,
+    failed: 2.0,
+    in_callback: String::new(),
+};
+
+pub fn steady(tracker: &Tracker, reloads: u32, window: Duration) -> Steady {
+    let settings = STEADY;
+    let node = Node::start(tracker, &settings);
+    let tick0 = tick_cost(&node, window);
+    let size0 = state_bytes(&node);
+    for i in 0..reloads {
+        reload_once(&node);
+        wait_settled(&node);
+        if (i + 1) % 100 == 0 {
+            eprintln!("  {}: {} reloads", tracker.name(), i + 1);
+        }
+    }
+    let tick_n = tick_cost(&node, window);
+    let size_n = state_bytes(&node);
+    Steady {
+        workers: settings.workers,
+        interval: settings.interval,
+        reloads,
+        tick_us: (tick0, tick_n),
+        state_bytes: (size0, size_n),
+    }
+}
+
+pub struct Contention {
+    pub workers: u32,
+    /// From the first to the last `worker_start` callback, ms.
+    pub spread: Samples,
+    /// CPU the workers had used when the last one had started, ms in all.
+    pub worker_cpu: Samples,
+}
+
+/// `workers` workers starting at once, all registering under the lock.
+pub fn contention(tracker: &Tracker, runs: u32) -> Contention {
+    let workers = 16;
+    let mut c = Contention {
+        workers,
+        spread: Samples::default(),
+        worker_cpu: Samples::default(),
+    };
+    for _ in 0..runs {
+        let node = Node::start(tracker, &Settings::new(workers, 10.0, 5.0));
+        let cpu: u64 = node.workers().iter().map(|&p| cpu_ns(p)).sum();
+        let starts = node.wait_started(1, workers);
+        let times: Vec<u64> = starts.iter().map(at).collect();
+        c.spread
+            .push_ns(*times.iter().min().unwrap(), *times.iter().max().unwrap());
+        c.worker_cpu.0.push(cpu as f64 / 1e6);
+    }
+    c
+}
+
+pub struct Stall {
+    /// From the reload signal to the new generation's `master_start`, ms.
+    pub wall_ms: f64,
+    /// The master's CPU over that time, ms.
+    pub master_cpu_ms: f64,
+}
+
+/// A worker stalls 3 s in a callback, holding the lock; meanwhile the master
+/// reloads and must wait for the lock in `init_by_lua`.
+pub fn stall(tracker: &Tracker) -> Stall {
+    let mut settings = Settings::new(2, 10.0, 5.0);
+    let node_flags = tempfile::Builder::new()
+        .prefix("wm-bench-flags-")
+        .tempdir()
+        .unwrap();
+    let flag = node_flags.path().join("stall");
+    fs::set_permissions(
+        node_flags.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    settings.in_callback = format!(
+        r#"if name == "worker_start" then
+               local flag = "{flag}"
+               local f = io.open(flag, "r")
+               if f then
+                   f:close()
+                   os.remove(flag)
+                   WM_RECORD("stall_begin")()
+                   os.execute("sleep 3")
+               end
+           end"#,
+        flag = flag.display()
+    );
+    let node = Node::start(tracker, &settings);
+    fs::write(&flag, "").unwrap();
+    kill9(node.workers()[0]);
+    node.nginx.wait_n("stall_begin", 1);
+    let old = node.generation();
+    let (t0, cpu0) = (now_ns(), cpu_ns(node.master));
+    signal(node.master, libc::SIGHUP);
+    let events = node.nginx.wait("the reload after the stall", |ev| {
+        ev.iter()
+            .any(|e| e.name == "master_start" && generation_of(e) > old)
+    });
+    let cpu1 = cpu_ns(node.master);
+    let start = events
+        .iter()
+        .find(|e| e.name == "master_start" && generation_of(e) > old)
+        .unwrap();
+    Stall {
+        wall_ms: at(start).saturating_sub(t0) as f64 / 1e6,
+        master_cpu_ms: cpu1.saturating_sub(cpu0) as f64 / 1e6,
+    }
+}
