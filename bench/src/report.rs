@@ -128,6 +128,26 @@ fn crash_table(out: &mut String, title: &str, pair: &Pair<Crash>) {
     let _ = writeln!(out);
 }
 
+/// Says how many reloads lost their old generation's `master_exit`, per tracker.
+fn missed<T>(out: &mut String, pair: &Pair<T>, count: impl Fn(&T) -> u32, of: usize) {
+    let mut say = |name: &str, n: u32| {
+        let _ = writeln!(
+            out,
+            "{name}: the old generation's `master_exit` fired in {} of {of} reloads{}.\n",
+            of as u32 - n,
+            if n > 0 {
+                " (its workers all exited; the lost callbacks are a defect of the tracker)"
+            } else {
+                ""
+            }
+        );
+    };
+    say("worker-manager", count(&pair.product));
+    if let Some(o) = &pair.original {
+        say("original", count(o));
+    }
+}
+
 pub fn render(f: &Figures) -> String {
     let mut out = String::new();
     let p = &f;
@@ -258,6 +278,12 @@ pub fn render(f: &Figures) -> String {
         reload_row(&mut out, "original", o);
     }
     let _ = writeln!(out);
+    missed(
+        &mut out,
+        &p.reload,
+        |r| r.missed_master_exit,
+        p.reload.product.to_master_start.0.len(),
+    );
 
     let bare = p.bare_tick_us;
     let _ = writeln!(
@@ -300,6 +326,12 @@ pub fn render(f: &Figures) -> String {
         );
     }
     let _ = writeln!(out);
+    missed(
+        &mut out,
+        &p.steady,
+        |s| s.missed_master_exit,
+        st.reloads as usize,
+    );
 
     let c = &p.contention.product;
     let _ = writeln!(

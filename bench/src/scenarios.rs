@@ -121,12 +121,27 @@ pub fn crash(tracker: &Tracker, interval: f64, failed: f64, kills: u32) -> Crash
     }
 }
 
+/// What one reload took, from the signal (wall-clock nanoseconds).
+struct ReloadTimes {
+    signal: u64,
+    master_start: u64,
+    workers_started: u64,
+    /// `None`: the old generation's `master_exit` never fired, although its workers
+    /// all exited (the original loses it when its lock lets two exiting workers
+    /// read the same count).
+    master_exit: Option<u64>,
+}
+
 /// One reload: HUP, then the new generation's `master_start`, all its workers
-/// started, and the old generation's `master_exit`. Returns the three times.
-fn reload_once(node: &Node) -> (u64, u64, u64, u64) {
+/// started, and the old generation's `master_exit`, or all of its workers gone.
+fn reload_once(node: &Node) -> ReloadTimes {
     let old = node.generation();
+    let old_workers: Vec<u32> = of(&node.events(), "worker_start", old)
+        .iter()
+        .filter_map(|e| e.num("by").map(|p| p as u32))
+        .collect();
     let skip = node.events().len();
-    let t0 = now_ns();
+    let signal_at = now_ns();
     signal(node.master, libc::SIGHUP);
     let workers = node.settings.workers as usize;
     let events = node.nginx.wait("the reload", |ev| {
@@ -138,20 +153,27 @@ fn reload_once(node: &Node) -> (u64, u64, u64, u64) {
         else {
             return false;
         };
-        of(ev, "worker_start", new).len() >= workers && !of(ev, "master_exit", old).is_empty()
+        of(ev, "worker_start", new).len() >= workers
+            && (!of(ev, "master_exit", old).is_empty()
+                || !old_workers.iter().any(|&p| crate::nginx::alive(p)))
     });
     let ev = after(&events, skip);
     let start = ev.iter().find(|e| e.name == "master_start").unwrap();
     let new = generation_of(start);
-    let started = of(ev, "worker_start", new).iter().map(at).max().unwrap();
-    let exited = at(&of(ev, "master_exit", old)[0]);
-    (t0, at(start), started, exited)
+    ReloadTimes {
+        signal: signal_at,
+        master_start: at(start),
+        workers_started: of(ev, "worker_start", new).iter().map(at).max().unwrap(),
+        master_exit: of(ev, "master_exit", old).first().map(at),
+    }
 }
 
 pub struct Reload {
     pub to_master_start: Samples,
     pub to_workers_started: Samples,
     pub to_master_exit: Samples,
+    /// Reloads whose old generation never got its `master_exit`.
+    pub missed_master_exit: u32,
 }
 
 pub fn reload(tracker: &Tracker, reloads: u32) -> Reload {
@@ -160,12 +182,16 @@ pub fn reload(tracker: &Tracker, reloads: u32) -> Reload {
         to_master_start: Samples::default(),
         to_workers_started: Samples::default(),
         to_master_exit: Samples::default(),
+        missed_master_exit: 0,
     };
     for _ in 0..reloads {
-        let (t0, start, started, exited) = reload_once(&node);
-        r.to_master_start.push_ns(t0, start);
-        r.to_workers_started.push_ns(t0, started);
-        r.to_master_exit.push_ns(t0, exited);
+        let t = reload_once(&node);
+        r.to_master_start.push_ns(t.signal, t.master_start);
+        r.to_workers_started.push_ns(t.signal, t.workers_started);
+        match t.master_exit {
+            Some(exit) => r.to_master_exit.push_ns(t.signal, exit),
+            None => r.missed_master_exit += 1,
+        }
         wait_settled(&node);
     }
     r
@@ -187,6 +213,8 @@ pub struct Steady {
     /// State size in bytes (the product: the registry file; the original: its JSON
     /// document in the shared dict), at the start and after the reloads.
     pub state_bytes: (u64, u64),
+    /// Reloads whose old generation never got its `master_exit`.
+    pub missed_master_exit: u32,
 }
 
 /// CPU of the workers over `window`, per worker and per tick.
@@ -226,8 +254,11 @@ pub fn steady(tracker: &Tracker, reloads: u32, window: Duration) -> Steady {
     let node = Node::start(tracker, &settings);
     let tick0 = tick_cost(&node, window);
     let size0 = state_bytes(&node);
+    let mut missed_master_exit = 0;
     for i in 0..reloads {
-        reload_once(&node);
+        if reload_once(&node).master_exit.is_none() {
+            missed_master_exit += 1;
+        }
         wait_settled(&node);
         if (i + 1) % 100 == 0 {
             eprintln!("  {}: {} reloads", tracker.name(), i + 1);
@@ -241,6 +272,7 @@ pub fn steady(tracker: &Tracker, reloads: u32, window: Duration) -> Steady {
         reloads,
         tick_us: (tick0, tick_n),
         state_bytes: (size0, size_n),
+        missed_master_exit,
     }
 }
 

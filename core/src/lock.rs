@@ -145,6 +145,18 @@ impl RawMutex {
         })
     }
 
+    /// Takes the mutex if it is free, without waiting: `None` when another thread
+    /// holds it. A user-space compare-and-swap, no system call.
+    pub(crate) fn lock_now(&self) -> Result<Option<Locked<'_>>, LockFailure> {
+        // SAFETY: the mutex was initialised by `init` when the region was created or
+        // reset.
+        let code = unsafe { libc::pthread_mutex_trylock(self.0.get()) };
+        if code == libc::EBUSY {
+            return Ok(None);
+        }
+        self.locked(code).map(Some)
+    }
+
     fn locked(&self, code: libc::c_int) -> Result<Locked<'_>, LockFailure> {
         match code {
             0 => Ok(Locked::Clean),

@@ -19,7 +19,7 @@ use crate::lifecycle::{
     AbortCause, Detection, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind,
     WorkerState,
 };
-use crate::lock::{Locked, TryLocked};
+use crate::lock::{Acquisition, LockFailure, Locked, TryLocked};
 use crate::process::Identity;
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
 use crate::region::map::Region;
@@ -214,23 +214,42 @@ impl Registry {
     // ----- the lock -----------------------------------------------------------
 
     fn lock(&self, op: LockOp) -> Result<LockGuard<'_>> {
+        Ok(self
+            .acquire(op, true)?
+            .expect("a waiting acquisition holds the lock or fails"))
+    }
+
+    /// Takes the registry lock, waiting up to the lock timeout if `wait`, else only
+    /// if it is free (`None` when another process holds it).
+    fn acquire(&self, op: LockOp, wait: bool) -> Result<Option<LockGuard<'_>>> {
         let guard = || LockGuard {
             reg: self,
             recovered: Vec::new(),
         };
         if self.depth.get() > 0 {
             self.depth.set(self.depth.get() + 1);
-            return Ok(guard());
+            return Ok(Some(guard()));
         }
         let h = self.region.header();
-        let acquisition = h.lock.lock(self.lock_timeout).map_err(|failure| {
+        let failed = |failure: LockFailure| {
             let op = LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
             failure.into_error(
                 self.lock_timeout,
                 h.lock_holder_pid.load(Relaxed),
                 op.as_str(),
             )
-        })?;
+        };
+        let acquisition = if wait {
+            h.lock.lock(self.lock_timeout).map_err(failed)?
+        } else {
+            match h.lock.lock_now().map_err(failed)? {
+                Some(locked) => Acquisition {
+                    locked,
+                    waited_since: None,
+                },
+                None => return Ok(None),
+            }
+        };
         // From here the mutex is held: the guard must exist before anything can fail.
         self.depth.set(1);
         let mut guard = guard();
@@ -251,7 +270,7 @@ impl Registry {
         h.lock_holder_op.store(op.code(), Relaxed);
         h.lock_acquired_mono_ns.store(acquired, Relaxed);
         h.stats[Stat::LockAcquisitions as usize].fetch_add(1, Relaxed);
-        Ok(guard)
+        Ok(Some(guard))
     }
 
     /// Puts the registry back into a consistent state after the lock's holder died:
@@ -539,7 +558,18 @@ impl Registry {
         on_event: &mut dyn FnMut(&Event),
         body: impl FnOnce(&mut Vec<Event>) -> Result<T>,
     ) -> Result<T> {
-        let mut guard = self.lock(op)?;
+        let guard = self.lock(op)?;
+        self.run_locked(guard, on_event, body)
+    }
+
+    /// Sweeps, then runs `body`, under the lock `guard` holds; hands the events (a
+    /// repair's first) to `on_event`, still under the lock, then releases it.
+    fn run_locked<T>(
+        &self,
+        mut guard: LockGuard<'_>,
+        on_event: &mut dyn FnMut(&Event),
+        body: impl FnOnce(&mut Vec<Event>) -> Result<T>,
+    ) -> Result<T> {
         let mut events = std::mem::take(&mut guard.recovered);
         let change = Change::begin(self.region.header());
         let outcome = self
@@ -925,6 +955,19 @@ impl Registry {
         self.locked(LockOp::Sweep, &mut on_event, |_| Ok(()))
     }
 
+    /// [`Registry::sweep`] if the lock is free right now; `Ok(false)` without waiting
+    /// when another process holds it. For periodic sweeps (a worker's tick): the
+    /// holder sweeps as part of whatever it does, or the next tick will, and a tick
+    /// never blocks its process behind someone else's callback.
+    pub fn try_sweep(&self, mut on_event: impl FnMut(&Event)) -> Result<bool> {
+        match self.acquire(LockOp::Sweep, false)? {
+            Some(guard) => self
+                .run_locked(guard, &mut on_event, |_| Ok(()))
+                .map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Runs `f` under the registry lock, serialised with every lifecycle operation
     /// and callback of the node. Re-entrant: `f` may call the registry. Should the
     /// previous holder have died, the repair's events go to the journal only.
@@ -940,9 +983,19 @@ impl Registry {
     /// holding (the Lua module). Re-entrant like every operation. The events of a
     /// repair, should the previous holder have died, are returned with it.
     pub fn hold_lock(&self) -> Result<(LockHold<'_>, Vec<Event>)> {
-        let mut guard = self.lock(LockOp::User)?;
+        let guard = self.lock(LockOp::User)?;
+        Ok(Self::hold(guard))
+    }
+
+    /// [`Registry::hold_lock`] if the lock is free right now; `None` without waiting
+    /// when another process holds it.
+    pub fn try_hold_lock(&self) -> Result<Option<(LockHold<'_>, Vec<Event>)>> {
+        Ok(self.acquire(LockOp::User, false)?.map(Self::hold))
+    }
+
+    fn hold(mut guard: LockGuard<'_>) -> (LockHold<'_>, Vec<Event>) {
         let recovered = std::mem::take(&mut guard.recovered);
-        Ok((LockHold { _guard: guard }, recovered))
+        (LockHold { _guard: guard }, recovered)
     }
 
     /// A consistent picture of the registry, taken under the lock (no sweep).

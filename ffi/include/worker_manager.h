@@ -176,7 +176,18 @@ int wm_open(const char *path, uint64_t lock_timeout_ms, const char **err);
 int wm_lock(const char **err);
 
 /**
- * Releases one `wm_lock`.
+ * Takes the registry lock if it is free right now (re-entrant, like `wm_lock`):
+ * `*acquired` is 1 when it was taken, to be released with `wm_unlock`, and 0
+ * without waiting when another process holds it.
+ *
+ * # Safety
+ *
+ * `acquired` is valid for a write; `err` is NULL or valid for a write.
+ */
+int wm_try_lock(int *acquired, const char **err);
+
+/**
+ * Releases one `wm_lock` or successful `wm_try_lock`.
  *
  * # Safety
  *

@@ -308,7 +308,28 @@ pub unsafe extern "C" fn wm_lock(err: *mut *const c_char) -> c_int {
     })
 }
 
-/// Releases one `wm_lock`.
+/// Takes the registry lock if it is free right now (re-entrant, like `wm_lock`):
+/// `*acquired` is 1 when it was taken, to be released with `wm_unlock`, and 0
+/// without waiting when another process holds it.
+///
+/// # Safety
+///
+/// `acquired` is valid for a write; `err` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn wm_try_lock(acquired: *mut c_int, err: *mut *const c_char) -> c_int {
+    call(err, |state| {
+        let taken = registry(state)?.try_hold_lock()?;
+        // SAFETY: guaranteed by the caller.
+        unsafe { *acquired = c_int::from(taken.is_some()) };
+        if let Some((hold, recovered)) = taken {
+            state.holds.push(hold);
+            state.events.extend(recovered.iter().map(encode));
+        }
+        Ok(())
+    })
+}
+
+/// Releases one `wm_lock` or successful `wm_try_lock`.
 ///
 /// # Safety
 ///

@@ -154,6 +154,39 @@ fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
 }
 
 #[test]
+fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
+    let scratch = Scratch::new();
+    let registry = scratch.open();
+    let g = registry
+        .register_generation(&Default::default(), |_| {})
+        .unwrap();
+    let mut holder = Probe::spawn(&scratch.registry());
+    holder.send(&format!("worker-stall {g} 0"));
+    holder.wait_for("stalled");
+
+    // Held by a live process: skipped at once, not waited for (the lock timeout is
+    // 30 s; the bound is only against waiting).
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    assert!(!registry.try_sweep(|e| seen.push(*e)).unwrap());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(seen.is_empty());
+
+    // Held by a dead process: taken, repaired, and the death reported.
+    let holder_pid = holder.pid;
+    holder.kill9();
+    assert!(registry.try_sweep(|e| seen.push(*e)).unwrap());
+    let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::LockRecovered, EventKind::WorkerCrash],
+        "{seen:?}"
+    );
+    assert_eq!(seen[1].worker().unwrap().pid, holder_pid);
+    assert!(registry.try_sweep(|_| {}).unwrap(), "free again");
+}
+
+#[test]
 fn a_lock_held_too_long_times_out_with_the_holder_named() {
     let scratch = Scratch::new();
     let registry = scratch.open();

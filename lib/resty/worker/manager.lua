@@ -41,6 +41,7 @@ local count_out = ffi.new("uint32_t[3]")
 local seq_out = ffi.new("uint64_t[1]")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
+local acquired_out = ffi.new("int[1]")
 
 local EVENTS = {
   "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
@@ -183,16 +184,10 @@ local function dispatch(events)
   end
 end
 
---- Runs `op` (a library call returning a status) under the registry lock, then the
--- callbacks of the events it produced, still under the lock. Never leaves the lock
--- held. Returns true, or nil and an error.
-local function locked(what, op, ...)
-  if C.wm_lock(err_out) ~= 0 then
-    local err = last_error()
-    take_events()
-    ngx_log(ERR, LOG_PREFIX, what, ": ", err)
-    return nil, err
-  end
+--- Runs `op` (a library call returning a status) under the lock this process has
+-- just taken, then the callbacks of the events it produced, still under the lock;
+-- then releases it. Returns true, or nil and an error.
+local function run_held(what, op, ...)
   local rc = op(...)
   local err = rc ~= 0 and last_error() or nil
   local ok, cb_err = pcall(dispatch, take_events())
@@ -207,6 +202,35 @@ local function locked(what, op, ...)
     return nil, err
   end
   return true
+end
+
+local function lock_failed(what)
+  local err = last_error()
+  take_events()
+  ngx_log(ERR, LOG_PREFIX, what, ": ", err)
+  return nil, err
+end
+
+--- Runs `op` under the registry lock, waiting for it (up to `lock_timeout`), then
+-- the callbacks of its events, still under the lock. Never leaves the lock held.
+-- Returns true, or nil and an error.
+local function locked(what, op, ...)
+  if C.wm_lock(err_out) ~= 0 then
+    return lock_failed(what)
+  end
+  return run_held(what, op, ...)
+end
+
+--- As `locked`, but only if the lock is free right now; returns true at once when
+-- another process holds it.
+local function locked_if_free(what, op, ...)
+  if C.wm_try_lock(acquired_out, err_out) ~= 0 then
+    return lock_failed(what)
+  end
+  if acquired_out[0] == 0 then
+    return true
+  end
+  return run_held(what, op, ...)
 end
 
 local function validate(opts)
@@ -336,7 +360,10 @@ local function tick(premature)
   if not ok then
     ngx_log(ERR, LOG_PREFIX, "heartbeat: ", err)
   end
-  locked("sweeping", C.wm_sweep, err_out)
+  -- Only if the lock is free: its holder sweeps as part of whatever it does, or the
+  -- next tick will, and a tick never stalls this worker's event loop behind another
+  -- process's callback.
+  locked_if_free("sweeping", C.wm_sweep, err_out)
 end
 
 --- Registers this worker. Call it in `init_worker_by_lua`.

@@ -53,6 +53,7 @@ struct wm_worker {
 uint32_t wm_abi_version(void);
 int wm_open(const char *path, uint64_t lock_timeout_ms, const char **err);
 int wm_lock(const char **err);
+int wm_try_lock(int *acquired, const char **err);
 int wm_unlock(const char **err);
 int wm_register_generation(uint64_t interval_ms,
                            uint64_t failed_ms,
