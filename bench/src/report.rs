@@ -289,7 +289,8 @@ pub fn render(f: &Figures) -> String {
     let _ = writeln!(
         out,
         "## Steady cost and memory\n\n{} workers, heartbeat every {} s, idle; CPU of all workers over the\n\
-         measuring window divided by the ticks in it, before and after {} reloads. nginx\n\
+         measuring window (after a 3 s warm-up) divided by the ticks in it, before and\n\
+         after {} reloads. nginx\n\
          alone, with a timer that does nothing at the same interval, costs {bare:.1} µs a\n\
          tick (the timer machinery and the wake-up of an idle process, mostly the\n\
          kernel's context switch on this virtual machine); the net figures subtract it.\n\

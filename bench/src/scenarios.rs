@@ -157,6 +157,13 @@ fn reload_once(node: &Node) -> ReloadTimes {
             && (!of(ev, "master_exit", old).is_empty()
                 || !old_workers.iter().any(|&p| crate::nginx::alive(p)))
     });
+    // Read again: the log was read before the processes were seen gone, and the
+    // last of them may have written `master_exit` in between.
+    let events = if of(after(&events, skip), "master_exit", old).is_empty() {
+        node.events()
+    } else {
+        events
+    };
     let ev = after(&events, skip);
     let start = ev.iter().find(|e| e.name == "master_start").unwrap();
     let new = generation_of(start);
@@ -217,9 +224,14 @@ pub struct Steady {
     pub missed_master_exit: u32,
 }
 
+/// New workers compile their Lua and fault in their copy-on-write pages during
+/// their first ticks: measured after this.
+const WARM_UP: Duration = Duration::from_secs(3);
+
 /// CPU of the workers over `window`, per worker and per tick.
 fn tick_cost(node: &Node, window: Duration) -> f64 {
     wait_settled(node);
+    std::thread::sleep(WARM_UP);
     let pids = node.workers();
     let before: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
     std::thread::sleep(window);
