@@ -85,21 +85,52 @@ fn open_file(path: &Path, mode: u32) -> Result<File> {
         }
         other => other,
     };
-    result.map_err(|e| match e.raw_os_error() {
+    result.map_err(|e| open_error(path, e))
+}
+
+/// An `open` with `O_NOFOLLOW` fails with ELOOP on a symlink.
+fn open_error(path: &Path, e: io::Error) -> Error {
+    match e.raw_os_error() {
         Some(libc::ELOOP) => Error::Symlink {
             path: path.to_path_buf(),
         },
         _ => io_error(path, "open", e),
-    })
+    }
 }
 
-fn check_ownership(path: &Path, file: &File) -> Result<()> {
+/// The file's metadata, once it is known to be a regular file.
+fn regular_file(path: &Path, file: &File) -> Result<fs::Metadata> {
     let meta = file.metadata().map_err(|e| io_error(path, "fstat", e))?;
     if !meta.file_type().is_file() {
         return Err(Error::NotRegularFile {
             path: path.to_path_buf(),
         });
     }
+    Ok(meta)
+}
+
+/// Maps a non-empty file of `len` bytes with `map` and validates its header.
+fn map_validated(
+    path: &Path,
+    len: u64,
+    map: impl FnOnce() -> io::Result<MmapRaw>,
+) -> Result<(MmapRaw, Capacities)> {
+    if len < HEADER_SIZE as u64 {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            len,
+            expected: HEADER_SIZE as u64,
+        });
+    }
+    let map = map().map_err(|e| io_error(path, "mmap", e))?;
+    // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned.
+    let header = unsafe { &*map.as_ptr().cast::<Header>() };
+    let caps = validate(path, header, len)?;
+    Ok((map, caps))
+}
+
+fn check_ownership(path: &Path, file: &File) -> Result<()> {
+    let meta = regular_file(path, file)?;
     let euid = sys::geteuid();
     if meta.uid() != euid {
         return Err(Error::ForeignOwner {
@@ -150,44 +181,27 @@ impl Region {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Error::Symlink {
-                    path: path.to_path_buf(),
-                },
-                _ => io_error(path, "open", e),
-            })?;
-        let meta = file.metadata().map_err(|e| io_error(path, "fstat", e))?;
-        if !meta.file_type().is_file() {
-            return Err(Error::NotRegularFile {
-                path: path.to_path_buf(),
-            });
-        }
+            .map_err(|e| open_error(path, e))?;
+        let len = regular_file(path, &file)?.len();
         // An empty file is one being created: not a registry yet.
-        if meta.len() == 0 {
+        if len == 0 {
             return Err(Error::NotInitialised {
                 path: path.to_path_buf(),
             });
         }
-        if meta.len() < HEADER_SIZE as u64 {
-            return Err(Error::Truncated {
-                path: path.to_path_buf(),
-                len: meta.len(),
-                expected: HEADER_SIZE as u64,
-            });
-        }
-        let map = MmapOptions::new()
-            .map_raw_read_only(&file)
-            .map_err(|e| io_error(path, "mmap", e))?;
-        // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned.
-        let header = unsafe { &*map.as_ptr().cast::<Header>() };
-        let caps = validate(path, header, meta.len())?;
-        let file_boot = [
-            header.boot_id[0].load(Acquire),
-            header.boot_id[1].load(Acquire),
-        ];
+        let (map, caps) = map_validated(path, len, || MmapOptions::new().map_raw_read_only(&file))?;
+        let region = Region::new(map, caps);
+        let previous_boot = region.boot_changed().is_some();
+        Ok((region, previous_boot))
+    }
+
+    /// The kernel's boot id if the region was last written in another boot (every
+    /// process it records is then gone); `None` if in this one, or if unknown.
+    fn boot_changed(&self) -> Option<[u64; 2]> {
+        let h = self.header();
+        let file_boot = [h.boot_id[0].load(Acquire), h.boot_id[1].load(Acquire)];
         let now_boot = boot_id();
-        let previous_boot = now_boot != [0, 0] && file_boot != now_boot;
-        Ok((Region::new(map, caps), previous_boot))
+        (now_boot != [0, 0] && file_boot != now_boot).then_some(now_boot)
     }
 
     fn open_locked(path: &Path, file: &File, caps: Capacities) -> Result<(Region, Opened)> {
@@ -198,24 +212,9 @@ impl Region {
         if len == 0 {
             return Region::create(path, file, caps).map(|r| (r, Opened::Created));
         }
-        if len < HEADER_SIZE as u64 {
-            return Err(Error::Truncated {
-                path: path.to_path_buf(),
-                len,
-                expected: HEADER_SIZE as u64,
-            });
-        }
-        let map = MmapRaw::map_raw(file).map_err(|e| io_error(path, "mmap", e))?;
-        // SAFETY: the mapping is at least HEADER_SIZE bytes long and page-aligned.
-        let header = unsafe { &*map.as_ptr().cast::<Header>() };
-        let caps = validate(path, header, len)?;
+        let (map, caps) = map_validated(path, len, || MmapRaw::map_raw(file))?;
         let region = Region::new(map, caps);
-        let now_boot = boot_id();
-        let file_boot = [
-            header.boot_id[0].load(Acquire),
-            header.boot_id[1].load(Acquire),
-        ];
-        if now_boot != [0, 0] && file_boot != now_boot {
+        if let Some(now_boot) = region.boot_changed() {
             // SAFETY: no process of this boot uses the region yet: the first opener of
             // a boot resets it under the flock, which every opener holds while opening.
             unsafe { region.reset_mutexes()? };
