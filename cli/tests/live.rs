@@ -8,31 +8,15 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::nginx::{become_subreaper, signal, Config, Ev, Nginx};
+use common::nginx::{serial, signal, start, Config, Ev, Nginx, RemoveOnDrop};
 use common::{cli, cli_on, parse_exposition, sample, STEP_TIMEOUT};
 use serde_json::Value;
 use worker_manager::naming;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    become_subreaper();
-    guard
-}
-
-fn start(config: &Config) -> (Nginx, u32) {
-    let mut nginx = Nginx::new();
-    nginx.write_config(config);
-    let master = nginx.start();
-    (nginx, master)
-}
 
 fn status(path: &Path) -> Value {
     let run = cli_on("status", path, &["--json"]);
@@ -158,15 +142,6 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     assert_eq!(respawned["state"], "running");
     assert_eq!(s["stats"]["crashes"], 1);
     assert_eq!(s["stats"]["reloads"], 1);
-}
-
-/// Removes a file when dropped (a registry nginx created under /dev/shm).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// A child process killed and reaped when dropped.

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Probe, Scratch};
-use worker_manager::{Detail, Detection, EventKind};
+use worker_manager::{Detail, Detection, EventKind, Registry};
 
 #[test]
 fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognised() {
@@ -153,9 +153,9 @@ fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
     ));
 }
 
-#[test]
-fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
-    let scratch = Scratch::new();
+/// A registry with a generation whose worker 0 stays inside its worker_start
+/// callback, holding the lock.
+fn stalled_holder(scratch: &Scratch) -> (Registry, Probe) {
     let registry = scratch.open();
     let g = registry
         .register_generation(&Default::default(), |_| {})
@@ -163,6 +163,13 @@ fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
     let mut holder = Probe::spawn(&scratch.registry());
     holder.send(&format!("worker-stall {g} 0"));
     holder.wait_for("stalled");
+    (registry, holder)
+}
+
+#[test]
+fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
+    let scratch = Scratch::new();
+    let (registry, mut holder) = stalled_holder(&scratch);
 
     // Held by a live process: skipped at once, not waited for (the lock timeout is
     // 30 s; the bound is only against waiting).
@@ -189,13 +196,7 @@ fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
 #[test]
 fn a_lock_held_too_long_times_out_with_the_holder_named() {
     let scratch = Scratch::new();
-    let registry = scratch.open();
-    let g = registry
-        .register_generation(&Default::default(), |_| {})
-        .unwrap();
-    let mut holder = Probe::spawn(&scratch.registry());
-    holder.send(&format!("worker-stall {g} 0"));
-    holder.wait_for("stalled");
+    let (_registry, holder) = stalled_holder(&scratch);
     let mut impatient = Probe::spawn_with_lock_timeout(&scratch.registry(), 50);
     let started = Instant::now();
     let err = impatient.cmd("sweep").unwrap_err();

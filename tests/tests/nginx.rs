@@ -5,24 +5,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
 
-use common::nginx::{alive, become_subreaper, reap, signal, Config, Ev, Nginx};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    become_subreaper();
-    guard
-}
-
-fn start(config: &Config) -> (Nginx, u32) {
-    let mut nginx = Nginx::new();
-    nginx.write_config(config);
-    let master = nginx.start();
-    (nginx, master)
-}
+use common::nginx::{alive, reap, serial, signal, start, Config, Ev, Nginx, RemoveOnDrop};
 
 fn gen_of(e: &Ev) -> u64 {
     e.num("generation").unwrap()
@@ -437,13 +421,7 @@ fn the_original_synopsis_configuration_runs_unchanged() {
     // removed however the test ends.
     let prefix = format!("{}/", nginx.prefix().display());
     let registry = worker_manager::naming::default_path(&prefix, "my_shm");
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    let _remove = Remove(registry.clone());
+    let _remove = RemoveOnDrop(registry.clone());
     nginx.wait("two worker starts", |_| {
         nginx.stderr().matches("Worker start").count() == 2
     });

@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -148,6 +149,33 @@ pub fn reap() {
 pub fn become_subreaper() {
     // SAFETY: prctl with an integer argument.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests of one binary that start nginx (one nginx at a time), and
+/// makes the test process a subreaper. Hold the guard for the whole test.
+pub fn serial() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    guard
+}
+
+/// nginx in a new prefix, configured with `config` and started; and its master.
+pub fn start(config: &Config) -> (Nginx, u32) {
+    let mut nginx = Nginx::new();
+    nginx.write_config(config);
+    let master = nginx.start();
+    (nginx, master)
+}
+
+/// Removes a file when dropped: a registry nginx created outside its prefix.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 impl Nginx {
