@@ -11,6 +11,14 @@ pub struct Pair<T> {
     pub original: Option<T>,
 }
 
+impl<T> Pair<T> {
+    /// The figures with their tracker's name: the product's, then the original's.
+    fn each(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        std::iter::once(("worker-manager", &self.product))
+            .chain(self.original.as_ref().map(|o| ("original", o)))
+    }
+}
+
 pub struct Figures {
     pub command: String,
     pub micro: Option<String>,
@@ -113,9 +121,10 @@ fn crash_table(out: &mut String, title: &str, pair: &Pair<Crash>) {
             seen.join(", ")
         );
     };
-    row(out, "worker-manager", &pair.product);
+    for (name, c) in pair.each() {
+        row(out, name, c);
+    }
     if let Some(o) = &pair.original {
-        row(out, "original", o);
         let _ = writeln!(
             out,
             "\nCounts right again, p95: the original takes {} the time of worker-manager.",
@@ -142,9 +151,8 @@ fn missed<T>(out: &mut String, pair: &Pair<T>, count: impl Fn(&T) -> u32, of: us
             }
         );
     };
-    say("worker-manager", count(&pair.product));
-    if let Some(o) = &pair.original {
-        say("original", count(o));
+    for (name, t) in pair.each() {
+        say(name, count(t));
     }
 }
 
@@ -273,9 +281,8 @@ pub fn render(f: &Figures) -> String {
             spread(&r.to_master_exit)
         );
     };
-    reload_row(&mut out, "worker-manager", &p.reload.product);
-    if let Some(o) = &p.reload.original {
-        reload_row(&mut out, "original", o);
+    for (name, r) in p.reload.each() {
+        reload_row(&mut out, name, r);
     }
     let _ = writeln!(out);
     missed(
@@ -315,9 +322,10 @@ pub fn render(f: &Figures) -> String {
             s.state_bytes.1
         );
     };
-    steady_row(&mut out, "worker-manager", st);
+    for (name, s) in p.steady.each() {
+        steady_row(&mut out, name, s);
+    }
     if let Some(o) = &p.steady.original {
-        steady_row(&mut out, "original", o);
         let _ = writeln!(
             out,
             "\nAfter {} reloads the original's tick costs {} worker-manager's, net of nginx's\n\
@@ -355,9 +363,8 @@ pub fn render(f: &Figures) -> String {
             spread(&c.worker_cpu)
         );
     };
-    contention_row(&mut out, "worker-manager", c);
-    if let Some(o) = &p.contention.original {
-        contention_row(&mut out, "original", o);
+    for (name, c) in p.contention.each() {
+        contention_row(&mut out, name, c);
     }
     let _ = writeln!(
         out,
@@ -378,9 +385,8 @@ pub fn render(f: &Figures) -> String {
             share(s)
         );
     };
-    stall_row(&mut out, "worker-manager", &p.stall.product);
-    if let Some(o) = &p.stall.original {
-        stall_row(&mut out, "original", o);
+    for (name, s) in p.stall.each() {
+        stall_row(&mut out, name, s);
     }
     let _ = writeln!(out);
 

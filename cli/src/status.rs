@@ -174,20 +174,25 @@ fn workers(s: &Snapshot) -> Vec<Worker> {
 
 /// What to tell people when the reading is not consistent.
 pub fn inconsistency(s: &Snapshot) -> String {
-    let holder = match s.lock {
+    format!(
+        "warning: a writer stayed in the middle of a change while reading (the lock is {}); \
+         the figures may be mixed: run again, and if this persists the writer died and \
+         the next lifecycle event repairs the registry",
+        lock(s)
+    )
+}
+
+/// The lock's state: `free`, or who holds it, for what, and for how long.
+fn lock(s: &Snapshot) -> String {
+    match s.lock {
         Some(l) => format!(
-            "the lock is held by pid {} ({}) for {}",
+            "held by pid {} ({}) for {}",
             l.pid,
             l.op.map_or("?", |op| op.as_str()),
             age(l.held_for)
         ),
-        None => "the lock is free".into(),
-    };
-    format!(
-        "warning: a writer stayed in the middle of a change while reading ({holder}); \
-         the figures may be mixed: run again, and if this persists the writer died and \
-         the next lifecycle event repairs the registry"
-    )
+        None => "free".into(),
+    }
 }
 
 pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Result<()> {
@@ -284,20 +289,12 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
             "          written before the last reboot: every process it records is gone"
         )?;
     }
-    let lock = match s.lock {
-        Some(l) => format!(
-            "held by pid {} ({}) for {}",
-            l.pid,
-            l.op.map_or("?", |op| op.as_str()),
-            age(l.held_for)
-        ),
-        None => "free".into(),
-    };
     writeln!(
         out,
-        "node run  {} ({}); lock {lock}; {} events journalled",
+        "node run  {} ({}); lock {}; {} events journalled",
         s.run_id,
         s.run_state.map_or("unknown", |r| r.as_str()),
+        lock(s),
         s.next_seq - 1
     )?;
     writeln!(out)?;
