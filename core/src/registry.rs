@@ -309,6 +309,18 @@ impl Registry {
 
     // ----- reading the tables (the caller holds the lock) ---------------------
 
+    /// nginx's pre-daemon process registers the generation and exits; the real
+    /// master is the parent of its workers. Once the recorded master is gone,
+    /// `parent`, a worker's parent, becomes the generation's master.
+    fn adopt_master(g: &GenerationRecord, parent: u32) {
+        if parent != g.master_pid.load(Relaxed) && !master_identity(g).is_alive() {
+            if let Some(master) = Identity::of(parent) {
+                g.master_pid.store(master.pid, Relaxed);
+                g.master_start_time.store(master.start_time, Relaxed);
+            }
+        }
+    }
+
     /// The newest generation newer than `g` that has had workers: what replaces `g`.
     fn successor(&self, g: &GenerationRecord) -> Option<&GenerationRecord> {
         let id = g.id.load(Relaxed);
@@ -606,6 +618,13 @@ impl Registry {
     ) -> Result<u64> {
         let h = self.region.header();
         let me = Identity::current();
+        // The pre-daemon process may still have been alive when the workers
+        // registered: judge each master by what its workers know.
+        for (_, slot) in self.region.present_slots() {
+            if let Some(g) = self.region.find_generation(slot.generation.load(Relaxed)) {
+                Self::adopt_master(g, slot.ppid.load(Relaxed));
+            }
+        }
         let active = self
             .region
             .generations()
@@ -799,15 +818,9 @@ impl Registry {
             .header()
             .slot_high_water
             .fetch_max(i + 1, Relaxed);
-        // nginx's pre-daemon process registers the generation and exits; the real
-        // master is the parent of its workers. (A master that registers as its own
-        // worker is nginx's single-process mode.)
-        let master = g.master_pid.load(Relaxed);
-        if ppid != master && me != master && !master_identity(g).is_alive() {
-            if let Some(master) = Identity::of(ppid) {
-                g.master_pid.store(master.pid, Relaxed);
-                g.master_start_time.store(master.start_time, Relaxed);
-            }
+        // (A master that registers as its own worker is nginx's single-process mode.)
+        if me != g.master_pid.load(Relaxed) {
+            Self::adopt_master(g, ppid);
         }
         g.workers_started.fetch_add(1, Relaxed);
         if replaces.is_some() {
