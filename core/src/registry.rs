@@ -22,7 +22,7 @@ use crate::lifecycle::{
 use crate::lock::{Acquisition, LockFailure, Locked, TryLocked};
 use crate::process::Identity;
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
-use crate::region::map::Region;
+use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
 use crate::snapshot::{self, Snapshot};
 use crate::sys;
@@ -114,6 +114,8 @@ impl Worker {
 pub struct Registry {
     region: Region,
     path: PathBuf,
+    /// The file mapped, as it was at `path` when opened.
+    file: FileId,
     opened: Opened,
     lock_timeout: Duration,
     /// How many times this process holds the registry lock (re-entrancy).
@@ -188,10 +190,11 @@ impl Registry {
                 reason: "must be positive".into(),
             });
         }
-        let (region, opened) = Region::open(path, options.capacities, options.mode)?;
+        let (region, opened, file) = Region::open(path, options.capacities, options.mode)?;
         Ok(Registry {
             region,
             path: path.to_path_buf(),
+            file,
             opened,
             lock_timeout: options.lock_timeout,
             depth: Cell::new(0),
@@ -200,6 +203,12 @@ impl Registry {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether `path` still names the mapped file: false once it was removed or
+    /// replaced (the mapping, and every process using it, go on unaffected).
+    pub fn is_at_path(&self) -> bool {
+        FileId::of(&self.path).is_ok_and(|id| id == self.file)
     }
 
     /// Whether the opening created the file, found it, or reset it after a reboot.

@@ -12,7 +12,7 @@
 /**
  * The version of this ABI; the Lua side refuses a library with another one.
  */
-#define WM_ABI_VERSION 2
+#define WM_ABI_VERSION 3
 
 #define WM_OK 0
 
@@ -80,6 +80,12 @@
  * A bug: a panic was caught at the boundary.
  */
 #define WM_ERR_PANIC 25
+
+/**
+ * `wm_open` of the path already open, which no longer names the mapped file (it
+ * was removed or replaced): the registry stays open and usable; a warning.
+ */
+#define WM_ERR_REPLACED 26
 
 /**
  * One event, as the library's `Encoded` fields plus its sequence number: counts of
@@ -157,7 +163,8 @@ uint32_t wm_abi_version(void);
 /**
  * Opens (creating it if needed) the registry at `path` for this process. Opening
  * the path already open is a no-op, so that a reloaded configuration in the same
- * master keeps its handle.
+ * master keeps its handle; if the path no longer names that file, the handle is kept
+ * and `WM_ERR_REPLACED` says so.
  *
  * # Safety
  *

@@ -31,7 +31,7 @@ use worker_manager::{
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 2;
+pub const WM_ABI_VERSION: u32 = 3;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -64,6 +64,9 @@ pub const WM_ERR_WORKER: c_int = 23;
 pub const WM_ERR_RANGE: c_int = 24;
 /// A bug: a panic was caught at the boundary.
 pub const WM_ERR_PANIC: c_int = 25;
+/// `wm_open` of the path already open, which no longer names the mapped file (it
+/// was removed or replaced): the registry stays open and usable; a warning.
+pub const WM_ERR_REPLACED: c_int = 26;
 
 /// One event, as the library's `Encoded` fields plus its sequence number: counts of
 /// `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
@@ -254,7 +257,8 @@ pub extern "C" fn wm_abi_version() -> u32 {
 
 /// Opens (creating it if needed) the registry at `path` for this process. Opening
 /// the path already open is a no-op, so that a reloaded configuration in the same
-/// master keeps its handle.
+/// master keeps its handle; if the path no longer names that file, the handle is kept
+/// and `WM_ERR_REPLACED` says so.
 ///
 /// # Safety
 ///
@@ -278,8 +282,19 @@ pub unsafe extern "C" fn wm_open(
             path.to_str()
                 .map_err(|_| Failure(WM_ERR_INVALID_ARGUMENT, "invalid path: not UTF-8".into()))?,
         );
-        if state.registry.is_some_and(|r| r.path() == path) {
-            return Ok(());
+        if let Some(registry) = state.registry.filter(|r| r.path() == path) {
+            if registry.is_at_path() {
+                return Ok(());
+            }
+            return Err(Failure(
+                WM_ERR_REPLACED,
+                format!(
+                    "registry {} was removed or replaced while in use; this node goes on \
+                     with the registry it has mapped, which readers of the path no longer \
+                     see until nginx restarts",
+                    path.display()
+                ),
+            ));
         }
         let options = Options {
             lock_timeout: ms(lock_timeout_ms),

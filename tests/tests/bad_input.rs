@@ -8,8 +8,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{Probe, Scratch};
-use worker_manager::{Capacities, Error, GenerationConfig, Options, Registry};
+use common::{Probe, Scratch, Tmpfs};
+use worker_manager::{Capacities, Error, GenerationConfig, Observer, Options, Registry};
 
 fn open(path: &Path) -> Result<Registry, Error> {
     Registry::open(path, &Options::default())
@@ -270,23 +270,7 @@ fn full_tables_are_errors_that_change_nothing() {
 fn a_full_file_system_is_no_space_at_creation() {
     let scratch = Scratch::new();
     let dir = scratch.path("tiny");
-    fs::create_dir(&dir).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs needs root, as the test suite runs"
-    );
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&dir);
+    let _tiny = Tmpfs::mount(&dir, "size=64k");
     let err = open(&dir.join("registry.wm")).unwrap_err();
     assert!(matches!(err, Error::NoSpace { bytes: 274432, .. }), "{err}");
     assert!(
@@ -306,4 +290,24 @@ fn a_full_file_system_is_no_space_at_creation() {
     };
     let registry = Registry::open(dir.join("registry.wm"), &small).unwrap();
     assert_eq!(registry.capacities(), small.capacities);
+}
+
+#[test]
+fn a_file_removed_or_replaced_while_open_is_noticed_and_the_mapping_kept() {
+    let scratch = Scratch::new();
+    let registry = scratch.open();
+    assert!(registry.is_at_path());
+    let kept = scratch.path("kept.wm");
+    fs::rename(scratch.registry(), &kept).unwrap();
+    assert!(!registry.is_at_path(), "removed");
+    fs::write(scratch.registry(), [0u8; 4096]).unwrap();
+    assert!(!registry.is_at_path(), "replaced");
+    let generation = registry
+        .register_generation(&GenerationConfig::default(), |_| {})
+        .unwrap();
+    fs::remove_file(scratch.registry()).unwrap();
+    fs::rename(&kept, scratch.registry()).unwrap();
+    assert!(registry.is_at_path(), "back in place");
+    let snapshot = Observer::open(scratch.registry()).unwrap().snapshot();
+    assert_eq!(snapshot.generations[0].id, generation);
 }

@@ -129,7 +129,9 @@ fn map_validated(
     Ok((map, caps))
 }
 
-fn check_ownership(path: &Path, file: &File) -> Result<()> {
+/// Checks that the file belongs to this user and is not writable by all; returns its
+/// identity (device and inode).
+fn check_ownership(path: &Path, file: &File) -> Result<FileId> {
     let meta = regular_file(path, file)?;
     let euid = sys::geteuid();
     if meta.uid() != euid {
@@ -145,14 +147,39 @@ fn check_ownership(path: &Path, file: &File) -> Result<()> {
             mode: meta.mode() & 0o7777,
         });
     }
-    Ok(())
+    Ok(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// A file's identity: it names the same file as long as both numbers are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path` itself (a symlink is not followed).
+    pub(crate) fn of(path: &Path) -> io::Result<FileId> {
+        let meta = fs::symlink_metadata(path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl Region {
     /// Opens the registry at `path`, creating it with `caps` and `mode` if it does not
     /// exist. The whole opening runs under an exclusive `flock` of the file, so that
     /// concurrent openers serialise and no one sees a half-initialised region.
-    pub(crate) fn open(path: &Path, caps: Capacities, mode: u32) -> Result<(Region, Opened)> {
+    pub(crate) fn open(
+        path: &Path,
+        caps: Capacities,
+        mode: u32,
+    ) -> Result<(Region, Opened, FileId)> {
         if let Some((name, value)) = caps.invalid() {
             return Err(Error::InvalidArgument {
                 name,
@@ -163,13 +190,13 @@ impl Region {
             });
         }
         let file = open_file(path, mode)?;
-        check_ownership(path, &file)?;
+        let id = check_ownership(path, &file)?;
         sys::lock_file(file.as_fd()).map_err(|e| io_error(path, "flock", e))?;
         let outcome = Region::open_locked(path, &file, caps);
         // Closing the file would release the flock too; unlock explicitly so that the
         // error of the opening, not of the unlock, is the one reported.
         let _ = sys::unlock_file(file.as_fd());
-        outcome
+        outcome.map(|(region, opened)| (region, opened, id))
     }
 
     /// Maps an existing registry read-only, for an observer: no creation, no `flock`,

@@ -18,6 +18,7 @@ local tonumber = tonumber
 local tostring = tostring
 local type = type
 local pairs = pairs
+local ipairs = ipairs
 local error = error
 local xpcall = xpcall
 local pcall = pcall
@@ -163,7 +164,7 @@ end
 
 --- Runs the callback of each event, in order; the caller holds the lock.
 local function dispatch(events)
-  for _, e in pairs(events) do
+  for _, e in ipairs(events) do
     local info = e.info
     local name = info.event
     local cb = callbacks[name]
@@ -260,6 +261,14 @@ local function validate(opts)
   if not valid.shm and not valid.path then
     error("option 'shm' or 'path' is required", 3)
   end
+  if valid.path and valid.path:sub(1, 1) ~= "/" then
+    error("option 'path' must be an absolute path, got '" .. valid.path .. "'", 3)
+  end
+  for _, name in ipairs({ "path", "lib" }) do
+    if valid[name] and valid[name]:find("\0", 1, true) then
+      error("option '" .. name .. "' holds a NUL byte", 3)
+    end
+  end
   if valid.shm and not valid.shm:match("^[%w_.-]+$") then
     error("option 'shm' may only hold letters, digits, '_', '.' and '-', got '"
           .. valid.shm .. "'", 3)
@@ -307,7 +316,10 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   end
   C = lib
   local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm)
-  if C.wm_open(path, ms(valid.lock_timeout), err_out) ~= 0 then
+  local rc = C.wm_open(path, ms(valid.lock_timeout), err_out)
+  if rc == cdefs.ERR_REPLACED then
+    ngx_log(WARN, LOG_PREFIX, last_error())
+  elseif rc ~= 0 then
     err = last_error()
     ngx_log(ERR, LOG_PREFIX, err)
     return nil, err
@@ -381,9 +393,9 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
   if worker_init_called then
     error("on_init_worker_by_lua was already called", 2)
   end
-  worker_init_called = true
   check_callback("start_cb", start_cb, 2)
   check_callback("exit_cb", exit_cb, 2)
+  worker_init_called = true
   local index = ngx.worker.id()
   if not index then
     -- Not a worker (cache manager or loader, privileged agent): nothing to track.

@@ -63,6 +63,32 @@ impl Default for Scratch {
     }
 }
 
+/// A tmpfs mounted (as root) on a new directory for one test, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (such as `size=64k` or `ro`) on `dir`.
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root, as the test suite runs"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Sends SIGKILL to `pid` (a process this test started).
 pub fn kill9(pid: u32) {
     // SAFETY: kill has no memory-safety preconditions.

@@ -80,7 +80,9 @@ int wm_snapshot_worker(uint32_t i, struct wm_worker *out);
 ]])
 
 local _M = {
-  ABI_VERSION = 2,
+  ABI_VERSION = 3,
+  -- wm_open: the path no longer names the registry this process has open.
+  ERR_REPLACED = 26,
   LIB_NAME = "libworker_manager_ffi.so",
 }
 
