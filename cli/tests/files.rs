@@ -99,10 +99,17 @@ fn a_registry_the_user_cannot_read_exits_4() {
     let good = registry(dir.path());
     fs::set_permissions(&good, fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // The CLI, copied where another user may run it, run as nobody.
+    // The CLI, copied where another user may run it, run as nobody. Copied by
+    // another process: a file this one held open for writing could be inherited by a
+    // child another test thread forks meanwhile, and executing it would then fail
+    // with "Text file busy".
     let exe = dir.path().join("worker-manager");
-    fs::copy(common::CLI, &exe).unwrap();
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let installed = Command::new("install")
+        .args(["-m", "0755", common::CLI])
+        .arg(&exe)
+        .status()
+        .expect("run install (coreutils)");
+    assert!(installed.success());
     let run: Run = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&exe)

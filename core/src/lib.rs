@@ -48,7 +48,7 @@ mod snapshot;
 mod sys;
 mod tables;
 
-pub use change::OBSERVE_PATIENCE;
+pub use change::{LIVE_WRITER_PATIENCE, OBSERVE_PATIENCE};
 pub use error::{Error, Result};
 pub use event::{Counts, Detail, Encoded, Event, WorkerId};
 pub use lifecycle::{

@@ -1,5 +1,6 @@
 //! Reading a registry from outside the server: read-only, lock-free, never waiting
-//! on a writer for more than [`OBSERVE_PATIENCE`](crate::OBSERVE_PATIENCE). See
+//! on a writer for more than [`OBSERVE_PATIENCE`](crate::OBSERVE_PATIENCE) if it died,
+//! [`LIVE_WRITER_PATIENCE`](crate::LIVE_WRITER_PATIENCE) if it lives. See
 //! `docs/design.md` section 7.
 
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ use crate::lifecycle::{
     WorkerState,
 };
 use crate::lock::{Acquisition, LockFailure, Locked, TryLocked};
-use crate::process::Identity;
+use crate::process::{self, Identity};
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
 use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
@@ -330,13 +330,41 @@ impl Registry {
         }
     }
 
-    /// The newest generation newer than `g` that has had workers: what replaces `g`.
+    /// What replaces `g`: the newest newer generation that has had workers; failing
+    /// that, a newer generation of the same master whose workers are starting. nginx
+    /// forks a reload's workers before it tells the old ones to quit, but they may
+    /// register long after the old ones began to exit (a heavy `init_worker`): the
+    /// master then has children that are not registered workers. A generation whose
+    /// reload failed after `init_by_lua` has none, and replaces nothing.
     fn successor(&self, g: &GenerationRecord) -> Option<&GenerationRecord> {
         let id = g.id.load(Relaxed);
-        self.region
-            .generations()
-            .filter(|s| s.id.load(Relaxed) > id && s.workers_started.load(Relaxed) > 0)
+        let newer = || {
+            self.region
+                .generations()
+                .filter(move |s| s.id.load(Relaxed) > id)
+        };
+        if let Some(s) = newer()
+            .filter(|s| s.workers_started.load(Relaxed) > 0)
             .max_by_key(|s| s.id.load(Relaxed))
+        {
+            return Some(s);
+        }
+        let master = g.master_pid.load(Relaxed);
+        let starting = newer()
+            .filter(|s| {
+                s.master_pid.load(Relaxed) == master
+                    && load_state(s) == Some(GenerationState::Starting)
+            })
+            .max_by_key(|s| s.id.load(Relaxed))?;
+        let registered: Vec<u32> = self
+            .region
+            .present_slots()
+            .map(|(_, slot)| slot.pid.load(Relaxed))
+            .collect();
+        process::live_children(master)
+            .iter()
+            .any(|child| !registered.contains(child))
+            .then_some(starting)
     }
 
     /// Why `g`'s workers go, judging by what replaces it.
@@ -885,8 +913,21 @@ impl Registry {
         graceful: bool,
         events: &mut Vec<Event>,
     ) -> Result<()> {
-        let (slot, g) = self.own_slot(worker)?;
+        let slot = self.own_slot(worker)?;
         let announced = slot.state.load(Relaxed) == WorkerState::Exiting.code();
+        let generation = self.region.find_generation(worker.id.generation);
+        let g = match generation {
+            Some(g) => g,
+            // Announced, and its generation has ended and been retired since: only
+            // the slot is left to free.
+            None if announced => {
+                slot.mutex.unlock()?;
+                slot.state.store(WorkerState::Free.code(), Release);
+                self.region.keep_mapped(false);
+                return Ok(());
+            }
+            None => return Err(Error::UnknownGeneration(worker.id.generation)),
+        };
         // First, so that a call from the wrong thread (EPERM) changes nothing.
         slot.mutex.unlock()?;
         if !announced {
@@ -902,14 +943,20 @@ impl Registry {
         Ok(())
     }
 
-    /// The slot and generation of this process's worker, checked.
-    fn own_slot(&self, worker: &Worker) -> Result<(&WorkerSlot, &GenerationRecord)> {
+    /// The slot of this process's worker, checked.
+    fn own_slot(&self, worker: &Worker) -> Result<&WorkerSlot> {
         let slot = self.region.slot(worker.slot);
         let state = slot.state.load(Relaxed);
         let present = state == WorkerState::Running.code() || state == WorkerState::Exiting.code();
         if !present || worker_id(slot) != worker.id {
             return Err(Error::NotRegistered(worker.id.to_string()));
         }
+        Ok(slot)
+    }
+
+    /// The slot and generation of this process's worker, checked.
+    fn own_slot_and_generation(&self, worker: &Worker) -> Result<(&WorkerSlot, &GenerationRecord)> {
+        let slot = self.own_slot(worker)?;
         let g = self
             .region
             .find_generation(worker.id.generation)
@@ -955,7 +1002,7 @@ impl Registry {
     /// see the end, so the last worker to announce fires `master_exit` itself.
     pub fn announce_exit(&self, worker: &Worker, mut on_event: impl FnMut(&Event)) -> Result<()> {
         self.locked(LockOp::ExitWorker, &mut on_event, |events| {
-            let (slot, g) = self.own_slot(worker)?;
+            let (slot, g) = self.own_slot_and_generation(worker)?;
             if slot.state.load(Relaxed) != WorkerState::Running.code() {
                 return Ok(());
             }

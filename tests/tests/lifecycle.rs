@@ -215,9 +215,11 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
     assert!(w.events_of("worker_exit")[0].contains("reason=stop"));
 
     // Superseded: a newer generation registered while this one still waited for
-    // workers, and the grace (here the 50 ms start timeout) passed.
+    // workers, and the grace (SUPERSEDED_GRACE, shorter than its 10 s start timeout)
+    // passed. With a start timeout shorter than the grace, the older one would time
+    // out first.
     let mut m2 = Probe::spawn(&scratch.registry());
-    let g3: u64 = m2.ok("gen 10000 5000 50").parse().unwrap();
+    let g3: u64 = m2.ok("gen 10000 5000 10000").parse().unwrap();
     let g4 = m2.generation();
     assert!(g4 > g3);
     let superseded: Vec<_> = common::sweep_until(&registry, EventKind::GenerationAbort)

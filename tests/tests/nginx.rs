@@ -128,8 +128,53 @@ fn reloads_including_two_in_a_row_and_a_new_worker_count() {
             "generation {g} ended exactly once"
         );
     }
-    assert_eq!(nginx.workers(master).len(), 3);
+    // The last old worker reports master_exit in its exit hook, just before its
+    // process ends.
+    nginx.wait("only the three workers", |_| {
+        nginx.workers(master).len() == 3
+    });
     quit(&nginx, master);
+}
+
+#[test]
+fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
+    let _serial = serial();
+    for exit_hook in [false, true] {
+        let mut config = Config {
+            exit_hook,
+            opts: format!("exit_hook = {exit_hook},"),
+            ..Config::default()
+        };
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        // The new workers register a second after nginx tells the old ones to quit
+        // (as a heavy init_worker does): the old ones begin to exit first.
+        config.before_worker = r#"
+            local ffi = require("ffi")
+            ffi.cdef("int poll(void *fds, unsigned long nfds, int timeout);")
+            ffi.C.poll(nil, 0, 1000)
+        "#
+        .into();
+        nginx.write_config(&config);
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("the old generation's end", |ev| {
+            !of_gen(ev, "master_exit", 1).is_empty() && of_gen(ev, "worker_start", 2).len() == 2
+        });
+        let exits = of_gen(&events, "worker_exit", 1);
+        assert_eq!(exits.len(), 2);
+        assert!(
+            exits.iter().all(|e| e.get("reason") == "reload"),
+            "{exits:?}"
+        );
+        let end = &of_gen(&events, "master_exit", 1)[0];
+        assert_eq!(end.get("reason"), "reload", "exit hook: {exit_hook}");
+        assert!(
+            !nginx.stderr().contains("[worker-manager]"),
+            "{}",
+            nginx.stderr()
+        );
+        quit(&nginx, master);
+    }
 }
 
 #[test]

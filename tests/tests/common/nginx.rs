@@ -53,6 +53,8 @@ pub struct Config {
     pub exit_hook: bool,
     /// Lua code run at the start of every callback (`name` and `info` in scope).
     pub in_callback: String,
+    /// Lua code run at the start of `init_worker_by_lua`, before the registration.
+    pub before_worker: String,
     /// Extra `http` block lines.
     pub http: String,
     /// Extra lines of the test server's block (locations).
@@ -70,6 +72,7 @@ impl Default for Config {
             opts: String::new(),
             exit_hook: true,
             in_callback: String::new(),
+            before_worker: String::new(),
             http: String::new(),
             locations: String::new(),
             lua_blocks: None,
@@ -281,12 +284,14 @@ impl Nginx {
         }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
     }}
     init_worker_by_lua_block {{
+        {before_worker}
         assert(require("resty.worker.manager").on_init_worker_by_lua(
             WM_RECORD("worker_start"), WM_RECORD("worker_exit")))
     }}
 "#,
                 record = self.record_lua(&c.in_callback),
                 opts = opts,
+                before_worker = c.before_worker,
             )
         });
         let exit_hook = if c.exit_hook {
@@ -354,9 +359,12 @@ http {{
         // Through a shell: nginx ignores a binary upgrade signal while its parent is
         // the process that started it, and a daemonised master is reparented to this
         // test process (a subreaper), so the starter must be another process.
+        // WM_NGINX_WRAPPER: a command to run nginx under (valgrind, by
+        // scripts/valgrind.sh).
+        let wrapper = std::env::var("WM_NGINX_WRAPPER").unwrap_or_default();
         let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("{NGINX} -p \"$0\" -c conf/nginx.conf"))
+            .arg(format!("{wrapper} {NGINX} -p \"$0\" -c conf/nginx.conf"))
             .arg(self.prefix())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
