@@ -1,7 +1,7 @@
 # worker-manager: `make demo` runs the main job, `make test` the whole suite.
 CARGO ?= cargo
 
-.PHONY: all build deps demo demo-prefork install test lint bench clean
+.PHONY: all build deps demo demo-prefork install test lint stress fuzz valgrind bench clean
 
 all: build
 
@@ -40,6 +40,24 @@ install: deps
 # some tests chown files to another user, mount a tiny tmpfs, start nginx.
 test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
+
+# Reliability (docs/RELIABILITY.md): the kill and reload storms at full size, every
+# fuzz target for FUZZ_SECONDS each, and memcheck. About 15 minutes.
+STORM_KILLS ?= 300
+STORM_RELOADS ?= 500
+FUZZ_SECONDS ?= 300
+
+stress: deps
+	WM_STORM_KILLS=$(STORM_KILLS) WM_STORM_RELOADS=$(STORM_RELOADS) \
+		$(CARGO) test -p wm-tests --test storm -- --nocapture
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+	scripts/valgrind.sh
+
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+valgrind: deps
+	scripts/valgrind.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check

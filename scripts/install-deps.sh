@@ -15,6 +15,8 @@ declare -A packages=(
     [/usr/share/lua/5.1/resty/lrucache.lua]=lua-resty-lrucache
     [luacheck]=lua-check
     [setpriv]=util-linux
+    [valgrind]=valgrind
+    [install]=coreutils
     [/usr/share/doc/lua-cjson/copyright]=lua-cjson
     [/usr/lib/python3/dist-packages/prometheus_client/parser.py]=python3-prometheus-client
 )

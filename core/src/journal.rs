@@ -40,7 +40,8 @@ pub(crate) fn append(region: &Region, event: &mut Event) -> u64 {
     r.flags.store(e.flags, Relaxed);
     r.value.store(e.value, Relaxed);
     r.seq.store(seq, Release);
-    h.next_seq.store(seq + 1, Release);
+    // Saturating: a file may hold any number (a real journal never gets there).
+    h.next_seq.store(seq.saturating_add(1), Release);
     let kind = e.kind as usize % EVENT_KINDS;
     h.event_totals[kind].fetch_add(1, Relaxed);
     h.event_last_ns[kind].store(e.time_ns, Relaxed);
@@ -53,7 +54,7 @@ pub(crate) fn repair(region: &Region) {
     let h = region.header();
     let seq = h.next_seq.load(Relaxed).max(1);
     let next = if entry(region, seq).seq.load(Acquire) == seq {
-        seq + 1
+        seq.saturating_add(1)
     } else {
         seq
     };

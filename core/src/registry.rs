@@ -294,7 +294,8 @@ impl Registry {
             .map(|i| self.region.generation(i).id.load(Relaxed))
             .max()
             .unwrap_or(0);
-        h.next_generation.fetch_max(max_id + 1, Relaxed);
+        h.next_generation
+            .fetch_max(max_id.saturating_add(1), Relaxed);
         for i in 0..caps.workers {
             let slot = self.region.slot(i);
             if slot.state.load(Relaxed) != WorkerState::Running.code()
@@ -570,7 +571,12 @@ impl Registry {
         let Some(g) = self.region.find_generation(worker.generation) else {
             return;
         };
-        let limit = (g.interval_ms.load(Relaxed) + g.failed_ms.load(Relaxed)) * 1_000_000;
+        // Saturating: a file may hold any numbers.
+        let limit = g
+            .interval_ms
+            .load(Relaxed)
+            .saturating_add(g.failed_ms.load(Relaxed))
+            .saturating_mul(1_000_000);
         let silent = now.saturating_sub(slot.heartbeat_mono_ns.load(Relaxed));
         let hung = slot.hung.load(Relaxed) != 0;
         if !hung && silent > limit {
@@ -746,7 +752,7 @@ impl Registry {
         g.exited_ns.store(0, Relaxed);
         g.state.store(GenerationState::Starting.code(), Relaxed);
         g.id.store(id, Release);
-        h.next_generation.store(id + 1, Release);
+        h.next_generation.store(id.saturating_add(1), Release);
         self.emit(
             events,
             id,
@@ -1086,5 +1092,35 @@ impl Registry {
     /// lock. Entries the ring has overwritten are skipped.
     pub fn events_since(&self, from: u64) -> Vec<Event> {
         journal::since(&self.region, from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `registry_file` fuzz target: numbers no build writes, but that a
+    /// damaged file may hold, overflowed (a panic with overflow checks, a wrong
+    /// result without).
+    #[test]
+    fn extreme_numbers_in_the_file_neither_overflow_nor_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path().join("r.wm"), &Options::default()).unwrap();
+        let generation = registry
+            .register_generation(&GenerationConfig::default(), |_| {})
+            .unwrap();
+        let g = registry.region.find_generation(generation).unwrap();
+        g.interval_ms.store(u64::MAX, Relaxed);
+        g.failed_ms.store(u64::MAX, Relaxed);
+        let h = registry.region.header();
+        h.next_seq.store(u64::MAX, Relaxed);
+        h.next_generation.store(u64::MAX, Relaxed);
+        let worker = registry.register_worker(generation, 0, |_| {}).unwrap();
+        registry.sweep(|_| {}).unwrap();
+        registry.exit_worker(worker, true, |_| {}).unwrap();
+        assert!(registry
+            .register_generation(&GenerationConfig::default(), |_| {})
+            .is_ok());
+        assert_eq!(h.next_seq.load(Relaxed), u64::MAX);
     }
 }
