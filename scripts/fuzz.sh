@@ -21,31 +21,35 @@ usage() {
 }
 
 if [ $# -eq 0 ]; then
+    failed=0
     for target in "${targets[@]}"; do
-        "$0" "$target" "${FUZZ_SECONDS:-60}"
+        "$0" "$target" "${FUZZ_SECONDS:-60}" || failed=1
     done
-    exit 0
+    exit "$failed"
 fi
 [ $# -ge 2 ] || usage
 target=$1
 seconds=$2
 shift 2
 [[ " ${targets[*]} " == *" $target "* ]] || usage
-[[ "$seconds" =~ ^[0-9]+$ ]] || usage
+# libFuzzer takes 0 for no limit.
+[[ "$seconds" =~ ^[1-9][0-9]*$ ]] || usage
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
-# As cargo-fuzz builds with `--sanitizer none` (cargo-fuzz 0.13, src/project.rs):
-# libFuzzer's coverage counters and comparison tracing, no sanitizer (those need a
-# nightly compiler), debug assertions and overflow checks on. `--target` keeps the
-# flags off build scripts, which would not link against libFuzzer's hooks.
+# Exactly the flags of `cargo fuzz build -s none` (cargo-fuzz 0.13, src/project.rs),
+# in its order, so that both share the build in fuzz/target: libFuzzer's coverage
+# counters and comparison tracing, no sanitizer (those need a nightly compiler),
+# debug assertions, which turn overflow checks on too. `--target` keeps the flags off
+# build scripts, which would not link against libFuzzer's hooks.
 export RUSTFLAGS="-Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
 -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
--Cllvm-args=-sanitizer-coverage-stack-depth \
+--cfg fuzzing \
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
---cfg fuzzing -Cdebug-assertions -Coverflow-checks -Ccodegen-units=1 ${RUSTFLAGS:-}"
+-Cllvm-args=-sanitizer-coverage-stack-depth \
+-Cdebug-assertions -Ccodegen-units=1 ${RUSTFLAGS:-}"
 cargo build --release --manifest-path "$fuzz/Cargo.toml" --target "$triple" \
     --target-dir "$fuzz/target" --config 'profile.release.debug="line-tables-only"' \
     --bin "$target"
@@ -58,11 +62,16 @@ mkdir -p "$corpus" "$artifacts"
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/wm-fuzz-$target.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
+# The C ABI's state lives as long as the process, and every registry it opens stays
+# mapped: c_abi runs in libFuzzer's fork mode, a series of fresh processes.
+defaults=()
+[ "$target" != c_abi ] || defaults=(-fork=1)
+
 before=$(find "$artifacts" -type f | sort)
 status=0
 TMPDIR="$scratch" "$fuzz/target/$triple/release/$target" \
     -max_total_time="$seconds" -artifact_prefix="$artifacts/" -print_final_stats=1 \
-    "$@" "$corpus" || status=$?
+    "${defaults[@]}" "$@" "$corpus" || status=$?
 after=$(find "$artifacts" -type f | sort)
 found=$(comm -13 <(echo "$before") <(echo "$after") | sed '/^$/d')
 if [ "$status" -ne 0 ] || [ -n "$found" ]; then

@@ -135,7 +135,9 @@ pub struct wm_worker {
 struct State {
     registry: Option<&'static Registry>,
     holds: Vec<LockHold<'static>>,
-    worker: Option<Worker>,
+    /// This process's worker, with the registry it registered in: its heartbeats and
+    /// exit go there even after `wm_open` moved the process to another path.
+    worker: Option<(&'static Registry, Worker)>,
     events: Vec<wm_event>,
     snapshot: Option<Snapshot>,
     /// The last metrics text.
@@ -416,7 +418,7 @@ pub unsafe extern "C" fn wm_register_worker(
         let registry = registry(state)?;
         let events = &mut state.events;
         let worker = registry.register_worker(generation, index, |e| events.push(encode(e)))?;
-        state.worker = Some(worker);
+        state.worker = Some((registry, worker));
         Ok(())
     })
 }
@@ -425,8 +427,9 @@ pub unsafe extern "C" fn wm_register_worker(
 #[no_mangle]
 pub extern "C" fn wm_heartbeat() -> c_int {
     call(std::ptr::null_mut(), |state| {
-        let registry = registry(state)?;
-        let worker = state.worker.as_ref().ok_or_else(no_worker)?;
+        // Without a registry open, that is the error, as for every other call.
+        registry(state)?;
+        let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
         registry.heartbeat(worker)?;
         Ok(())
     })
@@ -440,8 +443,8 @@ pub extern "C" fn wm_heartbeat() -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
     call(err, |state| {
-        let registry = registry(state)?;
-        let worker = state.worker.as_ref().ok_or_else(no_worker)?;
+        registry(state)?;
+        let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
         let events = &mut state.events;
         registry.announce_exit(worker, |e| events.push(encode(e)))?;
         Ok(())
@@ -457,8 +460,8 @@ pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn wm_exit_worker(graceful: c_int, err: *mut *const c_char) -> c_int {
     call(err, |state| {
-        let registry = registry(state)?;
-        let worker = state.worker.take().ok_or_else(no_worker)?;
+        registry(state)?;
+        let (registry, worker) = state.worker.take().ok_or_else(no_worker)?;
         let events = &mut state.events;
         registry.exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
         Ok(())
@@ -644,5 +647,65 @@ pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_in
                 registered_ns: nanos_since_epoch(w.registered),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use worker_manager::{Capacities, Observer};
+
+    fn c_path(path: &std::path::Path) -> CString {
+        CString::new(path.to_str().unwrap()).unwrap()
+    }
+
+    /// Found by the `c_abi` fuzz target: after `wm_open` of another path, the worker
+    /// went to the new registry, where its slot index could be out of range (a
+    /// panic) or another slot (the exit failed and the worker could never leave).
+    #[test]
+    fn a_worker_stays_with_its_registry_when_another_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first.wm"), dir.path().join("second.wm"));
+        let one_slot = Options {
+            capacities: Capacities {
+                generations: 1,
+                workers: 1,
+                events: 4,
+            },
+            ..Options::default()
+        };
+        drop(Registry::open(&second, &one_slot).unwrap());
+        let mut err: *const c_char = std::ptr::null();
+        let mut generation = 0;
+        // SAFETY: valid C strings and out-parameters throughout.
+        unsafe {
+            assert_eq!(wm_open(c_path(&first).as_ptr(), 1000, &mut err), WM_OK);
+            assert_eq!(
+                wm_register_generation(10_000, 5_000, 60_000, 2, &mut generation, &mut err),
+                WM_OK
+            );
+        }
+        // A worker of another thread dies without exiting: its tombstone keeps slot
+        // 0, so this thread's worker takes slot 1, beyond the second registry's one.
+        let path = first.clone();
+        std::thread::spawn(move || {
+            let registry = Box::leak(Box::new(
+                Registry::open(&path, &Options::default()).unwrap(),
+            ));
+            registry.register_worker(generation, 0, |_| {}).unwrap();
+        })
+        .join()
+        .unwrap();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(wm_register_worker(generation, 1, &mut err), WM_OK);
+            assert_eq!(wm_open(c_path(&second).as_ptr(), 1000, &mut err), WM_OK);
+            assert_eq!(wm_heartbeat(), WM_OK);
+            assert_eq!(wm_announce_exit(&mut err), WM_OK);
+            assert_eq!(wm_exit_worker(1, &mut err), WM_OK);
+        }
+        let snapshot = Observer::open(&first).unwrap().snapshot();
+        assert_eq!(snapshot.live_workers().count(), 0);
+        assert!(snapshot.workers.iter().all(|w| w.id.index == 0));
     }
 }
