@@ -921,29 +921,23 @@ impl Registry {
     ) -> Result<()> {
         let slot = self.own_slot(worker)?;
         let announced = slot.state.load(Relaxed) == WorkerState::Exiting.code();
-        let generation = self.region.find_generation(worker.id.generation);
-        let g = match generation {
-            Some(g) => g,
-            // Announced, and its generation has ended and been retired since: only
-            // the slot is left to free.
-            None if announced => {
-                slot.mutex.unlock()?;
-                slot.state.store(WorkerState::Free.code(), Release);
-                self.region.keep_mapped(false);
-                return Ok(());
-            }
-            None => return Err(Error::UnknownGeneration(worker.id.generation)),
-        };
+        // An announced worker's generation may have ended and been retired since:
+        // then only the slot is left to free.
+        let g = self.region.find_generation(worker.id.generation);
+        if g.is_none() && !announced {
+            return Err(Error::UnknownGeneration(worker.id.generation));
+        }
         // First, so that a call from the wrong thread (EPERM) changes nothing.
         slot.mutex.unlock()?;
-        if !announced {
+        if let (Some(g), false) = (g, announced) {
             self.report_exit(worker, g, graceful, events);
         }
         slot.state.store(WorkerState::Free.code(), Release);
         self.region.keep_mapped(false);
-        if self.region.census().present(worker.id.generation) == 0
-            && load_state(g) != Some(GenerationState::Exited)
-        {
+        if let Some(g) = g.filter(|g| {
+            self.region.census().present(worker.id.generation) == 0
+                && load_state(g) != Some(GenerationState::Exited)
+        }) {
             self.master_exit(g, true, events);
         }
         Ok(())

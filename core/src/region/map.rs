@@ -147,10 +147,7 @@ fn check_ownership(path: &Path, file: &File) -> Result<FileId> {
             mode: meta.mode() & 0o7777,
         });
     }
-    Ok(FileId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    })
+    Ok(FileId::of_metadata(&meta))
 }
 
 /// A file's identity: it names the same file as long as both numbers are equal.
@@ -161,13 +158,16 @@ pub(crate) struct FileId {
 }
 
 impl FileId {
-    /// The identity of the file at `path` itself (a symlink is not followed).
-    pub(crate) fn of(path: &Path) -> io::Result<FileId> {
-        let meta = fs::symlink_metadata(path)?;
-        Ok(FileId {
+    fn of_metadata(meta: &fs::Metadata) -> FileId {
+        FileId {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
+    }
+
+    /// The identity of the file at `path` itself (a symlink is not followed).
+    pub(crate) fn of(path: &Path) -> io::Result<FileId> {
+        fs::symlink_metadata(path).map(|meta| FileId::of_metadata(&meta))
     }
 }
 
