@@ -46,12 +46,15 @@ test: deps lint
 STORM_KILLS ?= 300
 STORM_RELOADS ?= 500
 FUZZ_SECONDS ?= 300
+# Each step is bounded, so that a hang fails loudly instead of running on: the storms
+# take about 1.5 minutes, fuzzing 2 x FUZZ_SECONDS plus its build, memcheck about 3.
+BOUNDED = scripts/bounded.sh
 
 stress: deps
 	WM_STORM_KILLS=$(STORM_KILLS) WM_STORM_RELOADS=$(STORM_RELOADS) \
-		$(CARGO) test -p wm-tests --test storm -- --nocapture
-	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
-	scripts/valgrind.sh
+		$(BOUNDED) 15m $(CARGO) test -p wm-tests --test storm -- --nocapture
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BOUNDED) $$((2 * $(FUZZ_SECONDS) + 900))s scripts/fuzz.sh
+	$(BOUNDED) 20m scripts/valgrind.sh
 
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

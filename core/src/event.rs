@@ -91,6 +91,9 @@ pub struct Event {
     pub generation: u64,
     pub counts: Counts,
     pub detail: Detail,
+    /// Delivered again: the process that had it delivered to its callbacks died
+    /// before they all returned (never true in the journal itself).
+    pub redelivered: bool,
 }
 
 impl Event {
@@ -186,7 +189,11 @@ impl fmt::Display for Event {
                 holder_pid,
                 holder_op,
             } => write!(f, " dead_holder={holder_pid} during={holder_op}"),
+        }?;
+        if self.redelivered {
+            f.write_str(" redelivered")?;
         }
+        Ok(())
     }
 }
 
@@ -346,6 +353,7 @@ impl Event {
                 next: decode_count(e.n_next),
             },
             detail,
+            redelivered: false,
         })
     }
 }

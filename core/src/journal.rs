@@ -5,11 +5,13 @@
 //! reader that sees the same non-zero number before and after copying the fields has
 //! a consistent entry, and one overwritten meanwhile is skipped, never mixed.
 
-use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{fence, AtomicU64};
 
-use crate::event::{Encoded, Event};
-use crate::region::layout::{EventRecord, EVENT_KINDS};
+use crate::crash::crash_point;
+use crate::event::{Detail, Encoded, Event};
+use crate::lifecycle::StartKind;
+use crate::region::layout::{EventRecord, Stat, EVENT_KINDS};
 use crate::region::map::Region;
 
 fn entry(region: &Region, seq: u64) -> &EventRecord {
@@ -17,13 +19,63 @@ fn entry(region: &Region, seq: u64) -> &EventRecord {
     region.event((seq % cap) as u32)
 }
 
-/// Appends `event`, giving it the next sequence number, which is returned.
-/// The caller holds the registry lock.
+/// The statistic of the header that counts events like `detail`, if any.
+fn statistic(detail: &Detail) -> Option<Stat> {
+    Some(match detail {
+        Detail::MasterStart { kind, .. } => match kind {
+            StartKind::Start => Stat::Starts,
+            StartKind::Restart => Stat::Restarts,
+            StartKind::Reload => Stat::Reloads,
+            StartKind::Upgrade => Stat::Upgrades,
+        },
+        Detail::WorkerStart {
+            replaces: Some(_), ..
+        } => Stat::Respawns,
+        Detail::WorkerCrash { .. } => Stat::Crashes,
+        Detail::GenerationAbort { .. } => Stat::Aborts,
+        Detail::WorkerHang { .. } => Stat::Hangs,
+        Detail::LockRecovered { .. } => Stat::LockRecoveries,
+        _ => return None,
+    })
+}
+
+/// The generation counter that counts events like `event`, if any.
+fn generation_counter<'r>(region: &'r Region, event: &Event) -> Option<&'r AtomicU64> {
+    match event.detail {
+        Detail::WorkerCrash { .. } => region.find_generation(event.generation).map(|g| &g.crashes),
+        _ => None,
+    }
+}
+
+/// Stores the counters an entry brings: plain stores of the totals it carries, so
+/// that applying it twice is applying it once.
+fn apply(region: &Region, event: &Event, r: &EventRecord) {
+    let h = region.header();
+    let kind = event.kind().code() as usize % EVENT_KINDS;
+    h.event_totals[kind].store(r.kind_total.load(Relaxed), Relaxed);
+    h.event_last_ns[kind].store(r.time_ns.load(Relaxed), Relaxed);
+    if let Some(stat) = statistic(&event.detail) {
+        h.stats[stat as usize].store(r.stat_total.load(Relaxed), Relaxed);
+    }
+    if let Some(counter) = generation_counter(region, event) {
+        counter.store(r.generation_total.load(Relaxed), Relaxed);
+    }
+}
+
+/// Appends `event`, giving it the next sequence number, which is returned, and
+/// counts it in the header. The caller holds the registry lock.
+///
+/// The entry is committed once its `seq` is stored: the counters follow, then the
+/// head. A writer that dies anywhere after the commit leaves an entry the repair
+/// finds at the head and applies again; one that dies before leaves nothing.
 pub(crate) fn append(region: &Region, event: &mut Event) -> u64 {
     let h = region.header();
     let seq = h.next_seq.load(Relaxed);
     event.seq = seq;
     let e = event.encode();
+    let kind = e.kind as usize % EVENT_KINDS;
+    // Saturating: a file may hold any number.
+    let next = |counter: &AtomicU64| counter.load(Relaxed).saturating_add(1);
     let r = entry(region, seq);
     r.seq.store(0, Relaxed);
     fence(Release);
@@ -39,26 +91,45 @@ pub(crate) fn append(region: &Region, event: &mut Event) -> u64 {
     r.other_pid.store(e.other_pid, Relaxed);
     r.flags.store(e.flags, Relaxed);
     r.value.store(e.value, Relaxed);
+    r.kind_total.store(next(&h.event_totals[kind]), Relaxed);
+    r.stat_total.store(
+        statistic(&event.detail).map_or(0, |s| next(&h.stats[s as usize])),
+        Relaxed,
+    );
+    r.generation_total
+        .store(generation_counter(region, event).map_or(0, next), Relaxed);
     r.seq.store(seq, Release);
+    crash_point("journal-committed", event.kind());
+    apply(region, event, r);
+    crash_point("journal-counted", event.kind());
     // Saturating: a file may hold any number (a real journal never gets there).
     h.next_seq.store(seq.saturating_add(1), Release);
-    let kind = e.kind as usize % EVENT_KINDS;
-    h.event_totals[kind].fetch_add(1, Relaxed);
-    h.event_last_ns[kind].store(e.time_ns, Relaxed);
     seq
 }
 
-/// After the lock's holder died: an entry whose `seq` was written but whose
-/// `next_seq` was not moves `next_seq` on.
+/// After the lock's holder died: an entry committed at the head but whose head was
+/// not moved is applied (again) and the head moved past it.
 pub(crate) fn repair(region: &Region) {
     let h = region.header();
     let seq = h.next_seq.load(Relaxed).max(1);
-    let next = if entry(region, seq).seq.load(Acquire) == seq {
+    let committed = read(region, seq);
+    if let Some(event) = &committed {
+        apply(region, event, entry(region, seq));
+    }
+    let next = if committed.is_some() || entry(region, seq).seq.load(Acquire) == seq {
         seq.saturating_add(1)
     } else {
         seq
     };
     h.next_seq.store(next, Release);
+}
+
+/// The newest entry, if the ring still holds it and this build can read it.
+pub(crate) fn last(region: &Region) -> Option<Event> {
+    let next = region.header().next_seq.load(Acquire);
+    next.checked_sub(1)
+        .filter(|&seq| seq > 0)
+        .and_then(|seq| read(region, seq))
 }
 
 /// Reads entry `seq` without a lock; `None` if it was overwritten, is being written,

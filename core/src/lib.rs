@@ -33,6 +33,7 @@
 
 mod change;
 mod clock;
+mod crash;
 mod error;
 mod event;
 pub mod exposition;

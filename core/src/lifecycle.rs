@@ -149,6 +149,25 @@ coded_enum! {
     }
 }
 
+impl EventKind {
+    /// Whether any live process of the node may run the event's callbacks: true for
+    /// what one process finds out about others (a crash, the end or abort of a
+    /// generation, a hang, a recovered lock); false for what a process says of
+    /// itself (its generation's or its own start, its own exit). Events of the first
+    /// kind are delivered again when the process running their callbacks dies first.
+    pub const fn is_node_level(self) -> bool {
+        matches!(
+            self,
+            EventKind::MasterExit
+                | EventKind::WorkerCrash
+                | EventKind::GenerationAbort
+                | EventKind::WorkerHang
+                | EventKind::WorkerRecover
+                | EventKind::LockRecovered
+        )
+    }
+}
+
 coded_enum! {
     /// What the registry lock's holder is doing, for diagnostics.
     LockOp {

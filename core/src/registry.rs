@@ -12,12 +12,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::change::Change;
 use crate::clock::{self, monotonic_ns};
+use crate::crash::crash_point;
 use crate::error::{Error, Result};
 use crate::event::{Counts, Detail, Event, WorkerId};
 use crate::journal;
 use crate::lifecycle::{
-    AbortCause, Detection, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind,
-    WorkerState,
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
+    StartKind, WorkerState,
 };
 use crate::lock::{Acquisition, LockFailure, Locked, TryLocked};
 use crate::process::{self, Identity};
@@ -26,7 +27,7 @@ use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
 use crate::snapshot::{self, Snapshot};
 use crate::sys;
-use crate::tables::{load_state, worker_id};
+use crate::tables::{load_state, worker_id, Census};
 
 /// How to open (and, if needed, create) a registry.
 #[derive(Debug, Clone)]
@@ -158,6 +159,8 @@ impl Drop for LockGuard<'_> {
         self.reg.depth.set(depth);
         if depth == 0 {
             let h = self.reg.region.header();
+            // Released normally: every event of this holding was handed over.
+            h.delivered_seq.store(h.next_seq.load(Relaxed), Relaxed);
             let held = monotonic_ns().saturating_sub(h.lock_acquired_mono_ns.load(Relaxed));
             h.stats[Stat::LockHoldNs as usize].fetch_add(held, Relaxed);
             h.lock_holder_pid.store(0, Relaxed);
@@ -267,28 +270,33 @@ impl Registry {
             h.stats[Stat::LockContended as usize].fetch_add(1, Relaxed);
             h.stats[Stat::LockWaitNs as usize].fetch_add(acquired.saturating_sub(started), Relaxed);
         }
-        if let Locked::OwnerDied(owner_died) = acquisition.locked {
-            let holder_pid = h.lock_holder_pid.load(Relaxed);
-            let holder_op =
-                LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
-            let change = Change::begin(h);
-            guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op))?;
-            drop(change);
-        }
+        let holder_pid = h.lock_holder_pid.load(Relaxed);
+        let holder_op = LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
+        // Before any repair: should this process die repairing, the next one names
+        // it, not the holder it was recovering from.
         h.lock_holder_pid.store(sys::getpid(), Relaxed);
         h.lock_holder_op.store(op.code(), Relaxed);
         h.lock_acquired_mono_ns.store(acquired, Relaxed);
         h.stats[Stat::LockAcquisitions as usize].fetch_add(1, Relaxed);
+        if let Locked::OwnerDied(owner_died) = acquisition.locked {
+            let change = Change::begin(h);
+            guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op))?;
+            drop(change);
+        }
         Ok(Some(guard))
     }
 
     /// Puts the registry back into a consistent state after the lock's holder died:
-    /// the journal head, the generation counter, slot mutexes left behind by a
-    /// half-done registration, then a sweep that reports the dead.
+    /// the journal head and counters, what follows the newest entry, the generation
+    /// counter, slot mutexes left behind by a half-done registration; then redelivers
+    /// the node's events whose callbacks the holder had not run, and sweeps to report
+    /// the dead.
     fn repair(&self, holder_pid: u32, holder_op: LockOp) -> Result<Vec<Event>> {
         let h = self.region.header();
-        h.stats[Stat::LockRecoveries as usize].fetch_add(1, Relaxed);
         journal::repair(&self.region);
+        if let Some(last) = journal::last(&self.region) {
+            self.settle(&last);
+        }
         let caps = self.region.capacities();
         let max_id = (0..caps.generations)
             .map(|i| self.region.generation(i).id.load(Relaxed))
@@ -304,7 +312,14 @@ impl Registry {
                 slot.mutex.unlock()?;
             }
         }
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = journal::since(&self.region, h.delivered_seq.load(Relaxed))
+            .into_iter()
+            .filter(|e| e.kind().is_node_level())
+            .map(|e| Event {
+                redelivered: true,
+                ..e
+            })
+            .collect();
         self.emit(
             &mut events,
             0,
@@ -385,15 +400,18 @@ impl Registry {
     /// queues it for the callbacks. `n_mine` is 0 for the events of a generation as a
     /// whole, the generation's live workers for the events of a worker.
     fn emit(&self, events: &mut Vec<Event>, generation: u64, detail: Detail) {
+        self.emit_with(events, generation, self.region.census(), detail);
+    }
+
+    /// [`Registry::emit`] with the counts of `census`: the registry as it is once the
+    /// event's effects, which follow the entry, are done.
+    fn emit_with(&self, events: &mut Vec<Event>, generation: u64, census: Census, detail: Detail) {
         let counts = match detail {
             Detail::LockRecovered { .. } => Counts::default(),
             Detail::MasterStart { .. }
             | Detail::MasterExit { .. }
-            | Detail::GenerationAbort { .. } => self.region.census().counts(generation, 0),
-            _ => {
-                let census = self.region.census();
-                census.counts(generation, census.live(generation))
-            }
+            | Detail::GenerationAbort { .. } => census.counts(generation, 0),
+            _ => census.counts(generation, census.live(generation)),
         };
         let mut event = Event {
             seq: 0,
@@ -401,13 +419,10 @@ impl Registry {
             generation,
             counts,
             detail,
+            redelivered: false,
         };
         journal::append(&self.region, &mut event);
         events.push(event);
-    }
-
-    fn bump(&self, stat: Stat) {
-        self.region.header().stats[stat as usize].fetch_add(1, Relaxed);
     }
 
     /// Frees a generation record and the tombstones of its dead workers.
@@ -428,11 +443,18 @@ impl Registry {
     fn master_exit(&self, g: &GenerationRecord, clean: bool, events: &mut Vec<Event>) {
         let reason = ExitReason::from_code(g.exit_reason.load(Relaxed))
             .unwrap_or_else(|| self.successor_reason(g));
+        self.emit(events, g.id.load(Relaxed), Detail::MasterExit { reason });
+        crash_point("after-entry", EventKind::MasterExit);
+        self.end_generation(g, reason, clean);
+    }
+
+    /// What follows a `master_exit` entry: the generation ends, and so does the node
+    /// run if nothing is left of it.
+    fn end_generation(&self, g: &GenerationRecord, reason: ExitReason, clean: bool) {
         g.exit_reason.store(reason.code(), Relaxed);
         g.state.store(GenerationState::Exited.code(), Release);
         g.exited_ns.store(clock::realtime_ns(), Relaxed);
         let id = g.id.load(Relaxed);
-        self.emit(events, id, Detail::MasterExit { reason });
         let census = self.region.census();
         if id != census.newest() {
             self.retire(g);
@@ -476,16 +498,13 @@ impl Registry {
                 slot.state.store(WorkerState::Free.code(), Release);
                 continue;
             }
-            slot.state.store(WorkerState::Dead.code(), Release);
             let worker = worker_id(slot);
             crashed.push(worker.generation);
-            if let Some(g) = self.region.find_generation(worker.generation) {
-                g.crashes.fetch_add(1, Relaxed);
-            }
-            self.bump(Stat::Crashes);
-            self.emit(
+            let census = self.region.census().without_running(worker.generation);
+            self.emit_with(
                 events,
                 worker.generation,
+                census,
                 Detail::WorkerCrash {
                     worker,
                     detection,
@@ -493,6 +512,8 @@ impl Registry {
                     detected_by: me,
                 },
             );
+            crash_point("after-entry", EventKind::WorkerCrash);
+            slot.state.store(WorkerState::Dead.code(), Release);
         }
         self.end_deserted(&crashed, events);
         self.abort_stalled(now, events);
@@ -528,9 +549,10 @@ impl Registry {
 
     fn abort(&self, g: &GenerationRecord, cause: AbortCause, events: &mut Vec<Event>) {
         let id = g.id.load(Relaxed);
-        self.bump(Stat::Aborts);
+        let census = self.region.census().without(id);
+        self.emit_with(events, id, census, Detail::GenerationAbort { cause });
+        crash_point("after-entry", EventKind::GenerationAbort);
         self.retire(g);
-        self.emit(events, id, Detail::GenerationAbort { cause });
     }
 
     /// Generations still waiting for their first worker: after a newer generation
@@ -566,6 +588,55 @@ impl Registry {
         }
     }
 
+    /// What follows a `worker_hang` or `worker_recover` entry.
+    fn set_hung(slot: &WorkerSlot, hung: bool, now: u64) {
+        if hung {
+            slot.hung_since_mono_ns.store(now, Relaxed);
+        }
+        slot.hung.store(u32::from(hung), Relaxed);
+    }
+
+    /// Redoes what follows `last`, the newest journal entry, which its writer (a lock
+    /// holder that died) may not have done. Each event's entry is written before its
+    /// effects on the tables, and those effects are idempotent, so they are redone
+    /// here rather than the event reported twice or lost.
+    fn settle(&self, last: &Event) {
+        let generation = || self.region.find_generation(last.generation);
+        let slot = |worker: WorkerId| {
+            self.region
+                .present_slots()
+                .map(|(_, s)| s)
+                .find(|s| worker_id(s) == worker)
+        };
+        match last.detail {
+            Detail::WorkerCrash { worker, .. } => {
+                if let Some(s) = slot(worker) {
+                    s.state.store(WorkerState::Dead.code(), Release);
+                }
+            }
+            Detail::MasterExit { reason } => {
+                if let Some(g) =
+                    generation().filter(|g| load_state(g) != Some(GenerationState::Exited))
+                {
+                    // The holder died with it: the run did not end cleanly.
+                    self.end_generation(g, reason, false);
+                }
+            }
+            Detail::GenerationAbort { .. } => {
+                if let Some(g) = generation() {
+                    self.retire(g);
+                }
+            }
+            Detail::WorkerHang { worker, .. } | Detail::WorkerRecover { worker, .. } => {
+                if let Some(s) = slot(worker) {
+                    let hung = last.kind() == EventKind::WorkerHang;
+                    Self::set_hung(s, hung, monotonic_ns());
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn age_heartbeat(&self, slot: &WorkerSlot, now: u64, events: &mut Vec<Event>) {
         let worker = worker_id(slot);
         let Some(g) = self.region.find_generation(worker.generation) else {
@@ -580,9 +651,6 @@ impl Registry {
         let silent = now.saturating_sub(slot.heartbeat_mono_ns.load(Relaxed));
         let hung = slot.hung.load(Relaxed) != 0;
         if !hung && silent > limit {
-            slot.hung.store(1, Relaxed);
-            slot.hung_since_mono_ns.store(now, Relaxed);
-            self.bump(Stat::Hangs);
             self.emit(
                 events,
                 worker.generation,
@@ -591,8 +659,9 @@ impl Registry {
                     silent_for: Duration::from_nanos(silent),
                 },
             );
+            crash_point("after-entry", EventKind::WorkerHang);
+            Self::set_hung(slot, true, now);
         } else if hung && silent <= limit {
-            slot.hung.store(0, Relaxed);
             let since = slot.hung_since_mono_ns.load(Relaxed);
             self.emit(
                 events,
@@ -602,6 +671,8 @@ impl Registry {
                     hung_for: Duration::from_nanos(now.saturating_sub(since)),
                 },
             );
+            crash_point("after-entry", EventKind::WorkerRecover);
+            Self::set_hung(slot, false, now);
         }
     }
 
@@ -633,6 +704,7 @@ impl Registry {
         drop(change);
         for event in &events {
             on_event(event);
+            self.delivered(event.seq);
         }
         drop(guard);
         outcome
@@ -726,12 +798,6 @@ impl Registry {
         if kind == StartKind::Start || kind == StartKind::Restart {
             h.run_id.fetch_add(1, Relaxed);
             h.run_state.store(RunState::Running.code(), Relaxed);
-        }
-        match kind {
-            StartKind::Start => self.bump(Stat::Starts),
-            StartKind::Restart => self.bump(Stat::Restarts),
-            StartKind::Reload => self.bump(Stat::Reloads),
-            StartKind::Upgrade => self.bump(Stat::Upgrades),
         }
         let id = h.next_generation.load(Relaxed).max(1);
         g.kind.store(kind.code(), Relaxed);
@@ -868,7 +934,6 @@ impl Registry {
         g.workers_started.fetch_add(1, Relaxed);
         if replaces.is_some() {
             g.respawns.fetch_add(1, Relaxed);
-            self.bump(Stat::Respawns);
         }
         if matches!(
             load_state(g),
@@ -1062,6 +1127,20 @@ impl Registry {
         Ok(self.acquire(LockOp::User, false)?.map(Self::hold))
     }
 
+    /// Records that the callbacks of the event numbered `seq` have run, so that it
+    /// is not delivered again should this process die before it releases the lock.
+    /// For bindings that run callbacks under [`Registry::hold_lock`]; the callbacks
+    /// of an operation's own `on_event` are recorded as they return. Does nothing
+    /// unless this process holds the lock.
+    pub fn delivered(&self, seq: u64) {
+        if self.depth.get() > 0 {
+            self.region
+                .header()
+                .delivered_seq
+                .fetch_max(seq.saturating_add(1), Relaxed);
+        }
+    }
+
     fn hold(mut guard: LockGuard<'_>) -> (LockHold<'_>, Vec<Event>) {
         let recovered = std::mem::take(&mut guard.recovered);
         (LockHold { _guard: guard }, recovered)
@@ -1073,6 +1152,17 @@ impl Registry {
         let snapshot = snapshot::capture(&self.region);
         drop(guard);
         Ok(snapshot)
+    }
+
+    /// A picture of the registry that never waits for the lock: taken under it when
+    /// this process already holds it (inside a callback), otherwise read lock-free
+    /// like [`Registry::observe`].
+    pub fn status(&self) -> Result<Snapshot> {
+        if self.depth.get() > 0 {
+            self.snapshot()
+        } else {
+            Ok(self.observe())
+        }
     }
 
     /// The same picture read without the lock, as the CLI reads it: never waits

@@ -143,3 +143,11 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     // FUTEX_WAKE neither reads nor writes it. It cannot fail on a valid address.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
+
+/// Kills this process with SIGKILL, as `kill -9` from outside would.
+#[cfg(feature = "crash-points")]
+pub(crate) fn kill_self() -> ! {
+    // SAFETY: raise has no memory-safety preconditions; SIGKILL cannot be caught.
+    unsafe { libc::raise(libc::SIGKILL) };
+    unreachable!("SIGKILL returned")
+}

@@ -34,6 +34,22 @@ impl Census {
         self.tally(generation).map_or(0, |t| t.present)
     }
 
+    /// The census once a running worker of `generation` is gone: for the counts of
+    /// its crash, journalled before the registry marks it dead.
+    pub(crate) fn without_running(mut self, generation: u64) -> Census {
+        if let Some(t) = self.0.iter_mut().find(|t| t.id == generation) {
+            t.live = t.live.saturating_sub(1);
+            t.present = t.present.saturating_sub(1);
+        }
+        self
+    }
+
+    /// The census once `generation` is retired: for the counts of its abort.
+    pub(crate) fn without(mut self, generation: u64) -> Census {
+        self.0.retain(|t| t.id != generation);
+        self
+    }
+
     pub(crate) fn newest(&self) -> u64 {
         self.0.last().map_or(0, |t| t.id)
     }

@@ -12,7 +12,7 @@
 /**
  * The version of this ABI; the Lua side refuses a library with another one.
  */
-#define WM_ABI_VERSION 3
+#define WM_ABI_VERSION 4
 
 #define WM_OK 0
 
@@ -88,6 +88,12 @@
 #define WM_ERR_REPLACED 26
 
 /**
+ * `wm_event.flags`: the event is delivered again, because the process that had it
+ * delivered to its callbacks died before they all returned.
+ */
+#define WM_EVENT_REDELIVERED 2
+
+/**
  * One event, as the library's `Encoded` fields plus its sequence number: counts of
  * `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
  * abort cause or lock operation, by `kind`.
@@ -109,7 +115,8 @@ struct wm_event {
    */
   uint32_t other_pid;
   /**
-   * Bit 0: a respawn (worker_start) or a death while holding the lock (crash).
+   * Bit 0: a respawn (worker_start) or a death while holding the lock (crash);
+   * `WM_EVENT_REDELIVERED`: delivered again.
    */
   uint32_t flags;
   /**
@@ -168,9 +175,10 @@ uint32_t wm_abi_version(void);
  *
  * # Safety
  *
- * `path` is a NUL-terminated string; `err` is NULL or valid for a write.
+ * `path` is a NUL-terminated string; `errbuf` is NULL, or valid for
+ * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_open(const char *path, uint64_t lock_timeout_ms, const char **err);
+int wm_open(const char *path, uint64_t lock_timeout_ms, char *errbuf, size_t *errbuf_len);
 
 /**
  * Takes the registry lock (re-entrant); the events of a repair, if the previous
@@ -178,9 +186,10 @@ int wm_open(const char *path, uint64_t lock_timeout_ms, const char **err);
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_lock(const char **err);
+int wm_lock(char *errbuf, size_t *errbuf_len);
 
 /**
  * Takes the registry lock if it is free right now (re-entrant, like `wm_lock`):
@@ -189,55 +198,66 @@ int wm_lock(const char **err);
  *
  * # Safety
  *
- * `acquired` is valid for a write; `err` is NULL or valid for a write.
+ * `acquired` is valid for a write; `errbuf` is NULL, or valid for
+ * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_try_lock(int *acquired, const char **err);
+int wm_try_lock(int *acquired, char *errbuf, size_t *errbuf_len);
 
 /**
  * Releases one `wm_lock` or successful `wm_try_lock`.
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_unlock(const char **err);
+int wm_unlock(char *errbuf, size_t *errbuf_len);
 
 /**
  * Registers a generation whose master is this process; `*id` receives its id.
  *
  * # Safety
  *
- * `id` is valid for a write; `err` is NULL or valid for a write.
+ * `id` is valid for a write; `errbuf` is NULL, or valid for
+ * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
 int wm_register_generation(uint64_t interval_ms,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
                            uint64_t *id,
-                           const char **err);
+                           char *errbuf,
+                           size_t *errbuf_len);
 
 /**
  * Registers this process as worker `index` of `generation`.
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_register_worker(uint64_t generation, uint32_t index, const char **err);
+int wm_register_worker(uint64_t generation, uint32_t index, char *errbuf, size_t *errbuf_len);
 
 /**
  * Records a heartbeat of this process's worker: no lock, no system call.
+ *
+ * # Safety
+ *
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_heartbeat(void);
+int wm_heartbeat(char *errbuf, size_t *errbuf_len);
 
 /**
  * This process's worker began a graceful shutdown (nginx: the premature timer).
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_announce_exit(const char **err);
+int wm_announce_exit(char *errbuf, size_t *errbuf_len);
 
 /**
  * This process's worker exits: `graceful` non-zero for a graceful shutdown, zero
@@ -245,18 +265,20 @@ int wm_announce_exit(const char **err);
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_exit_worker(int graceful, const char **err);
+int wm_exit_worker(int graceful, char *errbuf, size_t *errbuf_len);
 
 /**
  * Looks for dead workers, hangs, deserted and stalled generations.
  *
  * # Safety
  *
- * `err` is NULL or valid for a write.
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_sweep(const char **err);
+int wm_sweep(char *errbuf, size_t *errbuf_len);
 
 /**
  * The number of events in the buffer.
@@ -268,9 +290,24 @@ uint32_t wm_events_count(void);
  *
  * # Safety
  *
- * `out` is valid for a write.
+ * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+ * with `errbuf_len` valid for reads and writes.
  */
-int wm_event_get(uint32_t i, struct wm_event *out);
+int wm_event_get(uint32_t i, struct wm_event *out, char *errbuf, size_t *errbuf_len);
+
+/**
+ * Records that the callbacks of event `seq` have run (the caller holds the lock, by
+ * `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
+ * process die before `wm_unlock`. Events of node-level kinds whose callbacks never
+ * ran because their process died are delivered again to the next locker, flagged
+ * `WM_EVENT_REDELIVERED`.
+ *
+ * # Safety
+ *
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
+ */
+int wm_event_done(uint64_t seq, char *errbuf, size_t *errbuf_len);
 
 /**
  * Empties the event buffer.
@@ -278,19 +315,26 @@ int wm_event_get(uint32_t i, struct wm_event *out);
 void wm_events_clear(void);
 
 /**
- * Takes a snapshot of the registry; `*generations` and `*workers` receive the
- * numbers of entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
- * `*run_state` the run state code and `*next_seq` the next journal sequence number.
+ * Takes a snapshot of the registry without waiting for the lock: read lock-free
+ * (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
+ * a callback), then under it. `*generations` and `*workers` receive the numbers of
+ * entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
+ * `*run_state` the run state code, `*next_seq` the next journal sequence number,
+ * and `*consistent` 0 when a writer died in the middle of a change (the copy may
+ * mix two states).
  *
  * # Safety
  *
- * The out pointers are valid for writes; `err` is NULL or valid for a write.
+ * The out pointers are valid for writes; `errbuf` is NULL, or valid for
+ * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
 int wm_snapshot(uint32_t *generations,
                 uint32_t *workers,
                 uint32_t *run_state,
                 uint64_t *next_seq,
-                const char **err);
+                int *consistent,
+                char *errbuf,
+                size_t *errbuf_len);
 
 /**
  * Renders the registry in the Prometheus text exposition format, read without the
@@ -300,26 +344,29 @@ int wm_snapshot(uint32_t *generations,
  *
  * # Safety
  *
- * `text` and `len` are valid for writes; `err` is NULL or valid for a write.
+ * `text` and `len` are valid for writes; `errbuf` is NULL, or valid for
+ * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_metrics(const char **text, size_t *len, const char **err);
+int wm_metrics(const char **text, size_t *len, char *errbuf, size_t *errbuf_len);
 
 /**
  * Copies generation `i` of the last snapshot into `*out`.
  *
  * # Safety
  *
- * `out` is valid for a write.
+ * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+ * with `errbuf_len` valid for reads and writes.
  */
-int wm_snapshot_generation(uint32_t i, struct wm_generation *out);
+int wm_snapshot_generation(uint32_t i, struct wm_generation *out, char *errbuf, size_t *errbuf_len);
 
 /**
  * Copies worker `i` of the last snapshot into `*out`.
  *
  * # Safety
  *
- * `out` is valid for a write.
+ * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+ * with `errbuf_len` valid for reads and writes.
  */
-int wm_snapshot_worker(uint32_t i, struct wm_worker *out);
+int wm_snapshot_worker(uint32_t i, struct wm_worker *out, char *errbuf, size_t *errbuf_len);
 
 #endif  /* WORKER_MANAGER_H */

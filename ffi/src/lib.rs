@@ -3,9 +3,12 @@
 //! Conventions, for every function:
 //! - the return value is a status code, `WM_OK` (0) or one of the `WM_ERR_*`
 //!   codes, which map one-to-one to the library's errors;
-//! - on failure, `*err` (when `err` is not NULL) points to a message owned by the
-//!   library, valid until the next call on the same thread: nothing is ever freed by
-//!   the caller;
+//! - every function that can fail takes `errbuf` and `errbuf_len` last, as Kong's
+//!   atc-router does: a buffer the caller owns and its capacity (`*errbuf_len` on
+//!   entry). On failure the library writes the message there, NUL-terminated and
+//!   cut to fit, and sets `*errbuf_len` to its length. The library never hands out
+//!   a pointer to a message of its own, so no message can be read after it is freed.
+//!   `errbuf` may be NULL to ignore the message;
 //! - a panic never crosses the boundary: it becomes `WM_ERR_PANIC`.
 //!
 //! State is per process (a registry handle, this process's worker, the events of
@@ -21,7 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -31,7 +34,7 @@ use worker_manager::{
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 3;
+pub const WM_ABI_VERSION: u32 = 4;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -68,6 +71,10 @@ pub const WM_ERR_PANIC: c_int = 25;
 /// was removed or replaced): the registry stays open and usable; a warning.
 pub const WM_ERR_REPLACED: c_int = 26;
 
+/// `wm_event.flags`: the event is delivered again, because the process that had it
+/// delivered to its callbacks died before they all returned.
+pub const WM_EVENT_REDELIVERED: u32 = 2;
+
 /// One event, as the library's `Encoded` fields plus its sequence number: counts of
 /// `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
 /// abort cause or lock operation, by `kind`.
@@ -88,7 +95,8 @@ pub struct wm_event {
     /// The replaced worker of a respawn, the detecting process of a crash, the dead
     /// holder of a lock recovery.
     pub other_pid: u32,
-    /// Bit 0: a respawn (worker_start) or a death while holding the lock (crash).
+    /// Bit 0: a respawn (worker_start) or a death while holding the lock (crash);
+    /// `WM_EVENT_REDELIVERED`: delivered again.
     pub flags: u32,
     /// For master_start: the previous run's end (0 none, 1 clean, 2 unclean); for
     /// hang and recover: milliseconds.
@@ -142,7 +150,6 @@ struct State {
     snapshot: Option<Snapshot>,
     /// The last metrics text.
     metrics: String,
-    error: Option<CString>,
 }
 
 thread_local! {
@@ -182,9 +189,47 @@ impl From<Error> for Failure {
 
 type Outcome = Result<(), Failure>;
 
-/// Runs `body` with the process state, catching panics and publishing the error
-/// message through `err`.
-fn call(err: *mut *const c_char, body: impl FnOnce(&mut State) -> Outcome) -> c_int {
+/// Where a failing call writes its message: a buffer of the caller's and its
+/// capacity, which receives the message's length.
+#[derive(Clone, Copy)]
+struct ErrBuf {
+    buf: *mut c_char,
+    len: *mut usize,
+}
+
+impl ErrBuf {
+    fn new(buf: *mut c_char, len: *mut usize) -> ErrBuf {
+        ErrBuf { buf, len }
+    }
+
+    /// Copies `message`, cut to the capacity (at a character boundary) and
+    /// NUL-terminated.
+    fn write(self, message: &str) {
+        if self.buf.is_null() || self.len.is_null() {
+            return;
+        }
+        // SAFETY: the caller passes a valid `len` with a non-NULL `buf`.
+        let capacity = unsafe { *self.len };
+        let Some(room) = capacity.checked_sub(1) else {
+            return;
+        };
+        let mut n = message.len().min(room);
+        while !message.is_char_boundary(n) {
+            n -= 1;
+        }
+        // SAFETY: `buf` is valid for `capacity` bytes (the caller's promise), and
+        // `n + 1 <= capacity`; the message is a distinct Rust string.
+        unsafe {
+            std::ptr::copy_nonoverlapping(message.as_ptr(), self.buf.cast::<u8>(), n);
+            *self.buf.add(n) = 0;
+            *self.len = n;
+        }
+    }
+}
+
+/// Runs `body` with the process state, catching panics and writing the error
+/// message to `err`.
+fn call(err: ErrBuf, body: impl FnOnce(&mut State) -> Outcome) -> c_int {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         STATE.with(|state| body(&mut state.borrow_mut()))
     }))
@@ -197,16 +242,7 @@ fn call(err: *mut *const c_char, body: impl FnOnce(&mut State) -> Outcome) -> c_
     match outcome {
         Ok(()) => WM_OK,
         Err(Failure(code, message)) => {
-            STATE.with(|state| {
-                let mut state = state.borrow_mut();
-                let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
-                let ptr = message.as_ptr();
-                state.error = Some(message);
-                if !err.is_null() {
-                    // SAFETY: the caller passes NULL or a valid pointer to a pointer.
-                    unsafe { *err = ptr };
-                }
-            });
+            err.write(&message.replace('\0', " "));
             code
         }
     }
@@ -230,6 +266,11 @@ fn no_worker() -> Failure {
 
 fn encode(event: &Event) -> wm_event {
     let e = event.encode();
+    let redelivered = if event.redelivered {
+        WM_EVENT_REDELIVERED
+    } else {
+        0
+    };
     wm_event {
         seq: event.seq,
         time_ns: e.time_ns,
@@ -242,7 +283,7 @@ fn encode(event: &Event) -> wm_event {
         n_mine: e.n_mine,
         n_next: e.n_next,
         other_pid: e.other_pid,
-        flags: e.flags,
+        flags: e.flags | redelivered,
         value: e.value,
     }
 }
@@ -264,14 +305,16 @@ pub extern "C" fn wm_abi_version() -> u32 {
 ///
 /// # Safety
 ///
-/// `path` is a NUL-terminated string; `err` is NULL or valid for a write.
+/// `path` is a NUL-terminated string; `errbuf` is NULL, or valid for
+/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_open(
     path: *const c_char,
     lock_timeout_ms: u64,
-    err: *mut *const c_char,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
 ) -> c_int {
-    call(err, |state| {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         if path.is_null() {
             return Err(Failure(
                 WM_ERR_INVALID_ARGUMENT,
@@ -314,10 +357,11 @@ pub unsafe extern "C" fn wm_open(
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_lock(err: *mut *const c_char) -> c_int {
-    call(err, |state| {
+pub unsafe extern "C" fn wm_lock(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let (hold, recovered) = registry(state)?.hold_lock()?;
         state.holds.push(hold);
         state.events.extend(recovered.iter().map(encode));
@@ -331,10 +375,15 @@ pub unsafe extern "C" fn wm_lock(err: *mut *const c_char) -> c_int {
 ///
 /// # Safety
 ///
-/// `acquired` is valid for a write; `err` is NULL or valid for a write.
+/// `acquired` is valid for a write; `errbuf` is NULL, or valid for
+/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_try_lock(acquired: *mut c_int, err: *mut *const c_char) -> c_int {
-    call(err, |state| {
+pub unsafe extern "C" fn wm_try_lock(
+    acquired: *mut c_int,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let taken = registry(state)?.try_hold_lock()?;
         // SAFETY: guaranteed by the caller.
         unsafe { *acquired = c_int::from(taken.is_some()) };
@@ -350,18 +399,21 @@ pub unsafe extern "C" fn wm_try_lock(acquired: *mut c_int, err: *mut *const c_ch
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_unlock(err: *mut *const c_char) -> c_int {
-    call(err, |state| match state.holds.pop() {
-        Some(hold) => {
-            drop(hold);
-            Ok(())
+pub unsafe extern "C" fn wm_unlock(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
+        match state.holds.pop() {
+            Some(hold) => {
+                drop(hold);
+                Ok(())
+            }
+            None => Err(Failure(
+                WM_ERR_NOT_LOCKED,
+                "unlock without a lock held".into(),
+            )),
         }
-        None => Err(Failure(
-            WM_ERR_NOT_LOCKED,
-            "unlock without a lock held".into(),
-        )),
     })
 }
 
@@ -369,7 +421,8 @@ pub unsafe extern "C" fn wm_unlock(err: *mut *const c_char) -> c_int {
 ///
 /// # Safety
 ///
-/// `id` is valid for a write; `err` is NULL or valid for a write.
+/// `id` is valid for a write; `errbuf` is NULL, or valid for
+/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_register_generation(
     interval_ms: u64,
@@ -377,9 +430,10 @@ pub unsafe extern "C" fn wm_register_generation(
     start_timeout_ms: u64,
     expected_workers: u32,
     id: *mut u64,
-    err: *mut *const c_char,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
 ) -> c_int {
-    call(err, |state| {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let config = GenerationConfig {
             interval: ms(interval_ms),
             failed: ms(failed_ms),
@@ -401,14 +455,16 @@ pub unsafe extern "C" fn wm_register_generation(
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_register_worker(
     generation: u64,
     index: u32,
-    err: *mut *const c_char,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
 ) -> c_int {
-    call(err, |state| {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         if state.worker.is_some() {
             return Err(Failure(
                 WM_ERR_WORKER,
@@ -424,9 +480,14 @@ pub unsafe extern "C" fn wm_register_worker(
 }
 
 /// Records a heartbeat of this process's worker: no lock, no system call.
+///
+/// # Safety
+///
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub extern "C" fn wm_heartbeat() -> c_int {
-    call(std::ptr::null_mut(), |state| {
+pub unsafe extern "C" fn wm_heartbeat(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         // Without a registry open, that is the error, as for every other call.
         registry(state)?;
         let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
@@ -439,10 +500,11 @@ pub extern "C" fn wm_heartbeat() -> c_int {
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
-    call(err, |state| {
+pub unsafe extern "C" fn wm_announce_exit(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         registry(state)?;
         let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
         let events = &mut state.events;
@@ -456,10 +518,15 @@ pub unsafe extern "C" fn wm_announce_exit(err: *mut *const c_char) -> c_int {
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_exit_worker(graceful: c_int, err: *mut *const c_char) -> c_int {
-    call(err, |state| {
+pub unsafe extern "C" fn wm_exit_worker(
+    graceful: c_int,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         registry(state)?;
         let (registry, worker) = state.worker.take().ok_or_else(no_worker)?;
         let events = &mut state.events;
@@ -472,10 +539,11 @@ pub unsafe extern "C" fn wm_exit_worker(graceful: c_int, err: *mut *const c_char
 ///
 /// # Safety
 ///
-/// `err` is NULL or valid for a write.
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_sweep(err: *mut *const c_char) -> c_int {
-    call(err, |state| {
+pub unsafe extern "C" fn wm_sweep(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let registry = registry(state)?;
         let events = &mut state.events;
         registry.sweep(|e| events.push(encode(e)))?;
@@ -493,10 +561,16 @@ pub extern "C" fn wm_events_count() -> u32 {
 ///
 /// # Safety
 ///
-/// `out` is valid for a write.
+/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+/// with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_event_get(i: u32, out: *mut wm_event) -> c_int {
-    call(std::ptr::null_mut(), |state| {
+pub unsafe extern "C" fn wm_event_get(
+    i: u32,
+    out: *mut wm_event,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let event = state
             .events
             .get(i as usize)
@@ -507,35 +581,71 @@ pub unsafe extern "C" fn wm_event_get(i: u32, out: *mut wm_event) -> c_int {
     })
 }
 
+/// Records that the callbacks of event `seq` have run (the caller holds the lock, by
+/// `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
+/// process die before `wm_unlock`. Events of node-level kinds whose callbacks never
+/// ran because their process died are delivered again to the next locker, flagged
+/// `WM_EVENT_REDELIVERED`.
+///
+/// # Safety
+///
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_event_done(
+    seq: u64,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
+        if state.holds.is_empty() {
+            return Err(Failure(
+                WM_ERR_NOT_LOCKED,
+                "an event is done only under the lock".into(),
+            ));
+        }
+        registry(state)?.delivered(seq);
+        Ok(())
+    })
+}
+
 /// Empties the event buffer.
 #[no_mangle]
 pub extern "C" fn wm_events_clear() {
     let _ = catch_unwind(|| STATE.with(|s| s.borrow_mut().events.clear()));
 }
 
-/// Takes a snapshot of the registry; `*generations` and `*workers` receive the
-/// numbers of entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
-/// `*run_state` the run state code and `*next_seq` the next journal sequence number.
+/// Takes a snapshot of the registry without waiting for the lock: read lock-free
+/// (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
+/// a callback), then under it. `*generations` and `*workers` receive the numbers of
+/// entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
+/// `*run_state` the run state code, `*next_seq` the next journal sequence number,
+/// and `*consistent` 0 when a writer died in the middle of a change (the copy may
+/// mix two states).
 ///
 /// # Safety
 ///
-/// The out pointers are valid for writes; `err` is NULL or valid for a write.
+/// The out pointers are valid for writes; `errbuf` is NULL, or valid for
+/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_snapshot(
     generations: *mut u32,
     workers: *mut u32,
     run_state: *mut u32,
     next_seq: *mut u64,
-    err: *mut *const c_char,
+    consistent: *mut c_int,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
 ) -> c_int {
-    call(err, |state| {
-        let snapshot = registry(state)?.snapshot()?;
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
+        let snapshot = registry(state)?.status()?;
         // SAFETY: guaranteed by the caller.
         unsafe {
             *generations = snapshot.generations.len() as u32;
             *workers = snapshot.workers.len() as u32;
             *run_state = snapshot.run_state.map_or(u32::MAX, |r| r.code());
             *next_seq = snapshot.next_seq;
+            *consistent = c_int::from(snapshot.consistent);
         }
         state.snapshot = Some(snapshot);
         Ok(())
@@ -549,14 +659,16 @@ pub unsafe extern "C" fn wm_snapshot(
 ///
 /// # Safety
 ///
-/// `text` and `len` are valid for writes; `err` is NULL or valid for a write.
+/// `text` and `len` are valid for writes; `errbuf` is NULL, or valid for
+/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_metrics(
     text: *mut *const c_char,
     len: *mut usize,
-    err: *mut *const c_char,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
 ) -> c_int {
-    call(err, |state| {
+    call(ErrBuf::new(errbuf, errbuf_len), |state| {
         let registry = registry(state)?;
         state.metrics = exposition::prometheus(&registry.observe(), registry.path());
         // SAFETY: guaranteed by the caller.
@@ -577,14 +689,15 @@ fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
 ///
 /// # Safety
 ///
-/// `out` is valid for a write.
+/// `out` is valid for a write; `err` as the caller's own contract says.
 unsafe fn copy_entry<T>(
     what: &str,
     i: u32,
     out: *mut T,
+    err: ErrBuf,
     pick: impl FnOnce(&Snapshot, usize) -> Option<T>,
 ) -> c_int {
-    call(std::ptr::null_mut(), |state| {
+    call(err, |state| {
         let entry = state
             .snapshot
             .as_ref()
@@ -600,13 +713,20 @@ unsafe fn copy_entry<T>(
 ///
 /// # Safety
 ///
-/// `out` is valid for a write.
+/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+/// with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_snapshot_generation(i: u32, out: *mut wm_generation) -> c_int {
+pub unsafe extern "C" fn wm_snapshot_generation(
+    i: u32,
+    out: *mut wm_generation,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
     let code = |c: Option<u32>| c.unwrap_or(0);
+    let err = ErrBuf::new(errbuf, errbuf_len);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        copy_entry("generation", i, out, |s, i| {
+        copy_entry("generation", i, out, err, |s, i| {
             s.generations.get(i).map(|g| wm_generation {
                 id: g.id,
                 state: code(g.state.map(|s| s.code())),
@@ -629,12 +749,19 @@ pub unsafe extern "C" fn wm_snapshot_generation(i: u32, out: *mut wm_generation)
 ///
 /// # Safety
 ///
-/// `out` is valid for a write.
+/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
+/// with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_int {
+pub unsafe extern "C" fn wm_snapshot_worker(
+    i: u32,
+    out: *mut wm_worker,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    let err = ErrBuf::new(errbuf, errbuf_len);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        copy_entry("worker", i, out, |s, i| {
+        copy_entry("worker", i, out, err, |s, i| {
             s.workers.get(i).map(|w| wm_worker {
                 generation: w.id.generation,
                 pid: w.id.pid,
@@ -654,6 +781,8 @@ pub unsafe extern "C" fn wm_snapshot_worker(i: u32, out: *mut wm_worker) -> c_in
 mod tests {
     use super::*;
     use worker_manager::{Capacities, Observer};
+
+    use std::ffi::CString;
 
     fn c_path(path: &std::path::Path) -> CString {
         CString::new(path.to_str().unwrap()).unwrap()
@@ -675,13 +804,20 @@ mod tests {
             ..Options::default()
         };
         drop(Registry::open(&second, &one_slot).unwrap());
-        let mut err: *const c_char = std::ptr::null();
+        let mut buf = [0 as c_char; 256];
+        let mut len = 0usize;
+        let mut err = || {
+            len = buf.len();
+            (buf.as_mut_ptr(), &mut len as *mut usize)
+        };
         let mut generation = 0;
-        // SAFETY: valid C strings and out-parameters throughout.
+        // SAFETY: valid C strings, out-parameters and error buffers throughout.
         unsafe {
-            assert_eq!(wm_open(c_path(&first).as_ptr(), 1000, &mut err), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_open(c_path(&first).as_ptr(), 1000, b, l), WM_OK);
+            let (b, l) = err();
             assert_eq!(
-                wm_register_generation(10_000, 5_000, 60_000, 2, &mut generation, &mut err),
+                wm_register_generation(10_000, 5_000, 60_000, 2, &mut generation, b, l),
                 WM_OK
             );
         }
@@ -698,11 +834,16 @@ mod tests {
         .unwrap();
         // SAFETY: as above.
         unsafe {
-            assert_eq!(wm_register_worker(generation, 1, &mut err), WM_OK);
-            assert_eq!(wm_open(c_path(&second).as_ptr(), 1000, &mut err), WM_OK);
-            assert_eq!(wm_heartbeat(), WM_OK);
-            assert_eq!(wm_announce_exit(&mut err), WM_OK);
-            assert_eq!(wm_exit_worker(1, &mut err), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_register_worker(generation, 1, b, l), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_open(c_path(&second).as_ptr(), 1000, b, l), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_heartbeat(b, l), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_announce_exit(b, l), WM_OK);
+            let (b, l) = err();
+            assert_eq!(wm_exit_worker(1, b, l), WM_OK);
         }
         let snapshot = Observer::open(&first).unwrap().snapshot();
         assert_eq!(snapshot.live_workers().count(), 0);

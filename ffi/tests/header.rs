@@ -73,3 +73,28 @@ fn the_lua_cdef_declares_what_the_header_declares() {
         "lib/resty/worker/manager/cdefs.lua and ffi/include/worker_manager.h differ"
     );
 }
+
+/// The `#define`s of the header that the Lua module uses by value.
+#[test]
+fn the_lua_constants_are_the_headers() {
+    let lua = std::fs::read_to_string(manifest_dir().join("../lib/resty/worker/manager/cdefs.lua"))
+        .expect("read cdefs.lua");
+    let header = generated();
+    let mut checked = 0;
+    for line in lua.lines() {
+        let Some((name, value)) = line.trim().trim_end_matches(',').split_once(" = ") else {
+            continue;
+        };
+        if !name.chars().all(|c| c.is_ascii_uppercase() || c == '_') || name == "LIB_NAME" {
+            continue;
+        }
+        let define = format!("#define WM_{name} {value}\n");
+        assert!(
+            header.contains(&define),
+            "cdefs.lua says {name} = {value}; the header has no `{}`",
+            define.trim()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "found only {checked} constants in cdefs.lua");
+}

@@ -1,11 +1,12 @@
 #![no_main]
 //! Sequences of C ABI calls, in any order, with arbitrary arguments: every status
 //! code must be one of the documented ones (never `WM_ERR_PANIC`), the message
-//! out-parameter must follow its contract, and the per-process state (the open
+//! must be written into the caller's buffer as the contract says (cut to its
+//! capacity, NUL-terminated, never past it, nothing on success), and the per-process state (the open
 //! registry, the lock holdings, the worker, the event buffer, the last snapshot and
 //! metrics text) must behave as the header says.
 //!
-//! Pointers are NULL only where the header allows it (`err`; and `path`, which
+//! Pointers are NULL only where the header allows it (`errbuf`; and `path`, which
 //! `wm_open` checks and its tests pass on purpose); every other one is valid, as the
 //! contract requires. Paths are names inside the scratch directory or a few fixed
 //! bad ones, so the library never creates a file anywhere else.
@@ -161,6 +162,8 @@ thread_local! {
 enum ErrArg {
     Null,
     Valid,
+    /// A buffer of this capacity (0 to 255 bytes).
+    Capacity(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -214,7 +217,7 @@ enum Call {
         index: u32,
         err: ErrArg,
     },
-    Heartbeat,
+    Heartbeat(ErrArg),
     AnnounceExit(ErrArg),
     ExitWorker {
         graceful: c_int,
@@ -222,60 +225,95 @@ enum Call {
     },
     Sweep(ErrArg),
     EventsCount,
-    EventGet(Index),
+    EventGet(Index, ErrArg),
+    /// `wm_event_done` of event `Index` of the buffer (a raw number past its end).
+    EventDone(Index, ErrArg),
     EventsClear,
     Snapshot(ErrArg),
-    SnapshotGeneration(Index),
-    SnapshotWorker(Index),
+    SnapshotGeneration(Index, ErrArg),
+    SnapshotWorker(Index, ErrArg),
     Metrics(ErrArg),
     /// Reads the last metrics text again: it must be intact until the next
     /// `wm_metrics`.
     MetricsAgain,
 }
 
-/// The `err` out-parameter and what the library left in it.
+/// Bytes of the error buffer; those past the capacity given must stay untouched.
+const ERRBUF: usize = 512;
+const UNTOUCHED: c_char = 0x55;
+
+/// The caller's error buffer and what the library left in it.
 struct ErrSlot {
     kind: ErrArg,
-    value: *const c_char,
+    buf: [c_char; ERRBUF],
+    len: usize,
 }
 
 impl ErrSlot {
     fn new(kind: ErrArg) -> ErrSlot {
         ErrSlot {
             kind,
-            value: ptr::null(),
+            buf: [UNTOUCHED; ERRBUF],
+            len: 0,
         }
     }
 
-    fn ptr(&mut self) -> *mut *const c_char {
+    fn capacity(&self) -> usize {
         match self.kind {
-            ErrArg::Null => ptr::null_mut(),
-            ErrArg::Valid => &mut self.value,
+            ErrArg::Null => 0,
+            ErrArg::Valid => ERRBUF,
+            ErrArg::Capacity(n) => n.into(),
+        }
+    }
+
+    /// The buffer and its capacity, as a call's last two arguments.
+    fn args(&mut self) -> (*mut c_char, *mut usize) {
+        self.len = self.capacity();
+        match self.kind {
+            ErrArg::Null => (ptr::null_mut(), ptr::null_mut()),
+            _ => (self.buf.as_mut_ptr(), &mut self.len),
         }
     }
 }
 
-/// Checks a status code and, when the caller asked for it, the message.
+/// Checks a status code and, when the caller gave a buffer, the message.
 fn check(call: &Call, code: c_int, err: &ErrSlot) {
     assert!(
         (WM_OK..=LAST_STATUS).contains(&code),
         "{call:?}: unknown status {code}"
     );
     assert_ne!(code, WM_ERR_PANIC, "{call:?}: the library panicked");
-    if let ErrArg::Valid = err.kind {
-        if code == WM_OK {
-            assert!(err.value.is_null(), "{call:?}: a message on success");
-        } else {
-            assert!(
-                !err.value.is_null(),
-                "{call:?}: status {code} without a message"
-            );
-            // SAFETY: the library sets a NUL-terminated message valid until its next
-            // call on this thread.
-            let message = unsafe { CStr::from_ptr(err.value) };
-            assert!(!message.to_bytes().is_empty());
-            assert!(message.to_str().is_ok());
-        }
+    let capacity = err.capacity();
+    assert!(
+        err.buf[capacity..].iter().all(|&b| b == UNTOUCHED),
+        "{call:?}: written past the capacity {capacity}"
+    );
+    if code == WM_OK || capacity == 0 {
+        assert!(
+            err.buf.iter().all(|&b| b == UNTOUCHED),
+            "{call:?}: a message on success, or in no room"
+        );
+        assert_eq!(err.len, capacity, "{call:?}: the length changed");
+        return;
+    }
+    assert!(
+        err.len < capacity,
+        "{call:?}: length {} of {capacity}",
+        err.len
+    );
+    assert_eq!(
+        err.buf[err.len], 0,
+        "{call:?}: the message is not NUL-terminated"
+    );
+    // SAFETY: just checked: a NUL at `len`, within the buffer.
+    let message = unsafe { CStr::from_ptr(err.buf.as_ptr()) };
+    assert_eq!(message.to_bytes().len(), err.len);
+    assert!(message.to_str().is_ok(), "{call:?}: cut inside a character");
+    if capacity == ERRBUF {
+        assert!(
+            !message.to_bytes().is_empty(),
+            "{call:?}: status {code} without a message"
+        );
     }
 }
 
@@ -332,9 +370,10 @@ fn open(model: &mut Model, call: &Call, path: &PathArg, lock_timeout_ms: u64, er
     }
     let c_path = bytes.as_ref().map(|b| CString::new(b.clone()).unwrap());
     let mut e = ErrSlot::new(err);
+    let (ebuf, elen) = e.args();
     let raw = c_path.as_ref().map_or(ptr::null(), |p| p.as_ptr());
-    // SAFETY: `raw` is NULL or a NUL-terminated string; `e.ptr()` NULL or valid.
-    let code = unsafe { wm_open(raw, lock_timeout_ms, e.ptr()) };
+    // SAFETY: `raw` is NULL or a NUL-terminated string; `ebuf`, `elen` NULL or valid.
+    let code = unsafe { wm_open(raw, lock_timeout_ms, ebuf, elen) };
     check(call, code, &e);
     if same {
         assert_eq!(code, WM_OK, "reopening the open path is a no-op");
@@ -360,8 +399,9 @@ fn run(model: &mut Model, call: &Call) {
         } => return open(model, call, path, lock_timeout_ms, err),
         Call::Lock(err) => {
             e = ErrSlot::new(err);
-            // SAFETY: `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_lock(e.ptr()) };
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_lock(ebuf, elen) };
             if code == WM_OK {
                 model.holds += 1;
             }
@@ -369,9 +409,10 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::TryLock(err) => {
             e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let mut acquired: c_int = -1;
-            // SAFETY: `acquired` is valid; `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_try_lock(&mut acquired, e.ptr()) };
+            // SAFETY: `acquired` is valid; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_try_lock(&mut acquired, ebuf, elen) };
             if code == WM_OK {
                 assert!(acquired == 0 || acquired == 1, "acquired = {acquired}");
                 model.holds += acquired as u32;
@@ -380,8 +421,9 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::Unlock(err) => {
             e = ErrSlot::new(err);
-            // SAFETY: `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_unlock(e.ptr()) };
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_unlock(ebuf, elen) };
             if model.holds == 0 {
                 assert_eq!(code, WM_ERR_NOT_LOCKED);
             } else {
@@ -398,8 +440,9 @@ fn run(model: &mut Model, call: &Call) {
             err,
         } => {
             e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let mut id = 0u64;
-            // SAFETY: `id` is valid; `e.ptr()` is NULL or valid.
+            // SAFETY: `id` is valid; `ebuf`, `elen` are NULL or valid.
             let code = unsafe {
                 wm_register_generation(
                     interval_ms,
@@ -407,7 +450,8 @@ fn run(model: &mut Model, call: &Call) {
                     start_timeout_ms,
                     expected_workers,
                     &mut id,
-                    e.ptr(),
+                    ebuf,
+                    elen,
                 )
             };
             if code == WM_OK {
@@ -422,13 +466,14 @@ fn run(model: &mut Model, call: &Call) {
             err,
         } => {
             e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let generation = match *generation {
                 GenerationArg::Registered => model.generation,
                 GenerationArg::Seen => model.seen,
                 GenerationArg::Raw(id) => id,
             };
-            // SAFETY: `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_register_worker(generation, index, e.ptr()) };
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_register_worker(generation, index, ebuf, elen) };
             if model.worker {
                 assert_eq!(code, WM_ERR_WORKER);
             } else if code == WM_OK {
@@ -436,9 +481,11 @@ fn run(model: &mut Model, call: &Call) {
             }
             code
         }
-        Call::Heartbeat => {
-            e = ErrSlot::new(ErrArg::Null);
-            let code = wm_heartbeat();
+        Call::Heartbeat(err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_heartbeat(ebuf, elen) };
             if is_open && !model.worker {
                 assert_eq!(code, WM_ERR_WORKER);
             }
@@ -446,8 +493,9 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::AnnounceExit(err) => {
             e = ErrSlot::new(err);
-            // SAFETY: `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_announce_exit(e.ptr()) };
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_announce_exit(ebuf, elen) };
             if is_open && !model.worker {
                 assert_eq!(code, WM_ERR_WORKER);
             }
@@ -455,8 +503,9 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::ExitWorker { graceful, err } => {
             e = ErrSlot::new(err);
-            // SAFETY: `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_exit_worker(graceful, e.ptr()) };
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_exit_worker(graceful, ebuf, elen) };
             if is_open {
                 if !model.worker {
                     assert_eq!(code, WM_ERR_WORKER);
@@ -468,24 +517,51 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::Sweep(err) => {
             e = ErrSlot::new(err);
-            // SAFETY: `e.ptr()` is NULL or valid.
-            unsafe { wm_sweep(e.ptr()) }
+            let (ebuf, elen) = e.args();
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            unsafe { wm_sweep(ebuf, elen) }
         }
         Call::EventsCount => {
             let _ = wm_events_count();
             return;
         }
-        Call::EventGet(ref i) => {
-            e = ErrSlot::new(ErrArg::Null);
+        Call::EventGet(ref i, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let count = wm_events_count();
             let i = index(i, count);
             let mut event = wm_event::default();
-            // SAFETY: `event` is valid for a write.
-            let code = unsafe { wm_event_get(i, &mut event) };
+            // SAFETY: `event` is valid for a write; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_event_get(i, &mut event, ebuf, elen) };
             assert_eq!(code == WM_OK, i < count, "event {i} of {count}: {code}");
             if code == WM_OK {
                 assert_ne!(event.seq, 0);
                 assert!(EventKind::from_code(event.kind).is_some());
+            }
+            code
+        }
+        Call::EventDone(ref i, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let count = wm_events_count();
+            let mut event = wm_event::default();
+            let seq = match *i {
+                Index::Raw(n) => u64::from(n),
+                ref i => {
+                    let i = index(i, count);
+                    // SAFETY: `event` is valid for a write; no error buffer.
+                    unsafe { wm_event_get(i, &mut event, ptr::null_mut(), ptr::null_mut()) };
+                    event.seq
+                }
+            };
+            // SAFETY: `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_event_done(seq, ebuf, elen) };
+            if is_open {
+                assert_eq!(
+                    code == WM_OK,
+                    model.holds > 0,
+                    "done without the lock: {code}"
+                );
             }
             code
         }
@@ -496,31 +572,37 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::Snapshot(err) => {
             e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let (mut generations, mut workers, mut run_state, mut next_seq) = (0, 0, 0, 0);
-            // SAFETY: the out pointers are valid; `e.ptr()` is NULL or valid.
+            let mut consistent: c_int = -1;
+            // SAFETY: the out pointers are valid; `ebuf`, `elen` are NULL or valid.
             let code = unsafe {
                 wm_snapshot(
                     &mut generations,
                     &mut workers,
                     &mut run_state,
                     &mut next_seq,
-                    e.ptr(),
+                    &mut consistent,
+                    ebuf,
+                    elen,
                 )
             };
             if code == WM_OK {
                 assert!(generations <= 65536 && workers <= 65536);
                 assert!(next_seq >= 1);
+                assert!(consistent == 0 || consistent == 1);
                 model.snapshot = Some((generations, workers));
             }
             code
         }
-        Call::SnapshotGeneration(ref i) => {
-            e = ErrSlot::new(ErrArg::Null);
+        Call::SnapshotGeneration(ref i, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let count = model.snapshot.map_or(0, |s| s.0);
             let i = index(i, count);
             let mut out = wm_generation::default();
-            // SAFETY: `out` is valid for a write.
-            let code = unsafe { wm_snapshot_generation(i, &mut out) };
+            // SAFETY: `out` is valid for a write; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_snapshot_generation(i, &mut out, ebuf, elen) };
             assert_eq!(
                 code == WM_OK,
                 i < count,
@@ -532,13 +614,14 @@ fn run(model: &mut Model, call: &Call) {
             }
             code
         }
-        Call::SnapshotWorker(ref i) => {
-            e = ErrSlot::new(ErrArg::Null);
+        Call::SnapshotWorker(ref i, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let count = model.snapshot.map_or(0, |s| s.1);
             let i = index(i, count);
             let mut out = wm_worker::default();
-            // SAFETY: `out` is valid for a write.
-            let code = unsafe { wm_snapshot_worker(i, &mut out) };
+            // SAFETY: `out` is valid for a write; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_snapshot_worker(i, &mut out, ebuf, elen) };
             assert_eq!(code == WM_OK, i < count, "worker {i} of {count}: {code}");
             if code == WM_OK {
                 let state = WorkerState::ALL.iter().find(|s| s.code() == out.state);
@@ -548,10 +631,11 @@ fn run(model: &mut Model, call: &Call) {
         }
         Call::Metrics(err) => {
             e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
             let mut text: *const c_char = ptr::null();
             let mut len = 0usize;
-            // SAFETY: `text` and `len` are valid; `e.ptr()` is NULL or valid.
-            let code = unsafe { wm_metrics(&mut text, &mut len, e.ptr()) };
+            // SAFETY: `text` and `len` are valid; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_metrics(&mut text, &mut len, ebuf, elen) };
             model.metrics = None;
             if code == WM_OK {
                 assert!(!text.is_null());
@@ -580,7 +664,11 @@ fn run(model: &mut Model, call: &Call) {
     check(call, code, &e);
     let needs_registry = !matches!(
         call,
-        Call::Unlock(_) | Call::EventGet(_) | Call::SnapshotGeneration(_) | Call::SnapshotWorker(_)
+        Call::Unlock(_)
+            | Call::EventGet(..)
+            | Call::EventDone(..)
+            | Call::SnapshotGeneration(..)
+            | Call::SnapshotWorker(..)
     );
     let worker_first = matches!(call, Call::RegisterWorker { .. }) && model.worker;
     if !is_open && needs_registry && !worker_first {
@@ -592,7 +680,7 @@ fn run(model: &mut Model, call: &Call) {
 /// unlocked and with an empty event buffer: a finding then depends on one input
 /// and the registry files, not on the inputs before.
 fn settle(model: &mut Model) {
-    let mut err: *const c_char = ptr::null();
+    let mut err = ErrSlot::new(ErrArg::Valid);
     if model.worker {
         let call = Call::ExitWorker {
             graceful: 1,
@@ -601,12 +689,14 @@ fn settle(model: &mut Model) {
         run(model, &call);
     }
     while model.holds > 0 {
-        // SAFETY: `err` is valid for a write.
-        assert_eq!(unsafe { wm_unlock(&mut err) }, WM_OK);
+        let (buf, len) = err.args();
+        // SAFETY: a valid error buffer.
+        assert_eq!(unsafe { wm_unlock(buf, len) }, WM_OK);
         model.holds -= 1;
     }
+    let (buf, len) = err.args();
     // SAFETY: as above.
-    assert_eq!(unsafe { wm_unlock(&mut err) }, WM_ERR_NOT_LOCKED);
+    assert_eq!(unsafe { wm_unlock(buf, len) }, WM_ERR_NOT_LOCKED);
     wm_events_clear();
 }
 

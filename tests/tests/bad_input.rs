@@ -89,14 +89,14 @@ fn a_foreign_file_is_refused() {
 #[test]
 fn newer_and_older_layouts_are_refused() {
     let scratch = Scratch::new();
-    let path = patched(&scratch, 8, &2u32.to_ne_bytes());
+    let path = patched(&scratch, 8, &3u32.to_ne_bytes());
     let err = open(&path).unwrap_err();
     assert!(
         matches!(
             err,
             Error::NewerLayout {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
@@ -105,10 +105,11 @@ fn newer_and_older_layouts_are_refused() {
     assert!(err.to_string().contains("remove it or upgrade"), "{err}");
 
     let scratch = Scratch::new();
-    let path = patched(&scratch, 8, &0u32.to_ne_bytes());
+    // Version 1: the layout before journal entries carried their counters.
+    let path = patched(&scratch, 8, &1u32.to_ne_bytes());
     assert!(matches!(
         open(&path).unwrap_err(),
-        Error::OlderLayout { found: 0, .. }
+        Error::OlderLayout { found: 1, .. }
     ));
 }
 

@@ -272,7 +272,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
     fs::write(file("zero.wm"), vec![0u8; 274432]).unwrap();
     fs::write(file("foreign.wm"), "not a registry\n".repeat(20000)).unwrap();
     valid_registry(&file("newer.wm"));
-    write_at(&file("newer.wm"), 8, &2u32.to_ne_bytes());
+    write_at(&file("newer.wm"), 8, &99u32.to_ne_bytes());
     fs::create_dir(file("dir.wm")).unwrap();
     let _read_only = Tmpfs::mount(&file("ro"), "ro,size=1m");
     let _full = Tmpfs::mount(&file("tiny"), "size=64k");
@@ -296,7 +296,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
         (file("foreign.wm"), "is not a worker-manager registry"),
         (
             file("newer.wm"),
-            "was written by layout version 2; this build reads version 1",
+            "was written by layout version 99; this build reads version 2",
         ),
         (file("dir.wm"), "open failed: Is a directory"),
         (

@@ -16,7 +16,7 @@ use crate::lock::RawMutex;
 
 /// "WMREGIST".
 pub(crate) const MAGIC: u64 = 0x574d_5245_4749_5354;
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// The header occupies one page, so the records start page-aligned.
 pub(crate) const HEADER_SIZE: usize = 4096;
 /// Every record occupies this many bytes (two cache lines).
@@ -80,6 +80,10 @@ pub(crate) struct Header {
     pub event_totals: [AtomicU64; EVENT_KINDS],
     /// Wall-clock time of the last entry of each event kind code (0: none).
     pub event_last_ns: [AtomicU64; EVENT_KINDS],
+    /// Every journal entry before this one has had its callbacks run (see
+    /// `docs/design.md` 5.4): entries from here on, up to `next_seq`, were journalled
+    /// by a lock holder that died before it handed them to its callbacks.
+    pub delivered_seq: AtomicU64,
 }
 
 #[repr(C)]
@@ -142,6 +146,13 @@ pub(crate) struct EventRecord {
     pub flags: AtomicU32,
     pub _reserved: AtomicU32,
     pub value: AtomicU64,
+    /// The header counters this entry brings, as they are once it is applied: the
+    /// entry's kind total, its statistic (0: none) and its generation's counter
+    /// (0: none). Storing them, rather than adding one, makes applying an entry
+    /// idempotent, so the repair can redo it (see `docs/design.md` 5.3).
+    pub kind_total: AtomicU64,
+    pub stat_total: AtomicU64,
+    pub generation_total: AtomicU64,
 }
 
 const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);

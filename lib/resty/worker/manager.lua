@@ -6,6 +6,7 @@
 -- Every callback gets `(id, n_prev, n_mine, n_next, info)`; see the README.
 
 local ffi = require("ffi")
+local bit = require("bit")
 local cdefs = require("resty.worker.manager.cdefs")
 
 local ngx = ngx
@@ -14,6 +15,7 @@ local ERR = ngx.ERR
 local WARN = ngx.WARN
 local get_phase = ngx.get_phase
 local ffi_string = ffi.string
+local band = bit.band
 local tonumber = tonumber
 local tostring = tostring
 local type = type
@@ -32,8 +34,12 @@ local _M = {
 
 local C -- the library, loaded by on_init_by_lua
 
--- Out-parameters, allocated once.
-local err_out = ffi.new("const char *[1]")
+-- Out-parameters, allocated once. Every fallible call writes its message into
+-- errbuf, a buffer this module owns, and its length into errlen (its capacity on
+-- entry, reset before each call).
+local ERRBUF_SIZE = 512
+local errbuf = ffi.new("char[?]", ERRBUF_SIZE)
+local errlen = ffi.new("size_t[1]")
 local id_out = ffi.new("uint64_t[1]")
 local event_out = ffi.new("struct wm_event")
 local generation_out = ffi.new("struct wm_generation")
@@ -43,6 +49,7 @@ local seq_out = ffi.new("uint64_t[1]")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
+local consistent_out = ffi.new("int[1]")
 
 local EVENTS = {
   "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
@@ -85,8 +92,19 @@ local callbacks = {} -- event name -> callback
 local registered = false -- this process registered a worker
 local worker_init_called = false
 
+--- The error buffer, emptied, as the last two arguments of a library call.
+local function err_args()
+  errlen[0] = ERRBUF_SIZE
+  return errbuf, errlen
+end
+
+--- The message of the library call that just failed.
 local function last_error()
-  return err_out[0] ~= nil and ffi_string(err_out[0]) or "unknown error"
+  local n = tonumber(errlen[0])
+  if n >= ERRBUF_SIZE then
+    return "unknown error"
+  end
+  return ffi_string(errbuf, n)
 end
 
 local function count(n)
@@ -104,6 +122,8 @@ local function describe(e)
     seq = tonumber(e.seq),
     time = tonumber(e.time_ns) / 1e9,
     generation = tonumber(e.generation),
+    -- The process that ran this event's callbacks first died before they returned.
+    redelivered = band(e.flags, cdefs.EVENT_REDELIVERED) ~= 0,
   }
   if e.index >= 0 then
     info.pid = e.pid
@@ -115,7 +135,7 @@ local function describe(e)
     info.master_pid = e.pid
     info.previous_run = RUN_ENDS[tonumber(e.value)]
   elseif name == "worker_start" then
-    info.respawn = e.flags == 1
+    info.respawn = band(e.flags, 1) ~= 0
     if e.other_pid ~= 0 then
       info.replaces = tostring(info.generation) .. "-" .. tostring(e.other_pid)
     end
@@ -123,7 +143,7 @@ local function describe(e)
     info.reason = REASONS[e.detail]
   elseif name == "worker_crash" then
     info.detection = DETECTIONS[e.detail]
-    info.held_lock = e.flags == 1
+    info.held_lock = band(e.flags, 1) ~= 0
     info.detected_by = e.other_pid
   elseif name == "generation_abort" then
     info.cause = ABORT_CAUSES[e.detail]
@@ -142,7 +162,7 @@ end
 local function take_events()
   local events = {}
   for i = 0, C.wm_events_count() - 1 do
-    if C.wm_event_get(i, event_out) == 0 then
+    if C.wm_event_get(i, event_out, err_args()) == 0 then
       events[#events + 1] = {
         info = describe(event_out),
         n_prev = count(event_out.n_prev),
@@ -162,7 +182,9 @@ local function run_callback(name, cb, ...)
   end
 end
 
---- Runs the callback of each event, in order; the caller holds the lock.
+--- Runs the callback of each event, in order, and records each as done, so that
+-- should this process die first, the next locker delivers only the rest again; the
+-- caller holds the lock.
 local function dispatch(events)
   for _, e in ipairs(events) do
     local info = e.info
@@ -182,17 +204,27 @@ local function dispatch(events)
       end
       run_callback(name, cb, id, e.n_prev, e.n_mine, e.n_next, info)
     end
+    if C.wm_event_done(info.seq, err_args()) ~= 0 then
+      ngx_log(ERR, LOG_PREFIX, "recording event ", info.seq, " as done: ", last_error())
+    end
   end
 end
 
---- Runs `op` (a library call returning a status) under the lock this process has
--- just taken, then the callbacks of the events it produced, still under the lock;
--- then releases it. Returns true, or nil and an error.
+--- Runs `op` (a library call returning a status, its last two arguments the error
+-- buffer) under the lock this process has just taken, then the callbacks of the
+-- events it produced, still under the lock; then releases it, whatever `op` and the
+-- callbacks did. Returns true, or nil and an error.
 local function run_held(what, op, ...)
-  local rc = op(...)
-  local err = rc ~= 0 and last_error() or nil
+  errlen[0] = ERRBUF_SIZE
+  local called, rc = pcall(op, ...)
+  local err
+  if not called then
+    err = tostring(rc)
+  elseif rc ~= 0 then
+    err = last_error()
+  end
   local ok, cb_err = pcall(dispatch, take_events())
-  if C.wm_unlock(err_out) ~= 0 then
+  if C.wm_unlock(err_args()) ~= 0 then
     ngx_log(ERR, LOG_PREFIX, "unlock: ", last_error())
   end
   if not ok then
@@ -216,7 +248,7 @@ end
 -- the callbacks of its events, still under the lock. Never leaves the lock held.
 -- Returns true, or nil and an error.
 local function locked(what, op, ...)
-  if C.wm_lock(err_out) ~= 0 then
+  if C.wm_lock(err_args()) ~= 0 then
     return lock_failed(what)
   end
   return run_held(what, op, ...)
@@ -225,7 +257,7 @@ end
 --- As `locked`, but only if the lock is free right now; returns true at once when
 -- another process holds it.
 local function locked_if_free(what, op, ...)
-  if C.wm_try_lock(acquired_out, err_out) ~= 0 then
+  if C.wm_try_lock(acquired_out, err_args()) ~= 0 then
     return lock_failed(what)
   end
   if acquired_out[0] == 0 then
@@ -316,7 +348,7 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   end
   C = lib
   local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm)
-  local rc = C.wm_open(path, ms(valid.lock_timeout), err_out)
+  local rc = C.wm_open(path, ms(valid.lock_timeout), err_args())
   if rc == cdefs.ERR_REPLACED then
     ngx_log(WARN, LOG_PREFIX, last_error())
   elseif rc ~= 0 then
@@ -336,7 +368,7 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   local ok
   ok, err = locked("registering the generation", C.wm_register_generation,
                    ms(valid.interval), ms(valid.failed), ms(valid.start_timeout),
-                   workers, id_out, err_out)
+                   workers, id_out, errbuf, errlen)
   if not ok then
     return nil, err
   end
@@ -353,7 +385,8 @@ function _M.heartbeat()
   if not registered then
     return nil, "this process has no registered worker"
   end
-  if C.wm_heartbeat() ~= 0 then
+  errlen[0] = ERRBUF_SIZE
+  if C.wm_heartbeat(errbuf, errlen) ~= 0 then
     return nil, last_error()
   end
   return true
@@ -364,7 +397,7 @@ local function tick(premature)
     -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
     -- while longer. With an exit hook, everything is reported at the real exit.
     if not config.exit_hook and registered then
-      locked("announcing the exit", C.wm_announce_exit, err_out)
+      locked("announcing the exit", C.wm_announce_exit, errbuf, errlen)
     end
     return
   end
@@ -375,7 +408,7 @@ local function tick(premature)
   -- Only if the lock is free: its holder sweeps as part of whatever it does, or the
   -- next tick will, and a tick never stalls this worker's event loop behind another
   -- process's callback.
-  locked_if_free("sweeping", C.wm_sweep, err_out)
+  locked_if_free("sweeping", C.wm_sweep, errbuf, errlen)
 end
 
 --- Registers this worker. Call it in `init_worker_by_lua`.
@@ -404,7 +437,7 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
   callbacks.worker_start = start_cb
   callbacks.worker_exit = exit_cb
   local ok, err = locked("registering the worker", C.wm_register_worker, generation, index,
-                         err_out)
+                         errbuf, errlen)
   if not ok then
     return nil, err
   end
@@ -430,28 +463,33 @@ function _M.on_exit_worker_by_lua()
   end
   registered = false
   local graceful = ngx.worker.exiting() and 1 or 0
-  return locked("exiting", C.wm_exit_worker, graceful, err_out)
+  return locked("exiting", C.wm_exit_worker, graceful, errbuf, errlen)
 end
 
---- A snapshot of the registry.
--- @return a table `{ run_state, next_seq, generation, generations = {...},
--- workers = {...} }`, or nil and an error
+--- A snapshot of the registry, read without waiting for the lock (under it only
+-- inside a callback, where this process holds it): a status page never stalls
+-- behind a callback.
+-- @return a table `{ run_state, next_seq, consistent, generation,
+-- generations = {...}, workers = {...} }`, or nil and an error
 function _M.status()
   if not C then
     return nil, "on_init_by_lua has not run"
   end
-  if C.wm_snapshot(count_out, count_out + 1, count_out + 2, seq_out, err_out) ~= 0 then
+  if C.wm_snapshot(count_out, count_out + 1, count_out + 2, seq_out, consistent_out,
+                   err_args()) ~= 0 then
     return nil, last_error()
   end
   local status = {
     run_state = RUN_STATES[count_out[2]],
     next_seq = tonumber(seq_out[0]),
+    -- false only when a writer died in the middle of a change
+    consistent = consistent_out[0] ~= 0,
     generation = generation,
     generations = {},
     workers = {},
   }
   for i = 0, count_out[0] - 1 do
-    if C.wm_snapshot_generation(i, generation_out) == 0 then
+    if C.wm_snapshot_generation(i, generation_out, err_args()) == 0 then
       local g = generation_out
       status.generations[#status.generations + 1] = {
         id = tonumber(g.id),
@@ -470,7 +508,7 @@ function _M.status()
     end
   end
   for i = 0, count_out[1] - 1 do
-    if C.wm_snapshot_worker(i, worker_out) == 0 then
+    if C.wm_snapshot_worker(i, worker_out, err_args()) == 0 then
       local w = worker_out
       status.workers[#status.workers + 1] = {
         id = tostring(tonumber(w.generation)) .. "-" .. tostring(w.pid),
@@ -497,7 +535,7 @@ function _M.metrics()
   if not C then
     return nil, "on_init_by_lua has not run"
   end
-  if C.wm_metrics(text_out, len_out, err_out) ~= 0 then
+  if C.wm_metrics(text_out, len_out, err_args()) ~= 0 then
     return nil, last_error()
   end
   return ffi_string(text_out[0], len_out[0])

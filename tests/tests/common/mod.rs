@@ -6,10 +6,11 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use worker_manager::{Options, Registry};
@@ -102,13 +103,13 @@ pub fn sweep_until(
     registry: &Registry,
     kind: worker_manager::EventKind,
 ) -> Vec<worker_manager::Event> {
-    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    let deadline = Instant::now() + STEP_TIMEOUT;
     let mut seen = Vec::new();
     while !seen
         .iter()
         .any(|e: &worker_manager::Event| e.kind() == kind)
     {
-        assert!(std::time::Instant::now() < deadline, "no {kind} reported");
+        assert!(Instant::now() < deadline, "no {kind} reported");
         std::thread::sleep(Duration::from_millis(10));
         registry.sweep(|e| seen.push(*e)).expect("sweep");
     }
@@ -147,8 +148,22 @@ impl Probe {
         Probe::spawn_args(registry, &[&ms.to_string()])
     }
 
+    /// A probe that kills itself with SIGKILL at crash point `point`
+    /// (`POINT@EVENT`, see the core's `crash` module).
+    pub fn spawn_crashing_at(registry: &Path, point: &str) -> Probe {
+        Probe::spawn_env(registry, &[], Some(point))
+    }
+
     fn spawn_args(registry: &Path, extra: &[&str]) -> Probe {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wm-probe"))
+        Probe::spawn_env(registry, extra, None)
+    }
+
+    fn spawn_env(registry: &Path, extra: &[&str], crash_point: Option<&str>) -> Probe {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wm-probe"));
+        if let Some(point) = crash_point {
+            command.env("WM_CRASH_POINT", point);
+        }
+        let mut child = command
             .arg(registry)
             .args(extra)
             .stdin(Stdio::piped())
@@ -254,6 +269,30 @@ impl Probe {
             .iter()
             .filter(|e| e.starts_with(&prefix))
             .collect()
+    }
+
+    /// Runs a command during which the probe must die by SIGKILL (a crash point);
+    /// reaps it.
+    pub fn dies_doing(&mut self, command: &str) {
+        self.send(command);
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the probe") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "probe {} survived {command:?}",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "probe {}: {status}",
+            self.pid
+        );
     }
 
     /// SIGKILL, and reap it, so that its pid is really gone.

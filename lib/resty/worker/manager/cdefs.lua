@@ -51,38 +51,46 @@ struct wm_worker {
   uint64_t registered_ns;
 };
 uint32_t wm_abi_version(void);
-int wm_open(const char *path, uint64_t lock_timeout_ms, const char **err);
-int wm_lock(const char **err);
-int wm_try_lock(int *acquired, const char **err);
-int wm_unlock(const char **err);
+int wm_open(const char *path, uint64_t lock_timeout_ms, char *errbuf, size_t *errbuf_len);
+int wm_lock(char *errbuf, size_t *errbuf_len);
+int wm_try_lock(int *acquired, char *errbuf, size_t *errbuf_len);
+int wm_unlock(char *errbuf, size_t *errbuf_len);
 int wm_register_generation(uint64_t interval_ms,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
                            uint64_t *id,
-                           const char **err);
-int wm_register_worker(uint64_t generation, uint32_t index, const char **err);
-int wm_heartbeat(void);
-int wm_announce_exit(const char **err);
-int wm_exit_worker(int graceful, const char **err);
-int wm_sweep(const char **err);
+                           char *errbuf,
+                           size_t *errbuf_len);
+int wm_register_worker(uint64_t generation, uint32_t index, char *errbuf, size_t *errbuf_len);
+int wm_heartbeat(char *errbuf, size_t *errbuf_len);
+int wm_announce_exit(char *errbuf, size_t *errbuf_len);
+int wm_exit_worker(int graceful, char *errbuf, size_t *errbuf_len);
+int wm_sweep(char *errbuf, size_t *errbuf_len);
 uint32_t wm_events_count(void);
-int wm_event_get(uint32_t i, struct wm_event *out);
+int wm_event_get(uint32_t i, struct wm_event *out, char *errbuf, size_t *errbuf_len);
+int wm_event_done(uint64_t seq, char *errbuf, size_t *errbuf_len);
 void wm_events_clear(void);
 int wm_snapshot(uint32_t *generations,
                 uint32_t *workers,
                 uint32_t *run_state,
                 uint64_t *next_seq,
-                const char **err);
-int wm_metrics(const char **text, size_t *len, const char **err);
-int wm_snapshot_generation(uint32_t i, struct wm_generation *out);
-int wm_snapshot_worker(uint32_t i, struct wm_worker *out);
+                int *consistent,
+                char *errbuf,
+                size_t *errbuf_len);
+int wm_metrics(const char **text, size_t *len, char *errbuf, size_t *errbuf_len);
+int wm_snapshot_generation(uint32_t i, struct wm_generation *out, char *errbuf, size_t *errbuf_len);
+int wm_snapshot_worker(uint32_t i, struct wm_worker *out, char *errbuf, size_t *errbuf_len);
 ]])
 
+-- The header's constants that this module uses; `cargo test -p worker-manager-ffi`
+-- fails when they differ from ffi/include/worker_manager.h.
 local _M = {
-  ABI_VERSION = 3,
+  ABI_VERSION = 4,
   -- wm_open: the path no longer names the registry this process has open.
   ERR_REPLACED = 26,
+  -- wm_event.flags: delivered again after the process running its callbacks died.
+  EVENT_REDELIVERED = 2,
   LIB_NAME = "libworker_manager_ffi.so",
 }
 

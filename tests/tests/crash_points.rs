@@ -1,0 +1,292 @@
+//! Deaths at the worst moments, forced: a process that holds the registry lock kills
+//! itself with SIGKILL at a crash point (between an event's journal entry and the
+//! header counters, between the entry and its effects on the tables). After the next
+//! locker's repair, every counter agrees with the journal, no event is reported
+//! twice or lost, and the events whose callbacks never ran are delivered again,
+//! flagged as such.
+
+mod common;
+
+use common::{kill9, Probe, Scratch};
+use worker_manager::{Detail, Event, EventKind, Registry, Snapshot};
+
+/// Every counter of the header and of the generations, recounted from the journal.
+fn assert_counters_agree(registry: &Registry) {
+    let s: Snapshot = registry.snapshot().unwrap();
+    let journal: Vec<Event> = registry.events_since(1);
+    assert_eq!(
+        journal.len() as u64,
+        s.next_seq - 1,
+        "the journal has no gap"
+    );
+    let of = |kind: EventKind| journal.iter().filter(|e| e.kind() == kind).count() as u64;
+    for tally in &s.events {
+        assert_eq!(tally.total, of(tally.kind), "total of {}", tally.kind);
+    }
+    let started = |kind: &str| {
+        journal
+            .iter()
+            .filter(
+                |e| matches!(e.detail, Detail::MasterStart { kind: k, .. } if k.as_str() == kind),
+            )
+            .count() as u64
+    };
+    let respawns = journal
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.detail,
+                Detail::WorkerStart {
+                    replaces: Some(_),
+                    ..
+                }
+            )
+        })
+        .count() as u64;
+    let stats = &s.stats;
+    let expected = [
+        ("crashes", stats.crashes, of(EventKind::WorkerCrash)),
+        ("hangs", stats.hangs, of(EventKind::WorkerHang)),
+        ("aborts", stats.aborts, of(EventKind::GenerationAbort)),
+        (
+            "lock_recoveries",
+            stats.lock_recoveries,
+            of(EventKind::LockRecovered),
+        ),
+        ("starts", stats.starts, started("start")),
+        ("reloads", stats.reloads, started("reload")),
+        ("restarts", stats.restarts, started("restart")),
+        ("upgrades", stats.upgrades, started("upgrade")),
+        ("respawns", stats.respawns, respawns),
+    ];
+    for (name, counted, journalled) in expected {
+        assert_eq!(
+            counted, journalled,
+            "{name}: header {counted}, journal {journalled}"
+        );
+    }
+    for g in &s.generations {
+        let crashes = journal
+            .iter()
+            .filter(|e| e.kind() == EventKind::WorkerCrash && e.generation == g.id)
+            .count() as u64;
+        assert_eq!(g.crashes, crashes, "crashes of generation {}", g.id);
+    }
+}
+
+fn journalled(registry: &Registry, kind: EventKind) -> Vec<Event> {
+    registry
+        .events_since(1)
+        .into_iter()
+        .filter(|e| e.kind() == kind)
+        .collect()
+}
+
+/// The two points of every journal entry: committed but not counted, counted but
+/// the head not moved.
+const JOURNAL_POINTS: [&str; 2] = ["journal-committed", "journal-counted"];
+
+/// A worker dies inside a callback holding the lock; the process that recovers the
+/// lock dies at `point` while journalling the recovery; a third recovers from it.
+#[test]
+fn a_recoverer_killed_while_journalling_the_recovery_leaves_counters_exact() {
+    for point in JOURNAL_POINTS {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.generation();
+        let mut holder = Probe::spawn(&scratch.registry());
+        holder.send(&format!("worker-stall {g} 0"));
+        holder.wait_for("stalled");
+        holder.kill9();
+
+        let mut recoverer =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@lock_recovered"));
+        recoverer.dies_doing("sweep");
+        let mut next = Probe::spawn(&scratch.registry());
+        next.ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        let holders: Vec<u32> = journalled(&registry, EventKind::LockRecovered)
+            .iter()
+            .filter_map(|e| match e.detail {
+                Detail::LockRecovered { holder_pid, .. } => Some(holder_pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            holders,
+            [holder.pid, recoverer.pid],
+            "{point}: each recovery names the process that died holding the lock"
+        );
+        let crashes = journalled(&registry, EventKind::WorkerCrash);
+        assert_eq!(crashes.len(), 1, "{point}: {crashes:?}");
+        // The recoverer died before running a callback: the next locker runs the
+        // first recovery's callbacks, flagged, then its own.
+        let redelivered = next
+            .events
+            .iter()
+            .filter(|e| e.ends_with(" redelivered"))
+            .count();
+        assert!(redelivered >= 1, "{point}: {:?}", next.events);
+        assert!(
+            registry.observe().lock.is_none(),
+            "{point}: the lock is free"
+        );
+    }
+}
+
+/// The sweeper dies right after journalling a crash (`after-entry`: before the slot
+/// is marked dead), or between the crash's entry and its counters.
+#[test]
+fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
+    for point in ["journal-committed", "journal-counted", "after-entry"] {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.generation();
+        let mut workers = scratch.workers(g, 2);
+        let victim = workers[1].pid;
+        workers[1].kill9();
+
+        let mut sweeper =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_crash"));
+        sweeper.dies_doing("sweep");
+        workers[0].ok("sweep");
+        master.ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        let crashes = journalled(&registry, EventKind::WorkerCrash);
+        assert_eq!(crashes.len(), 1, "{point}: one crash, once: {crashes:?}");
+        assert_eq!(crashes[0].worker().map(|w| w.pid), Some(victim));
+        assert_eq!(
+            crashes[0].counts.mine, 1,
+            "{point}: the dead one is not counted"
+        );
+        // Its callback never ran in the sweeper: the next locker runs it, flagged.
+        let redelivered: Vec<&String> = workers[0]
+            .events
+            .iter()
+            .filter(|e| e.starts_with("event worker_crash") && e.ends_with(" redelivered"))
+            .collect();
+        assert_eq!(redelivered.len(), 1, "{point}: {:?}", workers[0].events);
+        assert_eq!(registry.snapshot().unwrap().live(g), 1);
+    }
+}
+
+/// The last worker of a replaced generation is killed; the process that finds it
+/// dies after journalling the generation's `master_exit`, before ending it.
+#[test]
+fn a_sweeper_killed_after_journalling_a_master_exit_ends_the_generation_once() {
+    for point in ["journal-committed", "journal-counted", "after-entry"] {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g1 = master.generation();
+        let mut old = scratch.workers(g1, 1);
+        let g2 = master.generation();
+        let mut new = scratch.workers(g2, 1);
+        old[0].kill9();
+
+        let mut sweeper =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@master_exit"));
+        sweeper.dies_doing("sweep");
+        new[0].ok("sweep");
+        new[0].ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        let exits = journalled(&registry, EventKind::MasterExit);
+        assert_eq!(exits.len(), 1, "{point}: {exits:?}");
+        assert_eq!(exits[0].generation, g1);
+        let s = registry.snapshot().unwrap();
+        assert!(
+            s.generations.iter().all(|g| g.id != g1),
+            "{point}: the ended generation is retired: {:?}",
+            s.generations
+        );
+        assert!(new[0]
+            .events
+            .iter()
+            .any(|e| e.starts_with("event master_exit") && e.ends_with(" redelivered")));
+    }
+}
+
+/// A generation that never got a worker times out; the sweeper that aborts it dies
+/// after journalling the abort, before retiring the generation.
+#[test]
+fn a_sweeper_killed_after_journalling_an_abort_aborts_once() {
+    for point in ["journal-committed", "journal-counted", "after-entry"] {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.ok("gen 10000 5000 1").parse::<u64>().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+
+        let mut sweeper =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@generation_abort"));
+        sweeper.dies_doing("sweep");
+        master.ok("sweep");
+        master.ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        let aborts = journalled(&registry, EventKind::GenerationAbort);
+        assert_eq!(aborts.len(), 1, "{point}: {aborts:?}");
+        assert_eq!(aborts[0].generation, g);
+        assert!(registry.snapshot().unwrap().generations.is_empty());
+    }
+}
+
+/// A worker stops beating; the sweeper that reports the hang dies after its entry.
+#[test]
+fn a_sweeper_killed_after_journalling_a_hang_reports_it_once() {
+    for point in ["journal-committed", "journal-counted", "after-entry"] {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.ok("gen 1 1 60000").parse::<u64>().unwrap();
+        let mut workers = scratch.workers(g, 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+
+        let mut sweeper =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_hang"));
+        sweeper.dies_doing("sweep");
+        master.ok("sweep");
+        master.ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        assert_eq!(
+            journalled(&registry, EventKind::WorkerHang).len(),
+            1,
+            "{point}"
+        );
+        let s = registry.snapshot().unwrap();
+        assert!(s.workers.iter().all(|w| w.hung), "{point}: {:?}", s.workers);
+        workers[0].ok("beat");
+        master.ok("sweep");
+        assert_eq!(journalled(&registry, EventKind::WorkerRecover).len(), 1);
+        assert_counters_agree(&registry);
+    }
+}
+
+/// Kills that land anywhere: a probe killed at every crash point of a respawn's
+/// registration leaves the registry exact for the next one.
+#[test]
+fn a_registrant_killed_at_each_point_leaves_the_next_registration_exact() {
+    for point in JOURNAL_POINTS {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.generation();
+        let mut workers = scratch.workers(g, 1);
+        let first = workers[0].pid;
+        kill9(first);
+        let mut respawn =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_start"));
+        respawn.dies_doing(&format!("worker {g} 0"));
+        let mut again = Probe::spawn(&scratch.registry());
+        again.worker(g, 0);
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        assert_eq!(registry.snapshot().unwrap().live(g), 1);
+        drop(workers.remove(0));
+    }
+}
