@@ -2,6 +2,8 @@
 //! outside the server. Read-only: the registry is mapped without write access and
 //! its lock is never taken (see `docs/design.md` section 7).
 
+#![forbid(unsafe_code)]
+
 mod events;
 mod status;
 mod text;

@@ -107,6 +107,7 @@ pub(crate) fn wait_for_event(header: &Header, seq: u64, timeout: Duration) -> bo
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
 

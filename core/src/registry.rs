@@ -702,9 +702,14 @@ impl Registry {
             .sweep_locked(0, &mut events)
             .and_then(|()| body(&mut events));
         drop(change);
+        // Inside a binding's own holding (`hold_lock`), `on_event` only queues the
+        // events for callbacks that run later: the binding records them as done.
+        let outermost = self.depth.get() == 1;
         for event in &events {
             on_event(event);
-            self.delivered(event.seq);
+            if outermost {
+                self.delivered(event.seq);
+            }
         }
         drop(guard);
         outcome

@@ -21,8 +21,6 @@
 //! `wm_event_get`) and runs its own callbacks on, between `wm_lock` and
 //! `wm_unlock`, so that callbacks run under the registry lock.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -43,10 +43,8 @@ fn bad_calls_give_their_status_and_a_message() {
     let mut err = ErrBuf::new();
     let (buf, len) = err.args();
     // SAFETY: arguments as the header describes (NULL path on purpose).
-    assert_eq!(
-        unsafe { wm_open(ptr::null(), 1000, buf, len) },
-        WM_ERR_INVALID_ARGUMENT
-    );
+    let rc = unsafe { wm_open(ptr::null(), 1000, buf, len) };
+    assert_eq!(rc, WM_ERR_INVALID_ARGUMENT);
     assert!(err.message().contains("invalid path"));
     let (buf, len) = err.args();
     // SAFETY: a valid error buffer.
@@ -67,20 +65,16 @@ fn bad_calls_give_their_status_and_a_message() {
     assert!(err.message().contains("no event 0"));
     // A NULL buffer is allowed.
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { wm_sweep(ptr::null_mut(), ptr::null_mut()) },
-        WM_ERR_NOT_OPEN
-    );
+    let rc = unsafe { wm_sweep(ptr::null_mut(), ptr::null_mut()) };
+    assert_eq!(rc, WM_ERR_NOT_OPEN);
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("foreign.wm");
     std::fs::write(&foreign, vec![b'x'; 8192]).unwrap();
     let path = CString::new(foreign.to_str().unwrap()).unwrap();
     let (buf, len) = err.args();
     // SAFETY: a valid C string and error buffer.
-    assert_eq!(
-        unsafe { wm_open(path.as_ptr(), 1000, buf, len) },
-        WM_ERR_FOREIGN_MAGIC
-    );
+    let rc = unsafe { wm_open(path.as_ptr(), 1000, buf, len) };
+    assert_eq!(rc, WM_ERR_FOREIGN_MAGIC);
     assert!(err.message().contains("not a worker-manager registry"));
     assert_eq!(wm_abi_version(), WM_ABI_VERSION);
 }
