@@ -86,6 +86,17 @@ fn journalled(registry: &Registry, kind: EventKind) -> Vec<Event> {
 /// the head not moved.
 const JOURNAL_POINTS: [&str; 2] = ["journal-committed", "journal-counted"];
 
+/// Those, and the point between an entry and its effects on the tables.
+const EVERY_POINT: [&str; 3] = ["journal-committed", "journal-counted", "after-entry"];
+
+/// A probe that runs `command` and kills itself at `point` while writing an event
+/// of `kind`; returns its pid.
+fn dies_at(scratch: &Scratch, point: &str, kind: EventKind, command: &str) -> u32 {
+    let mut probe = Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@{kind}"));
+    probe.dies_doing(command);
+    probe.pid
+}
+
 /// A worker dies inside a callback holding the lock; the process that recovers the
 /// lock dies at `point` while journalling the recovery; a third recovers from it.
 #[test]
@@ -99,9 +110,7 @@ fn a_recoverer_killed_while_journalling_the_recovery_leaves_counters_exact() {
         holder.wait_for("stalled");
         holder.kill9();
 
-        let mut recoverer =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@lock_recovered"));
-        recoverer.dies_doing("sweep");
+        let recoverer = dies_at(&scratch, point, EventKind::LockRecovered, "sweep");
         let mut next = Probe::spawn(&scratch.registry());
         next.ok("sweep");
 
@@ -116,7 +125,7 @@ fn a_recoverer_killed_while_journalling_the_recovery_leaves_counters_exact() {
             .collect();
         assert_eq!(
             holders,
-            [holder.pid, recoverer.pid],
+            [holder.pid, recoverer],
             "{point}: each recovery names the process that died holding the lock"
         );
         let crashes = journalled(&registry, EventKind::WorkerCrash);
@@ -140,7 +149,7 @@ fn a_recoverer_killed_while_journalling_the_recovery_leaves_counters_exact() {
 /// is marked dead), or between the crash's entry and its counters.
 #[test]
 fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
-    for point in ["journal-committed", "journal-counted", "after-entry"] {
+    for point in EVERY_POINT {
         let scratch = Scratch::new();
         let mut master = Probe::spawn(&scratch.registry());
         let g = master.generation();
@@ -148,9 +157,7 @@ fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
         let victim = workers[1].pid;
         workers[1].kill9();
 
-        let mut sweeper =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_crash"));
-        sweeper.dies_doing("sweep");
+        let sweeper = dies_at(&scratch, point, EventKind::WorkerCrash, "sweep");
         workers[0].ok("sweep");
         master.ok("sweep");
 
@@ -159,6 +166,10 @@ fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
         let crashes = journalled(&registry, EventKind::WorkerCrash);
         assert_eq!(crashes.len(), 1, "{point}: one crash, once: {crashes:?}");
         assert_eq!(crashes[0].worker().map(|w| w.pid), Some(victim));
+        assert!(
+            matches!(crashes[0].detail, Detail::WorkerCrash { detected_by, .. } if detected_by == sweeper),
+            "{point}: reported by the sweeper that died"
+        );
         assert_eq!(
             crashes[0].counts.mine, 1,
             "{point}: the dead one is not counted"
@@ -178,7 +189,7 @@ fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
 /// dies after journalling the generation's `master_exit`, before ending it.
 #[test]
 fn a_sweeper_killed_after_journalling_a_master_exit_ends_the_generation_once() {
-    for point in ["journal-committed", "journal-counted", "after-entry"] {
+    for point in EVERY_POINT {
         let scratch = Scratch::new();
         let mut master = Probe::spawn(&scratch.registry());
         let g1 = master.generation();
@@ -187,9 +198,7 @@ fn a_sweeper_killed_after_journalling_a_master_exit_ends_the_generation_once() {
         let mut new = scratch.workers(g2, 1);
         old[0].kill9();
 
-        let mut sweeper =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@master_exit"));
-        sweeper.dies_doing("sweep");
+        dies_at(&scratch, point, EventKind::MasterExit, "sweep");
         new[0].ok("sweep");
         new[0].ok("sweep");
 
@@ -215,15 +224,13 @@ fn a_sweeper_killed_after_journalling_a_master_exit_ends_the_generation_once() {
 /// after journalling the abort, before retiring the generation.
 #[test]
 fn a_sweeper_killed_after_journalling_an_abort_aborts_once() {
-    for point in ["journal-committed", "journal-counted", "after-entry"] {
+    for point in EVERY_POINT {
         let scratch = Scratch::new();
         let mut master = Probe::spawn(&scratch.registry());
         let g = master.ok("gen 10000 5000 1").parse::<u64>().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
 
-        let mut sweeper =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@generation_abort"));
-        sweeper.dies_doing("sweep");
+        dies_at(&scratch, point, EventKind::GenerationAbort, "sweep");
         master.ok("sweep");
         master.ok("sweep");
 
@@ -239,16 +246,14 @@ fn a_sweeper_killed_after_journalling_an_abort_aborts_once() {
 /// A worker stops beating; the sweeper that reports the hang dies after its entry.
 #[test]
 fn a_sweeper_killed_after_journalling_a_hang_reports_it_once() {
-    for point in ["journal-committed", "journal-counted", "after-entry"] {
+    for point in EVERY_POINT {
         let scratch = Scratch::new();
         let mut master = Probe::spawn(&scratch.registry());
         let g = master.ok("gen 1 1 60000").parse::<u64>().unwrap();
         let mut workers = scratch.workers(g, 1);
         std::thread::sleep(std::time::Duration::from_millis(20));
 
-        let mut sweeper =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_hang"));
-        sweeper.dies_doing("sweep");
+        dies_at(&scratch, point, EventKind::WorkerHang, "sweep");
         master.ok("sweep");
         master.ok("sweep");
 
@@ -279,9 +284,12 @@ fn a_registrant_killed_at_each_point_leaves_the_next_registration_exact() {
         let mut workers = scratch.workers(g, 1);
         let first = workers[0].pid;
         kill9(first);
-        let mut respawn =
-            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_start"));
-        respawn.dies_doing(&format!("worker {g} 0"));
+        dies_at(
+            &scratch,
+            point,
+            EventKind::WorkerStart,
+            &format!("worker {g} 0"),
+        );
         let mut again = Probe::spawn(&scratch.registry());
         again.worker(g, 0);
         let registry = scratch.open();
