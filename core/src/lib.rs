@@ -62,4 +62,4 @@ pub use observer::Observer;
 pub use process::Identity;
 pub use region::{Capacities, Opened};
 pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker, SUPERSEDED_GRACE};
-pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, WorkerInfo};
+pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict, WorkerInfo};

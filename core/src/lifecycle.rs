@@ -101,6 +101,10 @@ coded_enum! {
         Superseded = 1 => "superseded",
         /// No worker registered within the start timeout.
         TimedOut = 2 => "timed_out",
+        /// nginx gave the configuration up after its `init_by_lua` ran (a port that
+        /// cannot be bound, an error later in `init_by_lua`): its Lua VM was closed
+        /// before it was committed.
+        Failed = 3 => "failed",
     }
 }
 

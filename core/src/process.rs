@@ -43,24 +43,6 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
-/// The live (not zombie) children of process `pid`, from
-/// `/proc/<pid>/task/<tid>/children`; empty if they cannot be read.
-pub(crate) fn live_children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_ascii_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .filter(|&child| read_stat(child).is_some_and(|s| s.state != b'Z'))
-        .collect()
-}
-
 impl Identity {
     /// The identity of a live process, or `None` if it does not exist.
     pub fn of(pid: u32) -> Option<Identity> {

@@ -21,13 +21,13 @@ use crate::lifecycle::{
     StartKind, WorkerState,
 };
 use crate::lock::{Acquisition, LockFailure, Locked, TryLocked};
-use crate::process::{self, Identity};
+use crate::process::Identity;
 use crate::region::layout::{GenerationRecord, Stat, WorkerSlot};
 use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Snapshot, VERDICT_COMMITTED, VERDICT_FAILED};
 use crate::sys;
-use crate::tables::{load_state, worker_id, Census};
+use crate::tables::{committed, load_state, worker_id, Census};
 
 /// How to open (and, if needed, create) a registry.
 #[derive(Debug, Clone)]
@@ -346,41 +346,16 @@ impl Registry {
         }
     }
 
-    /// What replaces `g`: the newest newer generation that has had workers; failing
-    /// that, a newer generation of the same master whose workers are starting. nginx
-    /// forks a reload's workers before it tells the old ones to quit, but they may
-    /// register long after the old ones began to exit (a heavy `init_worker`): the
-    /// master then has children that are not registered workers. A generation whose
-    /// reload failed after `init_by_lua` has none, and replaces nothing.
+    /// What replaces `g`: the newest newer generation that the server committed. A
+    /// reload is committed before its workers are forked (its master closes the
+    /// previous configuration), so however slowly they start, the old workers see
+    /// it; a configuration that failed, or is still loading, replaces nothing.
     fn successor(&self, g: &GenerationRecord) -> Option<&GenerationRecord> {
         let id = g.id.load(Relaxed);
-        let newer = || {
-            self.region
-                .generations()
-                .filter(move |s| s.id.load(Relaxed) > id)
-        };
-        if let Some(s) = newer()
-            .filter(|s| s.workers_started.load(Relaxed) > 0)
+        self.region
+            .generations()
+            .filter(|s| s.id.load(Relaxed) > id && committed(s))
             .max_by_key(|s| s.id.load(Relaxed))
-        {
-            return Some(s);
-        }
-        let master = g.master_pid.load(Relaxed);
-        let starting = newer()
-            .filter(|s| {
-                s.master_pid.load(Relaxed) == master
-                    && load_state(s) == Some(GenerationState::Starting)
-            })
-            .max_by_key(|s| s.id.load(Relaxed))?;
-        let registered: Vec<u32> = self
-            .region
-            .present_slots()
-            .map(|(_, slot)| slot.pid.load(Relaxed))
-            .collect();
-        process::live_children(master)
-            .iter()
-            .any(|child| !registered.contains(child))
-            .then_some(starting)
     }
 
     /// Why `g`'s workers go, judging by what replaces it.
@@ -459,6 +434,13 @@ impl Registry {
         if id != census.newest() {
             self.retire(g);
         }
+        self.end_run_if_idle(clean);
+    }
+
+    /// Ends the node run if nothing is left of it: no live worker, no configuration
+    /// loading.
+    fn end_run_if_idle(&self, clean: bool) {
+        let census = self.region.census();
         let anything_left = self.region.generations().any(|g| {
             matches!(load_state(g), Some(GenerationState::Starting))
                 || census.live(g.id.load(Relaxed)) > 0
@@ -547,12 +529,37 @@ impl Registry {
         }
     }
 
+    /// Records nginx's verdict on the configuration of generation `id`.
+    fn verdict(&self, id: u64, committed: bool) {
+        let h = self.region.header();
+        let code = if committed {
+            VERDICT_COMMITTED
+        } else {
+            VERDICT_FAILED
+        };
+        h.verdict.store(code, Relaxed);
+        h.verdict_ns.store(clock::realtime_ns(), Relaxed);
+        h.verdict_generation.store(id, Relaxed);
+    }
+
+    /// The server committed `g`'s configuration: it serves, and replaces the older
+    /// generations.
+    fn commit(&self, g: &GenerationRecord) {
+        if !committed(g) {
+            g.committed_ns.store(clock::realtime_ns(), Relaxed);
+            self.verdict(g.id.load(Relaxed), true);
+        }
+    }
+
     fn abort(&self, g: &GenerationRecord, cause: AbortCause, events: &mut Vec<Event>) {
         let id = g.id.load(Relaxed);
+        self.verdict(id, false);
         let census = self.region.census().without(id);
         self.emit_with(events, id, census, Detail::GenerationAbort { cause });
         crash_point("after-entry", EventKind::GenerationAbort);
         self.retire(g);
+        // A start that failed: the run it began has nothing in it.
+        self.end_run_if_idle(true);
     }
 
     /// Generations still waiting for their first worker: after a newer generation
@@ -564,7 +571,7 @@ impl Registry {
         let stalled: Vec<(&GenerationRecord, AbortCause)> = self
             .region
             .generations()
-            .filter(|g| load_state(g) == Some(GenerationState::Starting))
+            .filter(|g| load_state(g) == Some(GenerationState::Starting) && !committed(g))
             .filter_map(|g| {
                 let id = g.id.load(Relaxed);
                 let timeout = g.start_timeout_ms.load(Relaxed).saturating_mul(1_000_000);
@@ -625,6 +632,7 @@ impl Registry {
             Detail::GenerationAbort { .. } => {
                 if let Some(g) = generation() {
                     self.retire(g);
+                    self.end_run_if_idle(true);
                 }
             }
             Detail::WorkerHang { worker, .. } | Detail::WorkerRecover { worker, .. } => {
@@ -821,6 +829,7 @@ impl Registry {
         g.previous_run
             .store(previous_run.map_or(0, RunEnd::code), Relaxed);
         g.exited_ns.store(0, Relaxed);
+        g.committed_ns.store(0, Relaxed);
         g.state.store(GenerationState::Starting.code(), Relaxed);
         g.id.store(id, Release);
         h.next_generation.store(id.saturating_add(1), Release);
@@ -937,6 +946,9 @@ impl Registry {
             Self::adopt_master(g, ppid);
         }
         g.workers_started.fetch_add(1, Relaxed);
+        // A worker runs the configuration: the server committed it (an upgrade's
+        // or a first start's only sign; a reload's master said so already).
+        self.commit(g);
         if replaces.is_some() {
             g.respawns.fetch_add(1, Relaxed);
         }
@@ -1008,7 +1020,10 @@ impl Registry {
             self.region.census().present(worker.id.generation) == 0
                 && load_state(g) != Some(GenerationState::Exited)
         }) {
-            self.master_exit(g, true, events);
+            // Its master outlives its workers unless it was killed (the workers
+            // then run on as orphans): then the run did not end cleanly.
+            let clean = master_identity(g).is_alive();
+            self.master_exit(g, clean, events);
         }
         Ok(())
     }
@@ -1087,6 +1102,65 @@ impl Registry {
         })
     }
 
+    /// The master closed the configuration of `generation` (nginx: the end of its Lua
+    /// VM, which nginx runs whenever it destroys a configuration; see
+    /// `docs/design.md` 4.6). Call it in the master only. If the configuration was
+    /// not committed, nginx gave it up after it registered (a port that cannot be
+    /// bound, an error later in `init_by_lua`): the generation is aborted at once,
+    /// `generation_abort` with cause `failed`. Otherwise a newer configuration of
+    /// this master replaces it: that one is committed, before its workers are
+    /// forked. At the master's exit, when nothing newer is loading, nothing happens.
+    pub fn configuration_closed(
+        &self,
+        generation: u64,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<()> {
+        self.locked(LockOp::RegisterGeneration, &mut on_event, |events| {
+            let Some(g) = self.region.find_generation(generation) else {
+                return Ok(());
+            };
+            if !committed(g) {
+                if load_state(g) == Some(GenerationState::Starting) {
+                    self.abort(g, AbortCause::Failed, events);
+                }
+                return Ok(());
+            }
+            let me = sys::getpid();
+            let loading = self
+                .region
+                .generations()
+                .filter(|n| {
+                    n.id.load(Relaxed) > generation
+                        && n.master_pid.load(Relaxed) == me
+                        && !committed(n)
+                        && load_state(n) == Some(GenerationState::Starting)
+                })
+                .max_by_key(|n| n.id.load(Relaxed));
+            if let Some(n) = loading {
+                self.commit(n);
+            }
+            Ok(())
+        })
+    }
+
+    /// The master committed the configuration of `generation` it registered, as
+    /// [`Registry::configuration_closed`] of the previous one does: for servers
+    /// other than nginx, which know when a new configuration takes over.
+    pub fn commit_generation(
+        &self,
+        generation: u64,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<()> {
+        self.locked(LockOp::RegisterGeneration, &mut on_event, |_| {
+            let g = self
+                .region
+                .find_generation(generation)
+                .ok_or(Error::UnknownGeneration(generation))?;
+            self.commit(g);
+            Ok(())
+        })
+    }
+
     /// Looks for dead workers, hung workers, deserted and stalled generations, and
     /// reports what it finds. Call it periodically (a worker's tick) and whenever a
     /// child is known to have died (a master's SIGCHLD).
@@ -1126,10 +1200,33 @@ impl Registry {
         Ok(Self::hold(guard))
     }
 
-    /// [`Registry::hold_lock`] if the lock is free right now; `None` without waiting
-    /// when another process holds it.
-    pub fn try_hold_lock(&self) -> Result<Option<(LockHold<'_>, Vec<Event>)>> {
-        Ok(self.acquire(LockOp::User, false)?.map(Self::hold))
+    /// Takes the registry lock for a binding that cannot keep a borrow of the
+    /// registry while it holds it (a C caller): like [`Registry::hold_lock`], but held
+    /// until [`Registry::release_lock`]. Without `wait`, `None` at once when another
+    /// process holds it. The events of a repair, should the previous holder have
+    /// died, are returned.
+    pub fn acquire_lock(&self, wait: bool) -> Result<Option<Vec<Event>>> {
+        Ok(self.acquire(LockOp::User, wait)?.map(|mut guard| {
+            let recovered = std::mem::take(&mut guard.recovered);
+            // Released by `release_lock`, which drops a guard of its own.
+            std::mem::forget(guard);
+            recovered
+        }))
+    }
+
+    /// Releases one [`Registry::acquire_lock`].
+    pub fn release_lock(&self) -> Result<()> {
+        if self.depth.get() == 0 {
+            return Err(Error::InvalidArgument {
+                name: "lock",
+                reason: "this process does not hold the registry lock".into(),
+            });
+        }
+        drop(LockGuard {
+            reg: self,
+            recovered: Vec::new(),
+        });
+        Ok(())
     }
 
     /// Records that the callbacks of the event numbered `seq` have run, so that it

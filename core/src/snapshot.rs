@@ -39,6 +39,17 @@ pub struct GenerationInfo {
     pub exit_reason: Option<ExitReason>,
     /// When its last worker was gone.
     pub exited: Option<SystemTime>,
+    /// When the server committed this configuration (`None`: not yet, or never).
+    pub committed: Option<SystemTime>,
+}
+
+/// nginx's verdict on a configuration: committed (it serves), or failed (it was
+/// given up after `init_by_lua`, or never got a worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub generation: u64,
+    pub committed: bool,
+    pub time: SystemTime,
 }
 
 /// A worker slot in use: a live worker, or the tombstone of a dead one.
@@ -123,6 +134,8 @@ pub struct Snapshot {
     pub stats: Stats,
     /// One per event kind, in code order.
     pub events: Vec<EventTally>,
+    /// The last verdict on a configuration: a start, restart, reload or upgrade.
+    pub verdict: Option<Verdict>,
 }
 
 impl Snapshot {
@@ -136,9 +149,14 @@ impl Snapshot {
 
     /// The counts a callback about `generation` would get, with `n_mine` its live
     /// workers. Neighbours are the tracked generations: those with a process left
-    /// (running or exiting), and the newest.
+    /// (running or exiting), and the newest committed one.
     pub fn counts(&self, generation: u64) -> Counts {
-        let newest = self.generations.last().map_or(0, |g| g.id);
+        let newest = self
+            .generations
+            .iter()
+            .rev()
+            .find(|g| g.committed.is_some())
+            .map_or(0, |g| g.id);
         let tracked = |g: &&GenerationInfo| {
             g.id == newest
                 || self.workers.iter().any(|w| {
@@ -203,6 +221,9 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                 crashes: g.crashes.load(Relaxed),
                 exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
                 exited: Some(g.exited_ns.load(Relaxed))
+                    .filter(|&ns| ns != 0)
+                    .map(time),
+                committed: Some(g.committed_ns.load(Relaxed))
                     .filter(|&ns| ns != 0)
                     .map(time),
             }
@@ -274,8 +295,21 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                 }
             })
             .collect(),
+        verdict: match (h.verdict_generation.load(Relaxed), h.verdict.load(Relaxed)) {
+            (0, _) => None,
+            (generation, code) => Some(Verdict {
+                generation,
+                committed: code == VERDICT_COMMITTED,
+                time: time(h.verdict_ns.load(Relaxed)),
+            }),
+        },
     }
 }
+
+/// `Header::verdict`: the configuration was committed.
+pub(crate) const VERDICT_COMMITTED: u32 = 1;
+/// `Header::verdict`: the configuration failed.
+pub(crate) const VERDICT_FAILED: u32 = 2;
 
 /// Copies the registry without its lock, retrying while a writer changes it.
 pub(crate) fn observe(region: &Region) -> Snapshot {

@@ -10,8 +10,9 @@ use crate::lifecycle::{GenerationState, WorkerState};
 use crate::region::layout::{GenerationRecord, WorkerSlot};
 use crate::region::map::Region;
 
-/// Per tracked generation, ordered by id: its live (Running) workers, and its present
-/// ones (Running, or Exiting: announced their exit but still alive).
+/// Per generation, ordered by id: its live (Running) workers, its present ones
+/// (Running, or Exiting: announced their exit but still alive), and whether the
+/// server committed it.
 pub(crate) struct Census(Vec<Tally>);
 
 #[derive(Clone, Copy)]
@@ -19,6 +20,7 @@ struct Tally {
     id: u64,
     live: u32,
     present: u32,
+    committed: bool,
 }
 
 impl Census {
@@ -50,12 +52,19 @@ impl Census {
         self
     }
 
+    /// The newest committed generation: a configuration the server has not committed
+    /// (a reload in progress, or one that failed) replaces nothing yet.
     pub(crate) fn newest(&self) -> u64 {
-        self.0.last().map_or(0, |t| t.id)
+        self.0
+            .iter()
+            .rev()
+            .find(|t| t.committed)
+            .map_or(0, |t| t.id)
     }
 
     /// The counts for an event of `generation`. Neighbours are the tracked
-    /// generations: those with a process left, and the newest.
+    /// generations: those with a process left, and the newest committed one. A
+    /// generation the server has not committed has no process, so it is never one.
     pub(crate) fn counts(&self, generation: u64, mine: u32) -> Counts {
         let newest = self.newest();
         let tracked = |t: &&Tally| t.present > 0 || t.id == newest;
@@ -80,6 +89,12 @@ impl Census {
 
 pub(crate) fn load_state(g: &GenerationRecord) -> Option<GenerationState> {
     GenerationState::from_code(g.state.load(Relaxed))
+}
+
+/// Whether the server committed the generation's configuration (`docs/design.md`
+/// 4.6).
+pub(crate) fn committed(g: &GenerationRecord) -> bool {
+    g.committed_ns.load(Relaxed) != 0
 }
 
 pub(crate) fn worker_id(slot: &WorkerSlot) -> WorkerId {
@@ -125,6 +140,7 @@ impl Region {
                 id: g.id.load(Relaxed),
                 live: 0,
                 present: 0,
+                committed: committed(g),
             })
             .collect();
         tallies.sort_unstable_by_key(|t| t.id);

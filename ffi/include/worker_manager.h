@@ -57,7 +57,7 @@
 #define WM_ERR_NOT_REGISTERED 20
 
 /**
- * No registry is open in this process (`wm_open` first).
+ * No handle: a NULL `wm_handle` (`wm_open` first).
  */
 #define WM_ERR_NOT_OPEN 21
 
@@ -67,7 +67,7 @@
 #define WM_ERR_NOT_LOCKED 22
 
 /**
- * This process has no registered worker, or already has one.
+ * The handle has no registered worker, or already has one.
  */
 #define WM_ERR_WORKER 23
 
@@ -82,16 +82,28 @@
 #define WM_ERR_PANIC 25
 
 /**
- * `wm_open` of the path already open, which no longer names the mapped file (it
- * was removed or replaced): the registry stays open and usable; a warning.
+ * `wm_open` of a path this process has open, which no longer names the mapped file
+ * (it was removed or replaced): the handle is returned, on the registry this
+ * process has mapped; a warning.
  */
 #define WM_ERR_REPLACED 26
+
+/**
+ * `wm_open` of a registry that another subsystem of this process (another Lua VM:
+ * nginx's `http` and `stream`) has open: each needs its own.
+ */
+#define WM_ERR_SHARED 27
 
 /**
  * `wm_event.flags`: the event is delivered again, because the process that had it
  * delivered to its callbacks died before they all returned.
  */
 #define WM_EVENT_REDELIVERED 2
+
+/**
+ * A tracker: one Lua VM's view of one registry.
+ */
+struct wm_handle;
 
 /**
  * One event, as the library's `Encoded` fields plus its sequence number: counts of
@@ -127,6 +139,36 @@ struct wm_event {
 };
 
 /**
+ * The registry as a whole, from `wm_snapshot`.
+ */
+struct wm_status {
+  /**
+   * Entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`.
+   */
+  uint32_t generations;
+  uint32_t workers;
+  /**
+   * The run state code (`UINT32_MAX`: unknown).
+   */
+  uint32_t run_state;
+  /**
+   * 0 when a writer died in the middle of a change: the copy may mix two states.
+   */
+  int consistent;
+  /**
+   * The sequence number the next journal entry gets.
+   */
+  uint64_t next_seq;
+  /**
+   * The last verdict on a configuration: its generation (0: none yet), 1
+   * committed or 2 failed, and when.
+   */
+  uint64_t verdict_generation;
+  uint32_t verdict;
+  uint64_t verdict_ns;
+};
+
+/**
  * A tracked generation of a snapshot.
  */
 struct wm_generation {
@@ -142,6 +184,10 @@ struct wm_generation {
   uint64_t respawns;
   uint64_t crashes;
   uint64_t registered_ns;
+  /**
+   * When the server committed the configuration; 0: not (yet).
+   */
+  uint64_t committed_ns;
 };
 
 /**
@@ -168,17 +214,38 @@ struct wm_worker {
 uint32_t wm_abi_version(void);
 
 /**
- * Opens (creating it if needed) the registry at `path` for this process. Opening
- * the path already open is a no-op, so that a reloaded configuration in the same
- * master keeps its handle; if the path no longer names that file, the handle is kept
- * and `WM_ERR_REPLACED` says so.
+ * Opens (creating it if needed) the registry at `path` for `subsystem` (a name:
+ * `http`, `stream`) and returns a new handle in `*handle`, to be closed with
+ * `wm_close`. Handles of one subsystem on the same path share the process's
+ * mapping (a reload's new configuration and the previous one); another subsystem
+ * is refused (`WM_ERR_SHARED`). If this process has the path mapped but the path
+ * no longer names that file, the handle is returned anyway and `WM_ERR_REPLACED`
+ * says so.
  *
  * # Safety
  *
- * `path` is a NUL-terminated string; `errbuf` is NULL, or valid for
- * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `path` and `subsystem` are NUL-terminated strings; `handle` is valid for a
+ * write; `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len`
+ * valid for reads and writes.
  */
-int wm_open(const char *path, uint64_t lock_timeout_ms, char *errbuf, size_t *errbuf_len);
+int wm_open(const char *path,
+            const char *subsystem,
+            uint64_t lock_timeout_ms,
+            struct wm_handle **handle,
+            char *errbuf,
+            size_t *errbuf_len);
+
+/**
+ * Closes a handle: releases its lock holdings, and unmaps the registry if no other
+ * handle of this process uses it. A handle whose worker is still registered keeps
+ * the mapping for the life of the process (the kernel's record of the worker's
+ * mutex points into it). NULL is ignored.
+ *
+ * # Safety
+ *
+ * `h` is NULL or a handle from `wm_open`, not closed before; it is not used after.
+ */
+void wm_close(struct wm_handle *h);
 
 /**
  * Takes the registry lock (re-entrant); the events of a repair, if the previous
@@ -186,10 +253,10 @@ int wm_open(const char *path, uint64_t lock_timeout_ms, char *errbuf, size_t *er
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_lock(char *errbuf, size_t *errbuf_len);
+int wm_lock(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
  * Takes the registry lock if it is free right now (re-entrant, like `wm_lock`):
@@ -198,30 +265,33 @@ int wm_lock(char *errbuf, size_t *errbuf_len);
  *
  * # Safety
  *
- * `acquired` is valid for a write; `errbuf` is NULL, or valid for
- * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `acquired` is valid for a write; `errbuf` is
+ * NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+ * writes.
  */
-int wm_try_lock(int *acquired, char *errbuf, size_t *errbuf_len);
+int wm_try_lock(struct wm_handle *h, int *acquired, char *errbuf, size_t *errbuf_len);
 
 /**
- * Releases one `wm_lock` or successful `wm_try_lock`.
+ * Releases one `wm_lock` or successful `wm_try_lock` of this handle.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_unlock(char *errbuf, size_t *errbuf_len);
+int wm_unlock(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
  * Registers a generation whose master is this process; `*id` receives its id.
  *
  * # Safety
  *
- * `id` is valid for a write; `errbuf` is NULL, or valid for
- * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `id` is NULL or valid for a write; `errbuf` is
+ * NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+ * writes.
  */
-int wm_register_generation(uint64_t interval_ms,
+int wm_register_generation(struct wm_handle *h,
+                           uint64_t interval_ms,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
@@ -230,143 +300,179 @@ int wm_register_generation(uint64_t interval_ms,
                            size_t *errbuf_len);
 
 /**
- * Registers this process as worker `index` of `generation`.
+ * The master closed the configuration of `generation` (nginx: the end of the Lua
+ * VM that registered it): aborts it if it was never committed (`failed`), or else
+ * commits the newer configuration of this master that replaces it.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_register_worker(uint64_t generation, uint32_t index, char *errbuf, size_t *errbuf_len);
+int wm_configuration_closed(struct wm_handle *h,
+                            uint64_t generation,
+                            char *errbuf,
+                            size_t *errbuf_len);
 
 /**
- * Records a heartbeat of this process's worker: no lock, no system call.
+ * Registers this process as worker `index` of `generation`, through this handle.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_heartbeat(char *errbuf, size_t *errbuf_len);
+int wm_register_worker(struct wm_handle *h,
+                       uint64_t generation,
+                       uint32_t index,
+                       char *errbuf,
+                       size_t *errbuf_len);
 
 /**
- * This process's worker began a graceful shutdown (nginx: the premature timer).
+ * Records a heartbeat of the handle's worker: no lock, no system call.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_announce_exit(char *errbuf, size_t *errbuf_len);
+int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
- * This process's worker exits: `graceful` non-zero for a graceful shutdown, zero
- * for a fast stop.
+ * The handle's worker began a graceful shutdown, and its process goes on for a
+ * while (`Registry::announce_exit`).
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_exit_worker(int graceful, char *errbuf, size_t *errbuf_len);
+int wm_announce_exit(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+
+/**
+ * The handle's worker exits: `graceful` non-zero for a graceful shutdown, zero for
+ * a fast stop.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_exit_worker(struct wm_handle *h, int graceful, char *errbuf, size_t *errbuf_len);
 
 /**
  * Looks for dead workers, hangs, deserted and stalled generations.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_sweep(char *errbuf, size_t *errbuf_len);
+int wm_sweep(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
- * The number of events in the buffer.
- */
-uint32_t wm_events_count(void);
-
-/**
- * Copies event `i` of the buffer into `*out`.
+ * The number of events in the handle's buffer (0 for NULL).
  *
  * # Safety
  *
- * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
- * with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle.
  */
-int wm_event_get(uint32_t i, struct wm_event *out, char *errbuf, size_t *errbuf_len);
+uint32_t wm_events_count(const struct wm_handle *h);
 
 /**
- * Records that the callbacks of event `seq` have run (the caller holds the lock, by
- * `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
+ * Copies event `i` of the handle's buffer into `*out`.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_event_get(struct wm_handle *h,
+                 uint32_t i,
+                 struct wm_event *out,
+                 char *errbuf,
+                 size_t *errbuf_len);
+
+/**
+ * Records that the callbacks of event `seq` have run (the handle holds the lock,
+ * by `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
  * process die before `wm_unlock`. Events of node-level kinds whose callbacks never
  * ran because their process died are delivered again to the next locker, flagged
  * `WM_EVENT_REDELIVERED`.
  *
  * # Safety
  *
- * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
- * reads and writes.
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_event_done(uint64_t seq, char *errbuf, size_t *errbuf_len);
+int wm_event_done(struct wm_handle *h, uint64_t seq, char *errbuf, size_t *errbuf_len);
 
 /**
- * Empties the event buffer.
+ * Empties the handle's event buffer.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle.
  */
-void wm_events_clear(void);
+void wm_events_clear(struct wm_handle *h);
 
 /**
  * Takes a snapshot of the registry without waiting for the lock: read lock-free
  * (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
- * a callback), then under it. `*generations` and `*workers` receive the numbers of
- * entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
- * `*run_state` the run state code, `*next_seq` the next journal sequence number,
- * and `*consistent` 0 when a writer died in the middle of a change (the copy may
- * mix two states).
+ * a callback), then under it. `*out` receives the registry as a whole; the entries
+ * are read with `wm_snapshot_generation` and `wm_snapshot_worker`.
  *
  * # Safety
  *
- * The out pointers are valid for writes; `errbuf` is NULL, or valid for
- * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_snapshot(uint32_t *generations,
-                uint32_t *workers,
-                uint32_t *run_state,
-                uint64_t *next_seq,
-                int *consistent,
-                char *errbuf,
-                size_t *errbuf_len);
+int wm_snapshot(struct wm_handle *h, struct wm_status *out, char *errbuf, size_t *errbuf_len);
 
 /**
  * Renders the registry in the Prometheus text exposition format, read without the
  * lock (a scrape never waits behind a callback). `*text` points to `*len` bytes
- * (not NUL-terminated) owned by the library, valid until the next `wm_metrics`
- * call on the same thread.
+ * (not NUL-terminated) owned by the handle, valid until its next `wm_metrics` or
+ * `wm_close`.
  *
  * # Safety
  *
- * `text` and `len` are valid for writes; `errbuf` is NULL, or valid for
- * `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `text` and `len` are valid for writes; `errbuf`
+ * is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+ * writes.
  */
-int wm_metrics(const char **text, size_t *len, char *errbuf, size_t *errbuf_len);
+int wm_metrics(struct wm_handle *h,
+               const char **text,
+               size_t *len,
+               char *errbuf,
+               size_t *errbuf_len);
 
 /**
- * Copies generation `i` of the last snapshot into `*out`.
+ * Copies generation `i` of the handle's last snapshot into `*out`.
  *
  * # Safety
  *
- * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
- * with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_snapshot_generation(uint32_t i, struct wm_generation *out, char *errbuf, size_t *errbuf_len);
+int wm_snapshot_generation(struct wm_handle *h,
+                           uint32_t i,
+                           struct wm_generation *out,
+                           char *errbuf,
+                           size_t *errbuf_len);
 
 /**
- * Copies worker `i` of the last snapshot into `*out`.
+ * Copies worker `i` of the handle's last snapshot into `*out`.
  *
  * # Safety
  *
- * `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
- * with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
  */
-int wm_snapshot_worker(uint32_t i, struct wm_worker *out, char *errbuf, size_t *errbuf_len);
+int wm_snapshot_worker(struct wm_handle *h,
+                       uint32_t i,
+                       struct wm_worker *out,
+                       char *errbuf,
+                       size_t *errbuf_len);
 
 #endif  /* WORKER_MANAGER_H */

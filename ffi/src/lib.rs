@@ -11,13 +11,17 @@
 //!   `errbuf` may be NULL to ignore the message;
 //! - a panic never crosses the boundary: it becomes `WM_ERR_PANIC`.
 //!
-//! State is per process (a registry handle, this process's worker, the events of
-//! the last operations), kept in thread-local storage of the thread that calls: nginx
-//! runs Lua on one thread per process. A `fork` child (an nginx worker) inherits it,
-//! which is how workers use the registry the master mapped without opening the file.
+//! State lives in handles (`wm_open`, `wm_close`): a registry, the worker registered
+//! through the handle, the events of its last operations, its last snapshot. nginx
+//! runs one Lua VM per subsystem (`http`, `stream`) in the same processes; each
+//! opens its own handle, on its own registry, and gets the events it would get
+//! alone. A `fork` child (an nginx worker) inherits the handles of its parent, which
+//! is how workers use the registry the master mapped without opening the file.
+//! Handles of one process on the same registry share one mapping, which is unmapped
+//! when the last is closed; handles are used by one thread at a time.
 //!
 //! Lifecycle operations do not run callbacks: they append their events to the
-//! process's event buffer, which the caller reads (`wm_events_count`,
+//! handle's event buffer, which the caller reads (`wm_events_count`,
 //! `wm_event_get`) and runs its own callbacks on, between `wm_lock` and
 //! `wm_unlock`, so that callbacks run under the registry lock.
 
@@ -25,10 +29,11 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use worker_manager::{
-    exposition, Error, Event, GenerationConfig, LockHold, Options, Registry, Snapshot, Worker,
+    exposition, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
@@ -55,19 +60,23 @@ pub const WM_ERR_CAPACITY: c_int = 17;
 pub const WM_ERR_INVALID_ARGUMENT: c_int = 18;
 pub const WM_ERR_UNKNOWN_GENERATION: c_int = 19;
 pub const WM_ERR_NOT_REGISTERED: c_int = 20;
-/// No registry is open in this process (`wm_open` first).
+/// No handle: a NULL `wm_handle` (`wm_open` first).
 pub const WM_ERR_NOT_OPEN: c_int = 21;
 /// `wm_unlock` without a matching `wm_lock`.
 pub const WM_ERR_NOT_LOCKED: c_int = 22;
-/// This process has no registered worker, or already has one.
+/// The handle has no registered worker, or already has one.
 pub const WM_ERR_WORKER: c_int = 23;
 /// An index out of range of the event buffer or the snapshot.
 pub const WM_ERR_RANGE: c_int = 24;
 /// A bug: a panic was caught at the boundary.
 pub const WM_ERR_PANIC: c_int = 25;
-/// `wm_open` of the path already open, which no longer names the mapped file (it
-/// was removed or replaced): the registry stays open and usable; a warning.
+/// `wm_open` of a path this process has open, which no longer names the mapped file
+/// (it was removed or replaced): the handle is returned, on the registry this
+/// process has mapped; a warning.
 pub const WM_ERR_REPLACED: c_int = 26;
+/// `wm_open` of a registry that another subsystem of this process (another Lua VM:
+/// nginx's `http` and `stream`) has open: each needs its own.
+pub const WM_ERR_SHARED: c_int = 27;
 
 /// `wm_event.flags`: the event is delivered again, because the process that had it
 /// delivered to its callbacks died before they all returned.
@@ -118,6 +127,29 @@ pub struct wm_generation {
     pub respawns: u64,
     pub crashes: u64,
     pub registered_ns: u64,
+    /// When the server committed the configuration; 0: not (yet).
+    pub committed_ns: u64,
+}
+
+/// The registry as a whole, from `wm_snapshot`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_status {
+    /// Entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`.
+    pub generations: u32,
+    pub workers: u32,
+    /// The run state code (`UINT32_MAX`: unknown).
+    pub run_state: u32,
+    /// 0 when a writer died in the middle of a change: the copy may mix two states.
+    pub consistent: c_int,
+    /// The sequence number the next journal entry gets.
+    pub next_seq: u64,
+    /// The last verdict on a configuration: its generation (0: none yet), 1
+    /// committed or 2 failed, and when.
+    pub verdict_generation: u64,
+    pub verdict: u32,
+    pub verdict_ns: u64,
 }
 
 /// A worker slot in use in a snapshot (a live worker, an exiting one, a tombstone).
@@ -137,21 +169,28 @@ pub struct wm_worker {
     pub registered_ns: u64,
 }
 
-#[derive(Default)]
-struct State {
-    registry: Option<&'static Registry>,
-    holds: Vec<LockHold<'static>>,
-    /// This process's worker, with the registry it registered in: its heartbeats and
-    /// exit go there even after `wm_open` moved the process to another path.
-    worker: Option<(&'static Registry, Worker)>,
+/// A tracker: one Lua VM's view of one registry.
+#[allow(non_camel_case_types)]
+pub struct wm_handle {
+    registry: Rc<Registry>,
+    /// How many `wm_lock`/`wm_try_lock` of this handle are not yet released.
+    holds: u32,
+    /// The worker registered through this handle.
+    worker: Option<Worker>,
     events: Vec<wm_event>,
     snapshot: Option<Snapshot>,
     /// The last metrics text.
     metrics: String,
 }
 
+/// A registry this process has mapped, and the subsystem whose handles use it.
+struct Mapped {
+    registry: Weak<Registry>,
+    subsystem: String,
+}
+
 thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State::default());
+    static MAPPED: RefCell<Vec<Mapped>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A failure at the boundary: a status code and its message.
@@ -225,13 +264,9 @@ impl ErrBuf {
     }
 }
 
-/// Runs `body` with the process state, catching panics and writing the error
-/// message to `err`.
-fn call(err: ErrBuf, body: impl FnOnce(&mut State) -> Outcome) -> c_int {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        STATE.with(|state| body(&mut state.borrow_mut()))
-    }))
-    .unwrap_or_else(|_| {
+/// Runs `body`, catching panics and writing the error message to `err`.
+fn call(err: ErrBuf, body: impl FnOnce() -> Outcome) -> c_int {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
         Err(Failure(
             WM_ERR_PANIC,
             "internal error (panic) in worker-manager".into(),
@@ -246,20 +281,30 @@ fn call(err: ErrBuf, body: impl FnOnce(&mut State) -> Outcome) -> c_int {
     }
 }
 
-fn registry(state: &State) -> Result<&'static Registry, Failure> {
-    state.registry.ok_or_else(|| {
-        Failure(
-            WM_ERR_NOT_OPEN,
-            "no registry is open in this process: call open first".into(),
-        )
+/// Runs `body` with the handle `h`, as [`call`] does.
+///
+/// # Safety
+///
+/// `h` is NULL or a handle from `wm_open`, not closed, used by no other thread.
+unsafe fn with_handle(
+    h: *mut wm_handle,
+    err: ErrBuf,
+    body: impl FnOnce(&mut wm_handle) -> Outcome,
+) -> c_int {
+    call(err, || {
+        // SAFETY: guaranteed by the caller.
+        let handle = unsafe { h.as_mut() }.ok_or_else(|| {
+            Failure(
+                WM_ERR_NOT_OPEN,
+                "no handle (NULL): open the registry first".into(),
+            )
+        })?;
+        body(handle)
     })
 }
 
 fn no_worker() -> Failure {
-    Failure(
-        WM_ERR_WORKER,
-        "this process has no registered worker".into(),
-    )
+    Failure(WM_ERR_WORKER, "this handle has no registered worker".into())
 }
 
 fn encode(event: &Event) -> wm_event {
@@ -290,64 +335,152 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// A C string argument as UTF-8.
+///
+/// # Safety
+///
+/// `s` is NULL or a NUL-terminated string.
+unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if s.is_null() {
+        return Err(Failure(
+            WM_ERR_INVALID_ARGUMENT,
+            format!("invalid {what}: NULL"),
+        ));
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { CStr::from_ptr(s) }.to_str().map_err(|_| {
+        Failure(
+            WM_ERR_INVALID_ARGUMENT,
+            format!("invalid {what}: not UTF-8"),
+        )
+    })
+}
+
+/// The registry at `path` for `subsystem`: the one this process has mapped, or a
+/// new mapping. The returned failure, if any, is a warning that goes with a registry
+/// (`WM_ERR_REPLACED`).
+fn map(
+    path: PathBuf,
+    subsystem: &str,
+    lock_timeout_ms: u64,
+) -> Result<(Rc<Registry>, Option<Failure>), Failure> {
+    MAPPED.with(|mapped| {
+        let mut mapped = mapped.borrow_mut();
+        mapped.retain(|m| m.registry.strong_count() > 0);
+        let found = mapped.iter().find_map(|m| {
+            let registry = m.registry.upgrade()?;
+            (registry.path() == path).then_some((registry, m.subsystem.as_str()))
+        });
+        if let Some((registry, user)) = found {
+            if user != subsystem {
+                return Err(Failure(
+                    WM_ERR_SHARED,
+                    format!(
+                        "registry {} is already used by the {user} subsystem of this \
+                         server: give the {subsystem} subsystem its own registry \
+                         (another shm or path)",
+                        path.display()
+                    ),
+                ));
+            }
+            let warning = (!registry.is_at_path()).then(|| {
+                Failure(
+                    WM_ERR_REPLACED,
+                    format!(
+                        "registry {} was removed or replaced while in use; this node goes \
+                         on with the registry it has mapped, which readers of the path no \
+                         longer see until nginx restarts",
+                        path.display()
+                    ),
+                )
+            });
+            return Ok((registry, warning));
+        }
+        let options = Options {
+            lock_timeout: ms(lock_timeout_ms),
+            ..Options::default()
+        };
+        let registry = Rc::new(Registry::open(&path, &options)?);
+        mapped.push(Mapped {
+            registry: Rc::downgrade(&registry),
+            subsystem: subsystem.to_string(),
+        });
+        Ok((registry, None))
+    })
+}
+
 /// The ABI version of this library (`WM_ABI_VERSION`).
 #[no_mangle]
 pub extern "C" fn wm_abi_version() -> u32 {
     WM_ABI_VERSION
 }
 
-/// Opens (creating it if needed) the registry at `path` for this process. Opening
-/// the path already open is a no-op, so that a reloaded configuration in the same
-/// master keeps its handle; if the path no longer names that file, the handle is kept
-/// and `WM_ERR_REPLACED` says so.
+/// Opens (creating it if needed) the registry at `path` for `subsystem` (a name:
+/// `http`, `stream`) and returns a new handle in `*handle`, to be closed with
+/// `wm_close`. Handles of one subsystem on the same path share the process's
+/// mapping (a reload's new configuration and the previous one); another subsystem
+/// is refused (`WM_ERR_SHARED`). If this process has the path mapped but the path
+/// no longer names that file, the handle is returned anyway and `WM_ERR_REPLACED`
+/// says so.
 ///
 /// # Safety
 ///
-/// `path` is a NUL-terminated string; `errbuf` is NULL, or valid for
-/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+/// `path` and `subsystem` are NUL-terminated strings; `handle` is valid for a
+/// write; `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len`
+/// valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_open(
     path: *const c_char,
+    subsystem: *const c_char,
     lock_timeout_ms: u64,
+    handle: *mut *mut wm_handle,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        if path.is_null() {
-            return Err(Failure(
-                WM_ERR_INVALID_ARGUMENT,
-                "invalid path: NULL".into(),
-            ));
-        }
+    call(ErrBuf::new(errbuf, errbuf_len), || {
         // SAFETY: guaranteed by the caller.
-        let path = unsafe { CStr::from_ptr(path) };
-        let path = PathBuf::from(
-            path.to_str()
-                .map_err(|_| Failure(WM_ERR_INVALID_ARGUMENT, "invalid path: not UTF-8".into()))?,
-        );
-        if let Some(registry) = state.registry.filter(|r| r.path() == path) {
-            if registry.is_at_path() {
-                return Ok(());
-            }
-            return Err(Failure(
-                WM_ERR_REPLACED,
-                format!(
-                    "registry {} was removed or replaced while in use; this node goes on \
-                     with the registry it has mapped, which readers of the path no longer \
-                     see until nginx restarts",
-                    path.display()
-                ),
-            ));
-        }
-        let options = Options {
-            lock_timeout: ms(lock_timeout_ms),
-            ..Options::default()
-        };
-        // Leaked on purpose: the mapping must outlive every worker of this process
-        // tree, and a fork child's robust-list entries point into it.
-        state.registry = Some(Box::leak(Box::new(Registry::open(&path, &options)?)));
-        Ok(())
+        let path = PathBuf::from(unsafe { text(path, "path") }?);
+        // SAFETY: guaranteed by the caller.
+        let subsystem = unsafe { text(subsystem, "subsystem") }?;
+        let (registry, warning) = map(path, subsystem, lock_timeout_ms)?;
+        let opened = Box::new(wm_handle {
+            registry,
+            holds: 0,
+            worker: None,
+            events: Vec::new(),
+            snapshot: None,
+            metrics: String::new(),
+        });
+        // SAFETY: guaranteed by the caller.
+        unsafe { *handle = Box::into_raw(opened) };
+        warning.map_or(Ok(()), Err)
     })
+}
+
+/// Closes a handle: releases its lock holdings, and unmaps the registry if no other
+/// handle of this process uses it. A handle whose worker is still registered keeps
+/// the mapping for the life of the process (the kernel's record of the worker's
+/// mutex points into it). NULL is ignored.
+///
+/// # Safety
+///
+/// `h` is NULL or a handle from `wm_open`, not closed before; it is not used after.
+#[no_mangle]
+pub unsafe extern "C" fn wm_close(h: *mut wm_handle) {
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller: `h` came from `Box::into_raw` in `wm_open`.
+    let handle = unsafe { Box::from_raw(h) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        for _ in 0..handle.holds {
+            let _ = handle.registry.release_lock();
+        }
+        if handle.worker.is_some() {
+            std::mem::forget(Rc::clone(&handle.registry));
+        }
+        drop(handle);
+    }));
 }
 
 /// Takes the registry lock (re-entrant); the events of a repair, if the previous
@@ -355,16 +488,26 @@ pub unsafe extern "C" fn wm_open(
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_lock(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let (hold, recovered) = registry(state)?.hold_lock()?;
-        state.holds.push(hold);
-        state.events.extend(recovered.iter().map(encode));
-        Ok(())
-    })
+pub unsafe extern "C" fn wm_lock(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let recovered = handle
+                .registry
+                .acquire_lock(true)?
+                .expect("a waiting acquisition holds the lock or fails");
+            handle.holds += 1;
+            handle.events.extend(recovered.iter().map(encode));
+            Ok(())
+        })
+    }
 }
 
 /// Takes the registry lock if it is free right now (re-entrant, like `wm_lock`):
@@ -373,56 +516,69 @@ pub unsafe extern "C" fn wm_lock(errbuf: *mut c_char, errbuf_len: *mut usize) ->
 ///
 /// # Safety
 ///
-/// `acquired` is valid for a write; `errbuf` is NULL, or valid for
-/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle; `acquired` is valid for a write; `errbuf` is
+/// NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+/// writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_try_lock(
+    h: *mut wm_handle,
     acquired: *mut c_int,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let taken = registry(state)?.try_hold_lock()?;
-        // SAFETY: guaranteed by the caller.
-        unsafe { *acquired = c_int::from(taken.is_some()) };
-        if let Some((hold, recovered)) = taken {
-            state.holds.push(hold);
-            state.events.extend(recovered.iter().map(encode));
-        }
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let taken = handle.registry.acquire_lock(false)?;
+            // SAFETY: guaranteed by the caller.
+            *acquired = c_int::from(taken.is_some());
+            if let Some(recovered) = taken {
+                handle.holds += 1;
+                handle.events.extend(recovered.iter().map(encode));
+            }
+            Ok(())
+        })
+    }
 }
 
-/// Releases one `wm_lock` or successful `wm_try_lock`.
+/// Releases one `wm_lock` or successful `wm_try_lock` of this handle.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_unlock(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        match state.holds.pop() {
-            Some(hold) => {
-                drop(hold);
-                Ok(())
+pub unsafe extern "C" fn wm_unlock(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            if handle.holds == 0 {
+                return Err(Failure(
+                    WM_ERR_NOT_LOCKED,
+                    "unlock without a lock held".into(),
+                ));
             }
-            None => Err(Failure(
-                WM_ERR_NOT_LOCKED,
-                "unlock without a lock held".into(),
-            )),
-        }
-    })
+            handle.registry.release_lock()?;
+            handle.holds -= 1;
+            Ok(())
+        })
+    }
 }
 
 /// Registers a generation whose master is this process; `*id` receives its id.
 ///
 /// # Safety
 ///
-/// `id` is valid for a write; `errbuf` is NULL, or valid for
-/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle; `id` is NULL or valid for a write; `errbuf` is
+/// NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+/// writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_register_generation(
+    h: *mut wm_handle,
     interval_ms: u64,
     failed_ms: u64,
     start_timeout_ms: u64,
@@ -431,251 +587,267 @@ pub unsafe extern "C" fn wm_register_generation(
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let config = GenerationConfig {
-            interval: ms(interval_ms),
-            failed: ms(failed_ms),
-            start_timeout: ms(start_timeout_ms),
-            expected_workers,
-        };
-        let registry = registry(state)?;
-        let events = &mut state.events;
-        let generation = registry.register_generation(&config, |e| events.push(encode(e)))?;
-        if !id.is_null() {
-            // SAFETY: guaranteed by the caller.
-            unsafe { *id = generation };
-        }
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let config = GenerationConfig {
+                interval: ms(interval_ms),
+                failed: ms(failed_ms),
+                start_timeout: ms(start_timeout_ms),
+                expected_workers,
+            };
+            let events = &mut handle.events;
+            let generation = handle
+                .registry
+                .register_generation(&config, |e| events.push(encode(e)))?;
+            if !id.is_null() {
+                // SAFETY: guaranteed by the caller.
+                *id = generation;
+            }
+            Ok(())
+        })
+    }
 }
 
-/// Registers this process as worker `index` of `generation`.
+/// The master closed the configuration of `generation` (nginx: the end of the Lua
+/// VM that registered it): aborts it if it was never committed (`failed`), or else
+/// commits the newer configuration of this master that replaces it.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_configuration_closed(
+    h: *mut wm_handle,
+    generation: u64,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let events = &mut handle.events;
+            handle
+                .registry
+                .configuration_closed(generation, |e| events.push(encode(e)))?;
+            Ok(())
+        })
+    }
+}
+
+/// Registers this process as worker `index` of `generation`, through this handle.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_register_worker(
+    h: *mut wm_handle,
     generation: u64,
     index: u32,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        if state.worker.is_some() {
-            return Err(Failure(
-                WM_ERR_WORKER,
-                "this process already has a registered worker".into(),
-            ));
-        }
-        let registry = registry(state)?;
-        let events = &mut state.events;
-        let worker = registry.register_worker(generation, index, |e| events.push(encode(e)))?;
-        state.worker = Some((registry, worker));
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            if handle.worker.is_some() {
+                return Err(Failure(
+                    WM_ERR_WORKER,
+                    "this handle already has a registered worker".into(),
+                ));
+            }
+            let events = &mut handle.events;
+            let worker = handle
+                .registry
+                .register_worker(generation, index, |e| events.push(encode(e)))?;
+            handle.worker = Some(worker);
+            Ok(())
+        })
+    }
 }
 
-/// Records a heartbeat of this process's worker: no lock, no system call.
+/// Records a heartbeat of the handle's worker: no lock, no system call.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_heartbeat(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        // Without a registry open, that is the error, as for every other call.
-        registry(state)?;
-        let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
-        registry.heartbeat(worker)?;
-        Ok(())
-    })
+pub unsafe extern "C" fn wm_heartbeat(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
+            handle.registry.heartbeat(worker)?;
+            Ok(())
+        })
+    }
 }
 
-/// This process's worker began a graceful shutdown (nginx: the premature timer).
+/// The handle's worker began a graceful shutdown, and its process goes on for a
+/// while (`Registry::announce_exit`).
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_announce_exit(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        registry(state)?;
-        let (registry, worker) = state.worker.as_ref().ok_or_else(no_worker)?;
-        let events = &mut state.events;
-        registry.announce_exit(worker, |e| events.push(encode(e)))?;
-        Ok(())
-    })
+pub unsafe extern "C" fn wm_announce_exit(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
+            let events = &mut handle.events;
+            handle
+                .registry
+                .announce_exit(worker, |e| events.push(encode(e)))?;
+            Ok(())
+        })
+    }
 }
 
-/// This process's worker exits: `graceful` non-zero for a graceful shutdown, zero
-/// for a fast stop.
+/// The handle's worker exits: `graceful` non-zero for a graceful shutdown, zero for
+/// a fast stop.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_exit_worker(
+    h: *mut wm_handle,
     graceful: c_int,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        registry(state)?;
-        let (registry, worker) = state.worker.take().ok_or_else(no_worker)?;
-        let events = &mut state.events;
-        registry.exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let worker = handle.worker.take().ok_or_else(no_worker)?;
+            let events = &mut handle.events;
+            handle
+                .registry
+                .exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
+            Ok(())
+        })
+    }
 }
 
 /// Looks for dead workers, hangs, deserted and stalled generations.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
-pub unsafe extern "C" fn wm_sweep(errbuf: *mut c_char, errbuf_len: *mut usize) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let registry = registry(state)?;
-        let events = &mut state.events;
-        registry.sweep(|e| events.push(encode(e)))?;
-        Ok(())
-    })
+pub unsafe extern "C" fn wm_sweep(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let events = &mut handle.events;
+            handle.registry.sweep(|e| events.push(encode(e)))?;
+            Ok(())
+        })
+    }
 }
 
-/// The number of events in the buffer.
-#[no_mangle]
-pub extern "C" fn wm_events_count() -> u32 {
-    catch_unwind(|| STATE.with(|s| s.borrow().events.len() as u32)).unwrap_or(0)
-}
-
-/// Copies event `i` of the buffer into `*out`.
+/// The number of events in the handle's buffer (0 for NULL).
 ///
 /// # Safety
 ///
-/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
-/// with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle.
+#[no_mangle]
+pub unsafe extern "C" fn wm_events_count(h: *const wm_handle) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { h.as_ref() }.map_or(0, |handle| handle.events.len() as u32)
+}
+
+/// Copies event `i` of the handle's buffer into `*out`.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_event_get(
+    h: *mut wm_handle,
     i: u32,
     out: *mut wm_event,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let event = state
-            .events
-            .get(i as usize)
-            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no event {i}")))?;
-        // SAFETY: guaranteed by the caller.
-        unsafe { *out = *event };
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let event = handle
+                .events
+                .get(i as usize)
+                .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no event {i}")))?;
+            // SAFETY: guaranteed by the caller.
+            *out = *event;
+            Ok(())
+        })
+    }
 }
 
-/// Records that the callbacks of event `seq` have run (the caller holds the lock, by
-/// `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
+/// Records that the callbacks of event `seq` have run (the handle holds the lock,
+/// by `wm_lock` or `wm_try_lock`), so that it is not delivered again should this
 /// process die before `wm_unlock`. Events of node-level kinds whose callbacks never
 /// ran because their process died are delivered again to the next locker, flagged
 /// `WM_EVENT_REDELIVERED`.
 ///
 /// # Safety
 ///
-/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
-/// reads and writes.
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_event_done(
+    h: *mut wm_handle,
     seq: u64,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        if state.holds.is_empty() {
-            return Err(Failure(
-                WM_ERR_NOT_LOCKED,
-                "an event is done only under the lock".into(),
-            ));
-        }
-        registry(state)?.delivered(seq);
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            if handle.holds == 0 {
+                return Err(Failure(
+                    WM_ERR_NOT_LOCKED,
+                    "an event is done only under the lock".into(),
+                ));
+            }
+            handle.registry.delivered(seq);
+            Ok(())
+        })
+    }
 }
 
-/// Empties the event buffer.
-#[no_mangle]
-pub extern "C" fn wm_events_clear() {
-    let _ = catch_unwind(|| STATE.with(|s| s.borrow_mut().events.clear()));
-}
-
-/// Takes a snapshot of the registry without waiting for the lock: read lock-free
-/// (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
-/// a callback), then under it. `*generations` and `*workers` receive the numbers of
-/// entries to read with `wm_snapshot_generation` and `wm_snapshot_worker`,
-/// `*run_state` the run state code, `*next_seq` the next journal sequence number,
-/// and `*consistent` 0 when a writer died in the middle of a change (the copy may
-/// mix two states).
+/// Empties the handle's event buffer.
 ///
 /// # Safety
 ///
-/// The out pointers are valid for writes; `errbuf` is NULL, or valid for
-/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle.
 #[no_mangle]
-pub unsafe extern "C" fn wm_snapshot(
-    generations: *mut u32,
-    workers: *mut u32,
-    run_state: *mut u32,
-    next_seq: *mut u64,
-    consistent: *mut c_int,
-    errbuf: *mut c_char,
-    errbuf_len: *mut usize,
-) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let snapshot = registry(state)?.status()?;
-        // SAFETY: guaranteed by the caller.
-        unsafe {
-            *generations = snapshot.generations.len() as u32;
-            *workers = snapshot.workers.len() as u32;
-            *run_state = snapshot.run_state.map_or(u32::MAX, |r| r.code());
-            *next_seq = snapshot.next_seq;
-            *consistent = c_int::from(snapshot.consistent);
-        }
-        state.snapshot = Some(snapshot);
-        Ok(())
-    })
-}
-
-/// Renders the registry in the Prometheus text exposition format, read without the
-/// lock (a scrape never waits behind a callback). `*text` points to `*len` bytes
-/// (not NUL-terminated) owned by the library, valid until the next `wm_metrics`
-/// call on the same thread.
-///
-/// # Safety
-///
-/// `text` and `len` are valid for writes; `errbuf` is NULL, or valid for
-/// `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
-#[no_mangle]
-pub unsafe extern "C" fn wm_metrics(
-    text: *mut *const c_char,
-    len: *mut usize,
-    errbuf: *mut c_char,
-    errbuf_len: *mut usize,
-) -> c_int {
-    call(ErrBuf::new(errbuf, errbuf_len), |state| {
-        let registry = registry(state)?;
-        state.metrics = exposition::prometheus(&registry.observe(), registry.path());
-        // SAFETY: guaranteed by the caller.
-        unsafe {
-            *text = state.metrics.as_ptr().cast();
-            *len = state.metrics.len();
-        }
-        Ok(())
-    })
+pub unsafe extern "C" fn wm_events_clear(h: *mut wm_handle) {
+    // SAFETY: guaranteed by the caller.
+    if let Some(handle) = unsafe { h.as_mut() } {
+        handle.events.clear();
+    }
 }
 
 fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
@@ -683,38 +855,114 @@ fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Copies entry `i` of the last snapshot, as `pick` finds and converts it, to `*out`.
+/// Takes a snapshot of the registry without waiting for the lock: read lock-free
+/// (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
+/// a callback), then under it. `*out` receives the registry as a whole; the entries
+/// are read with `wm_snapshot_generation` and `wm_snapshot_worker`.
 ///
 /// # Safety
 ///
-/// `out` is valid for a write; `err` as the caller's own contract says.
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_snapshot(
+    h: *mut wm_handle,
+    out: *mut wm_status,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let snapshot = handle.registry.status()?;
+            let verdict = snapshot.verdict;
+            // SAFETY: guaranteed by the caller.
+            *out = wm_status {
+                generations: snapshot.generations.len() as u32,
+                workers: snapshot.workers.len() as u32,
+                run_state: snapshot.run_state.map_or(u32::MAX, |r| r.code()),
+                consistent: c_int::from(snapshot.consistent),
+                next_seq: snapshot.next_seq,
+                verdict_generation: verdict.map_or(0, |v| v.generation),
+                verdict: verdict.map_or(0, |v| if v.committed { 1 } else { 2 }),
+                verdict_ns: verdict.map_or(0, |v| nanos_since_epoch(v.time)),
+            };
+            handle.snapshot = Some(snapshot);
+            Ok(())
+        })
+    }
+}
+
+/// Renders the registry in the Prometheus text exposition format, read without the
+/// lock (a scrape never waits behind a callback). `*text` points to `*len` bytes
+/// (not NUL-terminated) owned by the handle, valid until its next `wm_metrics` or
+/// `wm_close`.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `text` and `len` are valid for writes; `errbuf`
+/// is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and
+/// writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_metrics(
+    h: *mut wm_handle,
+    text: *mut *const c_char,
+    len: *mut usize,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let registry = &handle.registry;
+            handle.metrics = exposition::prometheus(&registry.observe(), registry.path());
+            // SAFETY: guaranteed by the caller.
+            *text = handle.metrics.as_ptr().cast();
+            *len = handle.metrics.len();
+            Ok(())
+        })
+    }
+}
+
+/// Copies entry `i` of the handle's last snapshot, as `pick` finds and converts it,
+/// to `*out`.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `out` is valid for a write; `err` as the
+/// caller's own contract says.
 unsafe fn copy_entry<T>(
+    h: *mut wm_handle,
     what: &str,
     i: u32,
     out: *mut T,
     err: ErrBuf,
     pick: impl FnOnce(&Snapshot, usize) -> Option<T>,
 ) -> c_int {
-    call(err, |state| {
-        let entry = state
-            .snapshot
-            .as_ref()
-            .and_then(|s| pick(s, i as usize))
-            .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no {what} {i} in the snapshot")))?;
-        // SAFETY: guaranteed by the caller.
-        unsafe { *out = entry };
-        Ok(())
-    })
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, err, |handle| {
+            let entry = handle
+                .snapshot
+                .as_ref()
+                .and_then(|s| pick(s, i as usize))
+                .ok_or_else(|| Failure(WM_ERR_RANGE, format!("no {what} {i} in the snapshot")))?;
+            // SAFETY: guaranteed by the caller.
+            *out = entry;
+            Ok(())
+        })
+    }
 }
 
-/// Copies generation `i` of the last snapshot into `*out`.
+/// Copies generation `i` of the handle's last snapshot into `*out`.
 ///
 /// # Safety
 ///
-/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
-/// with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_snapshot_generation(
+    h: *mut wm_handle,
     i: u32,
     out: *mut wm_generation,
     errbuf: *mut c_char,
@@ -724,7 +972,7 @@ pub unsafe extern "C" fn wm_snapshot_generation(
     let err = ErrBuf::new(errbuf, errbuf_len);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        copy_entry("generation", i, out, err, |s, i| {
+        copy_entry(h, "generation", i, out, err, |s, i| {
             s.generations.get(i).map(|g| wm_generation {
                 id: g.id,
                 state: code(g.state.map(|s| s.code())),
@@ -738,19 +986,21 @@ pub unsafe extern "C" fn wm_snapshot_generation(
                 respawns: g.respawns,
                 crashes: g.crashes,
                 registered_ns: nanos_since_epoch(g.registered),
+                committed_ns: g.committed.map_or(0, nanos_since_epoch),
             })
         })
     }
 }
 
-/// Copies worker `i` of the last snapshot into `*out`.
+/// Copies worker `i` of the handle's last snapshot into `*out`.
 ///
 /// # Safety
 ///
-/// `out` is valid for a write; `errbuf` is NULL, or valid for `*errbuf_len` bytes
-/// with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_snapshot_worker(
+    h: *mut wm_handle,
     i: u32,
     out: *mut wm_worker,
     errbuf: *mut c_char,
@@ -759,7 +1009,7 @@ pub unsafe extern "C" fn wm_snapshot_worker(
     let err = ErrBuf::new(errbuf, errbuf_len);
     // SAFETY: guaranteed by the caller.
     unsafe {
-        copy_entry("worker", i, out, err, |s, i| {
+        copy_entry(h, "worker", i, out, err, |s, i| {
             s.workers.get(i).map(|w| wm_worker {
                 generation: w.id.generation,
                 pid: w.id.pid,
@@ -772,79 +1022,5 @@ pub unsafe extern "C" fn wm_snapshot_worker(
                 registered_ns: nanos_since_epoch(w.registered),
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use worker_manager::{Capacities, Observer};
-
-    use std::ffi::CString;
-
-    fn c_path(path: &std::path::Path) -> CString {
-        CString::new(path.to_str().unwrap()).unwrap()
-    }
-
-    /// Found by the `c_abi` fuzz target: after `wm_open` of another path, the worker
-    /// went to the new registry, where its slot index could be out of range (a
-    /// panic) or another slot (the exit failed and the worker could never leave).
-    #[test]
-    fn a_worker_stays_with_its_registry_when_another_is_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let (first, second) = (dir.path().join("first.wm"), dir.path().join("second.wm"));
-        let one_slot = Options {
-            capacities: Capacities {
-                generations: 1,
-                workers: 1,
-                events: 4,
-            },
-            ..Options::default()
-        };
-        drop(Registry::open(&second, &one_slot).unwrap());
-        let mut buf = [0 as c_char; 256];
-        let mut len = 0usize;
-        let mut err = || {
-            len = buf.len();
-            (buf.as_mut_ptr(), &mut len as *mut usize)
-        };
-        let mut generation = 0;
-        // SAFETY: valid C strings, out-parameters and error buffers throughout.
-        unsafe {
-            let (b, l) = err();
-            assert_eq!(wm_open(c_path(&first).as_ptr(), 1000, b, l), WM_OK);
-            let (b, l) = err();
-            assert_eq!(
-                wm_register_generation(10_000, 5_000, 60_000, 2, &mut generation, b, l),
-                WM_OK
-            );
-        }
-        // A worker of another thread dies without exiting: its tombstone keeps slot
-        // 0, so this thread's worker takes slot 1, beyond the second registry's one.
-        let path = first.clone();
-        std::thread::spawn(move || {
-            let registry = Box::leak(Box::new(
-                Registry::open(&path, &Options::default()).unwrap(),
-            ));
-            registry.register_worker(generation, 0, |_| {}).unwrap();
-        })
-        .join()
-        .unwrap();
-        // SAFETY: as above.
-        unsafe {
-            let (b, l) = err();
-            assert_eq!(wm_register_worker(generation, 1, b, l), WM_OK);
-            let (b, l) = err();
-            assert_eq!(wm_open(c_path(&second).as_ptr(), 1000, b, l), WM_OK);
-            let (b, l) = err();
-            assert_eq!(wm_heartbeat(b, l), WM_OK);
-            let (b, l) = err();
-            assert_eq!(wm_announce_exit(b, l), WM_OK);
-            let (b, l) = err();
-            assert_eq!(wm_exit_worker(1, b, l), WM_OK);
-        }
-        let snapshot = Observer::open(&first).unwrap().snapshot();
-        assert_eq!(snapshot.live_workers().count(), 0);
-        assert!(snapshot.workers.iter().all(|w| w.id.index == 0));
     }
 }

@@ -1,9 +1,12 @@
-//! The C ABI called as C calls it: status codes, messages written into the caller's
-//! buffer, bad arguments, and one whole life of a worker.
+//! The C ABI called as C calls it: handles, status codes, messages written into the
+//! caller's buffer, bad arguments, one whole life of a worker, and two handles (the
+//! http and stream Lua VMs of one nginx) in one process.
 
 use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
 use std::ptr;
 
+use worker_manager::{EventKind, Observer};
 use worker_manager_ffi::*;
 
 /// A caller-owned error buffer, as the Lua module keeps one.
@@ -38,44 +41,93 @@ impl ErrBuf {
     }
 }
 
+macro_rules! call {
+    ($err:ident, $f:ident($($arg:expr),*)) => {{
+        let (buf, len) = $err.args();
+        $f($($arg,)* buf, len)
+    }};
+}
+
+fn c(text: &str) -> CString {
+    CString::new(text).unwrap()
+}
+
+fn c_path(path: &Path) -> CString {
+    c(path.to_str().unwrap())
+}
+
+/// Opens `path` for `subsystem`: the status and the handle.
+fn open(path: &Path, subsystem: &str, err: &mut ErrBuf) -> (i32, *mut wm_handle) {
+    let mut handle: *mut wm_handle = ptr::null_mut();
+    let (path, subsystem) = (c_path(path), c(subsystem));
+    // SAFETY: valid C strings, out-parameter and error buffer.
+    let rc = unsafe {
+        call!(
+            err,
+            wm_open(path.as_ptr(), subsystem.as_ptr(), 1000, &mut handle)
+        )
+    };
+    (rc, handle)
+}
+
+/// The kinds of the events in a handle's buffer, which is emptied.
+///
+/// # Safety
+///
+/// `h` is an open handle.
+unsafe fn take_kinds(h: *mut wm_handle) -> Vec<u32> {
+    let mut err = ErrBuf::new();
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let kinds = (0..wm_events_count(h))
+            .map(|i| {
+                let mut e = wm_event::default();
+                assert_eq!(call!(err, wm_event_get(h, i, &mut e)), WM_OK);
+                e.kind
+            })
+            .collect();
+        wm_events_clear(h);
+        kinds
+    }
+}
+
 #[test]
 fn bad_calls_give_their_status_and_a_message() {
     let mut err = ErrBuf::new();
-    let (buf, len) = err.args();
+    let mut handle: *mut wm_handle = ptr::null_mut();
+    let http = c("http");
     // SAFETY: arguments as the header describes (NULL path on purpose).
-    let rc = unsafe { wm_open(ptr::null(), 1000, buf, len) };
+    let rc = unsafe { call!(err, wm_open(ptr::null(), http.as_ptr(), 1000, &mut handle)) };
     assert_eq!(rc, WM_ERR_INVALID_ARGUMENT);
     assert!(err.message().contains("invalid path"));
-    let (buf, len) = err.args();
-    // SAFETY: a valid error buffer.
-    assert_eq!(unsafe { wm_heartbeat(buf, len) }, WM_ERR_NOT_OPEN);
-    assert!(
-        err.message().contains("no registry is open"),
-        "{}",
-        err.message()
-    );
-    let (buf, len) = err.args();
-    // SAFETY: a valid error buffer.
-    assert_eq!(unsafe { wm_unlock(buf, len) }, WM_ERR_NOT_LOCKED);
-    assert!(err.message().contains("unlock without a lock"));
-    let mut e = wm_event::default();
-    let (buf, len) = err.args();
-    // SAFETY: valid out-parameters.
-    assert_eq!(unsafe { wm_event_get(0, &mut e, buf, len) }, WM_ERR_RANGE);
-    assert!(err.message().contains("no event 0"));
-    // A NULL buffer is allowed.
-    // SAFETY: as above.
-    let rc = unsafe { wm_sweep(ptr::null_mut(), ptr::null_mut()) };
+    assert!(handle.is_null(), "no handle on failure");
+    // SAFETY: a NULL handle is refused, never dereferenced.
+    let rc = unsafe { call!(err, wm_heartbeat(ptr::null_mut())) };
     assert_eq!(rc, WM_ERR_NOT_OPEN);
+    assert!(err.message().contains("no handle"), "{}", err.message());
+    // SAFETY: as above; a NULL error buffer is allowed.
+    let rc = unsafe { wm_sweep(ptr::null_mut(), ptr::null_mut(), ptr::null_mut()) };
+    assert_eq!(rc, WM_ERR_NOT_OPEN);
+    // SAFETY: NULL is ignored.
+    unsafe { wm_close(ptr::null_mut()) };
+
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("foreign.wm");
     std::fs::write(&foreign, vec![b'x'; 8192]).unwrap();
-    let path = CString::new(foreign.to_str().unwrap()).unwrap();
-    let (buf, len) = err.args();
-    // SAFETY: a valid C string and error buffer.
-    let rc = unsafe { wm_open(path.as_ptr(), 1000, buf, len) };
-    assert_eq!(rc, WM_ERR_FOREIGN_MAGIC);
+    assert_eq!(open(&foreign, "http", &mut err).0, WM_ERR_FOREIGN_MAGIC);
     assert!(err.message().contains("not a worker-manager registry"));
+
+    let (rc, h) = open(&dir.path().join("r.wm"), "http", &mut err);
+    assert_eq!(rc, WM_OK);
+    // SAFETY: an open handle, valid out-parameters and error buffers.
+    unsafe {
+        assert_eq!(call!(err, wm_unlock(h)), WM_ERR_NOT_LOCKED);
+        assert!(err.message().contains("unlock without a lock"));
+        let mut e = wm_event::default();
+        assert_eq!(call!(err, wm_event_get(h, 0, &mut e)), WM_ERR_RANGE);
+        assert!(err.message().contains("no event 0"));
+        wm_close(h);
+    }
     assert_eq!(wm_abi_version(), WM_ABI_VERSION);
 }
 
@@ -83,11 +135,22 @@ fn bad_calls_give_their_status_and_a_message() {
 /// capacity 0 or 1 is never written past.
 #[test]
 fn messages_are_cut_to_the_callers_buffer() {
-    let long = CString::new(format!("/nonexistent/{}/r.wm", "d".repeat(300))).unwrap();
+    let long = c(&format!("/nonexistent/{}/r.wm", "d".repeat(300)));
+    let http = c("http");
+    let mut handle: *mut wm_handle = ptr::null_mut();
     let mut small = [0x55 as c_char; 17];
     let mut len = 16usize;
     // SAFETY: the buffer holds 17 bytes and says 16: the last one must stay untouched.
-    let rc = unsafe { wm_open(long.as_ptr(), 1000, small.as_mut_ptr(), &mut len) };
+    let rc = unsafe {
+        wm_open(
+            long.as_ptr(),
+            http.as_ptr(),
+            1000,
+            &mut handle,
+            small.as_mut_ptr(),
+            &mut len,
+        )
+    };
     assert_ne!(rc, WM_OK);
     assert_eq!(len, 15);
     assert_eq!(small[15], 0);
@@ -96,7 +159,16 @@ fn messages_are_cut_to_the_callers_buffer() {
         let mut byte = [0x55 as c_char; 1];
         let mut len = capacity;
         // SAFETY: a buffer of `capacity` bytes (at most 1).
-        unsafe { wm_open(long.as_ptr(), 1000, byte.as_mut_ptr(), &mut len) };
+        unsafe {
+            wm_open(
+                long.as_ptr(),
+                http.as_ptr(),
+                1000,
+                &mut handle,
+                byte.as_mut_ptr(),
+                &mut len,
+            )
+        };
         assert_eq!(byte[0], if capacity == 1 { 0 } else { 0x55 });
     }
 }
@@ -104,77 +176,154 @@ fn messages_are_cut_to_the_callers_buffer() {
 #[test]
 fn a_worker_lifetime_through_the_abi() {
     let dir = tempfile::tempdir().unwrap();
-    let path = CString::new(dir.path().join("r.wm").to_str().unwrap()).unwrap();
     let mut err = ErrBuf::new();
+    let (rc, h) = open(&dir.path().join("r.wm"), "http", &mut err);
+    assert_eq!(rc, WM_OK);
     let mut generation = 0u64;
-    macro_rules! call {
-        ($f:ident($($arg:expr),*)) => {{
-            let (buf, len) = err.args();
-            $f($($arg,)* buf, len)
-        }};
-    }
-    // SAFETY: valid C string, out-parameters and error buffers throughout.
+    // SAFETY: an open handle, valid out-parameters and error buffers throughout.
     unsafe {
-        assert_eq!(call!(wm_open(path.as_ptr(), 1000)), WM_OK);
-        assert_eq!(call!(wm_lock()), WM_OK);
+        assert_eq!(call!(err, wm_lock(h)), WM_OK);
         assert_eq!(
-            call!(wm_register_generation(
-                10_000,
-                5_000,
-                60_000,
-                1,
-                &mut generation
-            )),
+            call!(
+                err,
+                wm_register_generation(h, 10_000, 5_000, 60_000, 1, &mut generation)
+            ),
             WM_OK
         );
-        assert_eq!(wm_events_count(), 1);
+        assert_eq!(wm_events_count(h), 1);
         let mut e = wm_event::default();
-        assert_eq!(call!(wm_event_get(0, &mut e)), WM_OK);
+        assert_eq!(call!(err, wm_event_get(h, 0, &mut e)), WM_OK);
         assert_eq!(
             (e.kind, e.generation, e.n_prev, e.n_mine, e.flags),
             (1, generation, -1, 0, 0)
         );
-        assert_eq!(call!(wm_event_done(e.seq)), WM_OK);
-        assert_eq!(call!(wm_unlock()), WM_OK);
-        assert_eq!(call!(wm_event_done(e.seq)), WM_ERR_NOT_LOCKED);
-        wm_events_clear();
-        assert_eq!(call!(wm_heartbeat()), WM_ERR_WORKER);
-        assert_eq!(call!(wm_register_worker(generation, 0)), WM_OK);
-        assert_eq!(call!(wm_register_worker(generation, 1)), WM_ERR_WORKER);
-        assert_eq!(call!(wm_heartbeat()), WM_OK);
-        let (mut gens, mut workers, mut run, mut seq, mut consistent) = (0u32, 0u32, 0u32, 0u64, 0);
+        assert_eq!(call!(err, wm_event_done(h, e.seq)), WM_OK);
+        assert_eq!(call!(err, wm_unlock(h)), WM_OK);
+        assert_eq!(call!(err, wm_event_done(h, e.seq)), WM_ERR_NOT_LOCKED);
+        wm_events_clear(h);
+        assert_eq!(call!(err, wm_heartbeat(h)), WM_ERR_WORKER);
+        assert_eq!(call!(err, wm_register_worker(h, generation, 0)), WM_OK);
         assert_eq!(
-            call!(wm_snapshot(
-                &mut gens,
-                &mut workers,
-                &mut run,
-                &mut seq,
-                &mut consistent
-            )),
-            WM_OK
+            call!(err, wm_register_worker(h, generation, 1)),
+            WM_ERR_WORKER
         );
-        assert_eq!((gens, workers, run, consistent), (1, 1, 1, 1));
+        assert_eq!(call!(err, wm_heartbeat(h)), WM_OK);
+        let mut status = wm_status::default();
+        assert_eq!(call!(err, wm_snapshot(h, &mut status)), WM_OK);
+        assert_eq!(
+            (
+                status.generations,
+                status.workers,
+                status.run_state,
+                status.consistent
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!((status.verdict_generation, status.verdict), (generation, 1));
+        let mut g = wm_generation::default();
+        assert_eq!(call!(err, wm_snapshot_generation(h, 0, &mut g)), WM_OK);
+        assert_ne!(g.committed_ns, 0, "its worker committed it");
         let mut w = wm_worker::default();
-        assert_eq!(call!(wm_snapshot_worker(0, &mut w)), WM_OK);
+        assert_eq!(call!(err, wm_snapshot_worker(h, 0, &mut w)), WM_OK);
         assert_eq!((w.pid, w.state), (std::process::id(), 1));
-        assert_eq!(call!(wm_snapshot_worker(1, &mut w)), WM_ERR_RANGE);
-        assert_eq!(call!(wm_exit_worker(1)), WM_OK);
-        let kinds: Vec<u32> = (0..wm_events_count())
-            .map(|i| {
-                let mut e = wm_event::default();
-                call!(wm_event_get(i, &mut e));
-                e.kind
-            })
-            .collect();
+        assert_eq!(call!(err, wm_snapshot_worker(h, 1, &mut w)), WM_ERR_RANGE);
+        assert_eq!(call!(err, wm_exit_worker(h, 1)), WM_OK);
+        let kinds = take_kinds(h);
         assert_eq!(kinds, [2, 3, 4], "worker_start, worker_exit, master_exit");
-        assert_eq!(call!(wm_exit_worker(1)), WM_ERR_WORKER);
+        assert_eq!(call!(err, wm_exit_worker(h, 1)), WM_ERR_WORKER);
         // The message of a failing heartbeat is in the caller's buffer, whatever
         // failed before it.
-        assert_eq!(call!(wm_heartbeat()), WM_ERR_WORKER);
+        assert_eq!(call!(err, wm_heartbeat(h)), WM_ERR_WORKER);
         assert!(
             err.message().contains("no registered worker"),
             "{}",
             err.message()
         );
+        wm_close(h);
     }
+}
+
+/// nginx's http and stream subsystems: two Lua VMs in one process, each with its
+/// own handle on its own registry, each registering the same process as a worker.
+/// Each registry sees exactly its own events; a third subsystem cannot share one
+/// of theirs; a reload's new VM shares its predecessor's mapping.
+#[test]
+fn two_handles_in_one_process_track_independently() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_path, stream_path) = (dir.path().join("http.wm"), dir.path().join("stream.wm"));
+    let mut err = ErrBuf::new();
+    let (rc, http) = open(&http_path, "http", &mut err);
+    assert_eq!(rc, WM_OK);
+    let (rc, stream) = open(&stream_path, "stream", &mut err);
+    assert_eq!(rc, WM_OK);
+    let (rc, _) = open(&http_path, "stream", &mut err);
+    assert_eq!(rc, WM_ERR_SHARED);
+    assert!(
+        err.message().contains("used by the http subsystem"),
+        "{}",
+        err.message()
+    );
+    let (mut g_http, mut g_stream) = (0, 0);
+    // SAFETY: open handles, valid out-parameters and error buffers throughout.
+    unsafe {
+        assert_eq!(
+            call!(
+                err,
+                wm_register_generation(http, 10_000, 5_000, 60_000, 1, &mut g_http)
+            ),
+            WM_OK
+        );
+        assert_eq!(
+            call!(
+                err,
+                wm_register_generation(stream, 10_000, 5_000, 60_000, 1, &mut g_stream)
+            ),
+            WM_OK
+        );
+        assert_eq!(call!(err, wm_register_worker(http, g_http, 0)), WM_OK);
+        assert_eq!(call!(err, wm_register_worker(stream, g_stream, 0)), WM_OK);
+        assert_eq!(take_kinds(http), [1, 2]);
+        assert_eq!(take_kinds(stream), [1, 2]);
+
+        // A reload of the http subsystem: a new VM, a new handle on the same
+        // registry; the old VM's end commits the new configuration.
+        let (rc, http2) = open(&http_path, "http", &mut err);
+        assert_eq!(rc, WM_OK);
+        let mut g_http2 = 0;
+        assert_eq!(
+            call!(
+                err,
+                wm_register_generation(http2, 10_000, 5_000, 60_000, 1, &mut g_http2)
+            ),
+            WM_OK
+        );
+        assert_eq!(call!(err, wm_configuration_closed(http, g_http)), WM_OK);
+        let start = &take_kinds(http2);
+        assert_eq!(start, &[EventKind::MasterStart.code()]);
+
+        // Each exit goes to its own registry.
+        assert_eq!(call!(err, wm_exit_worker(http, 1)), WM_OK);
+        assert_eq!(call!(err, wm_exit_worker(stream, 0)), WM_OK);
+        assert_eq!(
+            take_kinds(http),
+            [3, 4],
+            "worker_exit, master_exit (reload)"
+        );
+        assert_eq!(
+            take_kinds(stream),
+            [3, 4],
+            "worker_exit, master_exit (fast stop)"
+        );
+        wm_close(http);
+        wm_close(http2);
+        wm_close(stream);
+    }
+    let http_events = Observer::open(&http_path).unwrap().events_since(1);
+    let stream_events = Observer::open(&stream_path).unwrap().events_since(1);
+    assert_eq!(http_events.len(), 5, "{http_events:#?}");
+    assert_eq!(stream_events.len(), 4, "{stream_events:#?}");
+    assert!(http_events
+        .iter()
+        .chain(&stream_events)
+        .all(|e| e.kind() != EventKind::WorkerCrash));
 }

@@ -1,23 +1,22 @@
 #![no_main]
-//! Sequences of C ABI calls, in any order, with arbitrary arguments: every status
-//! code must be one of the documented ones (never `WM_ERR_PANIC`), the message
-//! must be written into the caller's buffer as the contract says (cut to its
-//! capacity, NUL-terminated, never past it, nothing on success), and the per-process state (the open
-//! registry, the lock holdings, the worker, the event buffer, the last snapshot and
-//! metrics text) must behave as the header says.
+//! Sequences of C ABI calls, in any order, with arbitrary arguments, over several
+//! handles: every status code must be one of the documented ones (never
+//! `WM_ERR_PANIC`), the message must be written into the caller's buffer as the
+//! contract says (cut to its capacity, NUL-terminated, never past it, nothing on
+//! success), and each handle's state (its lock holdings, its worker, its event
+//! buffer, its last snapshot and metrics text) must behave as the header says.
 //!
-//! Pointers are NULL only where the header allows it (`errbuf`; and `path`, which
-//! `wm_open` checks and its tests pass on purpose); every other one is valid, as the
+//! Pointers are NULL only where the header allows it (`errbuf`, a handle, `path`
+//! and `subsystem`, which `wm_open` checks); every other one is valid, as the
 //! contract requires. Paths are names inside the scratch directory or a few fixed
 //! bad ones, so the library never creates a file anywhere else.
 //!
-//! The library keeps its state per process and has no way to close a registry: a
-//! handle is leaked on purpose (its mapping must outlive the workers). So the state
-//! carries over from one input to the next, which is sound and which this target
-//! mirrors in `Model`. Each input ends by letting its worker exit, releasing its
-//! lock holdings and clearing the event buffer; the handles opened per process are
-//! capped (`OPENS`), and `scripts/fuzz.sh` runs this target in fork mode, so that
-//! processes, and their handles, are renewed.
+//! Each input ends by letting every worker exit, releasing the lock holdings and
+//! closing every handle, so that a finding depends on one input and the registry
+//! files. A handle closed with its worker still registered keeps its mapping for
+//! the life of the process (the kernel's record of the worker's mutex points into
+//! it): those are capped (`KEPT`), and `scripts/fuzz.sh` runs this target in fork
+//! mode, so that processes are renewed.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString, OsStr};
@@ -33,12 +32,15 @@ use worker_manager::{Capacities, EventKind, GenerationConfig, Options, Registry,
 use worker_manager_ffi::*;
 use worker_manager_fuzz::{holder_dies, impatient, scratch_dir, worker_dies};
 
-/// Registry handles a process may open: each one stays mapped for good, and costs
-/// up to 64 KiB of resident pages once used (libFuzzer stops at 2 GiB).
-const OPENS: u32 = 2048;
+/// Mappings a process may keep for good (a handle closed with its worker still
+/// registered): each costs up to 64 KiB of resident pages once used (libFuzzer stops
+/// at 2 GiB).
+const KEPT: u32 = 2048;
+/// Handles open at once.
+const MAX_HANDLES: usize = 6;
 const MAX_CALLS: usize = 64;
 /// The highest status code of the header.
-const LAST_STATUS: c_int = WM_ERR_REPLACED;
+const LAST_STATUS: c_int = WM_ERR_SHARED;
 /// Longer than any file name (`NAME_MAX`), so such names fail with ENAMETOOLONG.
 const MAX_NAME: usize = 4096;
 
@@ -126,17 +128,23 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// What the library's per-process state should be, as far as the calls tell.
-struct Model {
-    /// The path of the open registry.
-    open: Option<PathBuf>,
-    opens_left: u32,
+/// What one handle should hold, as far as the calls tell.
+struct Handle {
+    ptr: *mut wm_handle,
+    /// The path it was opened with, and for which subsystem.
+    path: PathBuf,
+    subsystem: Vec<u8>,
     holds: u32,
     worker: bool,
-    /// Generations and workers of the last successful snapshot.
+    /// Generations and workers of its last successful snapshot.
     snapshot: Option<(u32, u32)>,
-    /// The last metrics text as returned, and a copy of it.
+    /// Its last metrics text as returned, and a copy of it.
     metrics: Option<(*const c_char, usize, Vec<u8>)>,
+}
+
+struct Model {
+    handles: Vec<Handle>,
+    kept_left: u32,
     /// The generation registered last.
     generation: u64,
     /// The generation read last from a snapshot.
@@ -146,12 +154,8 @@ struct Model {
 thread_local! {
     static MODEL: RefCell<Model> = const {
         RefCell::new(Model {
-            open: None,
-            opens_left: OPENS,
-            holds: 0,
-            worker: false,
-            snapshot: None,
-            metrics: None,
+            handles: Vec::new(),
+            kept_left: KEPT,
             generation: 0,
             seen: 0,
         })
@@ -178,6 +182,22 @@ enum PathArg {
     Name(Vec<u8>),
 }
 
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum HandleArg {
+    Null,
+    /// One of the open handles (none open: NULL).
+    Nth(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+enum SubsystemArg {
+    Null,
+    Http,
+    Stream,
+    /// Any bytes up to the first NUL.
+    Raw(Vec<u8>),
+}
+
 #[derive(Arbitrary, Debug)]
 enum Index {
     Nth(u8),
@@ -199,43 +219,49 @@ enum Call {
     AbiVersion,
     Open {
         path: PathArg,
+        subsystem: SubsystemArg,
         lock_timeout_ms: u64,
         err: ErrArg,
     },
-    Lock(ErrArg),
-    TryLock(ErrArg),
-    Unlock(ErrArg),
+    Close(HandleArg),
+    Lock(HandleArg, ErrArg),
+    TryLock(HandleArg, ErrArg),
+    Unlock(HandleArg, ErrArg),
     RegisterGeneration {
+        h: HandleArg,
         interval_ms: u64,
         failed_ms: u64,
         start_timeout_ms: u64,
         expected_workers: u32,
         err: ErrArg,
     },
+    ConfigurationClosed(HandleArg, GenerationArg, ErrArg),
     RegisterWorker {
+        h: HandleArg,
         generation: GenerationArg,
         index: u32,
         err: ErrArg,
     },
-    Heartbeat(ErrArg),
-    AnnounceExit(ErrArg),
+    Heartbeat(HandleArg, ErrArg),
+    AnnounceExit(HandleArg, ErrArg),
     ExitWorker {
+        h: HandleArg,
         graceful: c_int,
         err: ErrArg,
     },
-    Sweep(ErrArg),
-    EventsCount,
-    EventGet(Index, ErrArg),
+    Sweep(HandleArg, ErrArg),
+    EventsCount(HandleArg),
+    EventGet(HandleArg, Index, ErrArg),
     /// `wm_event_done` of event `Index` of the buffer (a raw number past its end).
-    EventDone(Index, ErrArg),
-    EventsClear,
-    Snapshot(ErrArg),
-    SnapshotGeneration(Index, ErrArg),
-    SnapshotWorker(Index, ErrArg),
-    Metrics(ErrArg),
-    /// Reads the last metrics text again: it must be intact until the next
+    EventDone(HandleArg, Index, ErrArg),
+    EventsClear(HandleArg),
+    Snapshot(HandleArg, ErrArg),
+    SnapshotGeneration(HandleArg, Index, ErrArg),
+    SnapshotWorker(HandleArg, Index, ErrArg),
+    Metrics(HandleArg, ErrArg),
+    /// Reads the handle's last metrics text again: it must be intact until its next
     /// `wm_metrics`.
-    MetricsAgain,
+    MetricsAgain(HandleArg),
 }
 
 /// Bytes of the error buffer; those past the capacity given must stay untouched.
@@ -358,77 +384,181 @@ fn may_map(arg: &PathArg) -> bool {
     )
 }
 
-fn open(model: &mut Model, call: &Call, path: &PathArg, lock_timeout_ms: u64, err: ErrArg) {
+fn subsystem_bytes(arg: &SubsystemArg) -> Option<Vec<u8>> {
+    match arg {
+        SubsystemArg::Null => None,
+        SubsystemArg::Http => Some(b"http".to_vec()),
+        SubsystemArg::Stream => Some(b"stream".to_vec()),
+        SubsystemArg::Raw(bytes) => {
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            Some(bytes[..end].to_vec())
+        }
+    }
+}
+
+fn open(
+    model: &mut Model,
+    call: &Call,
+    path: &PathArg,
+    subsystem: &SubsystemArg,
+    ms: u64,
+    err: ErrArg,
+) {
+    if model.handles.len() >= MAX_HANDLES {
+        return;
+    }
     let bytes = path_bytes(path);
+    let sub = subsystem_bytes(subsystem);
     // The library compares paths as `Path`s do, component by component.
     let as_path = bytes
         .as_deref()
         .map(|b| Path::new(OsStr::from_bytes(b)).to_path_buf());
-    let same = as_path.is_some() && as_path == model.open;
-    if !same && may_map(path) && model.opens_left == 0 {
-        return;
-    }
     let c_path = bytes.as_ref().map(|b| CString::new(b.clone()).unwrap());
+    let c_sub = sub.as_ref().map(|b| CString::new(b.clone()).unwrap());
     let mut e = ErrSlot::new(err);
     let (ebuf, elen) = e.args();
-    let raw = c_path.as_ref().map_or(ptr::null(), |p| p.as_ptr());
-    // SAFETY: `raw` is NULL or a NUL-terminated string; `ebuf`, `elen` NULL or valid.
-    let code = unsafe { wm_open(raw, lock_timeout_ms, ebuf, elen) };
-    check(call, code, &e);
-    if same {
-        assert_eq!(code, WM_OK, "reopening the open path is a no-op");
-    } else if code == WM_OK {
+    let mut handle: *mut wm_handle = ptr::null_mut();
+    let raw = |c: &Option<CString>| c.as_ref().map_or(ptr::null(), |p| p.as_ptr());
+    // SAFETY: NULL or NUL-terminated strings; `handle` is valid; `ebuf`, `elen`
+    // are NULL or valid.
+    let code = unsafe { wm_open(raw(&c_path), raw(&c_sub), ms, &mut handle, ebuf, elen) };
+    if code != WM_ERR_REPLACED {
+        check(call, code, &e);
+    }
+    let valid_sub = sub.as_ref().is_some_and(|s| std::str::from_utf8(s).is_ok());
+    let other = model
+        .handles
+        .iter()
+        .find(|h| Some(&h.path) == as_path.as_ref() && Some(&h.subsystem) != sub.as_ref());
+    if other.is_some() && valid_sub && code != WM_ERR_INVALID_ARGUMENT {
+        assert_eq!(
+            code, WM_ERR_SHARED,
+            "{call:?}: a registry of two subsystems"
+        );
+    }
+    if code == WM_OK || code == WM_ERR_REPLACED {
         assert!(may_map(path), "{call:?} opened a bad path");
-        model.opens_left -= 1;
-        model.open = as_path;
+        assert!(!handle.is_null());
+        model.handles.push(Handle {
+            ptr: handle,
+            path: as_path.unwrap(),
+            subsystem: sub.unwrap(),
+            holds: 0,
+            worker: false,
+            snapshot: None,
+            metrics: None,
+        });
+    } else {
+        assert!(handle.is_null(), "{call:?}: a handle on failure");
     }
 }
 
+/// The handle a call names: its position in the model, or `None` for NULL.
+fn pick(model: &Model, h: HandleArg) -> Option<usize> {
+    match h {
+        HandleArg::Null => None,
+        HandleArg::Nth(n) if !model.handles.is_empty() => Some(n as usize % model.handles.len()),
+        HandleArg::Nth(_) => None,
+    }
+}
+
+/// Closes handle `i`, as `wm_close` does: its holdings released, its mapping kept
+/// for good if its worker is still registered.
+fn close(model: &mut Model, i: usize) {
+    let handle = model.handles.remove(i);
+    if handle.worker {
+        model.kept_left -= 1;
+    }
+    // SAFETY: an open handle, not used after.
+    unsafe { wm_close(handle.ptr) };
+}
+
 fn run(model: &mut Model, call: &Call) {
-    let is_open = model.open.is_some();
-    let mut e;
-    let code = match *call {
+    let handle_arg = match *call {
         Call::AbiVersion => {
             assert_eq!(wm_abi_version(), WM_ABI_VERSION);
             return;
         }
         Call::Open {
             ref path,
+            ref subsystem,
             lock_timeout_ms,
             err,
-        } => return open(model, call, path, lock_timeout_ms, err),
-        Call::Lock(err) => {
+        } => return open(model, call, path, subsystem, lock_timeout_ms, err),
+        Call::Close(h) => {
+            match pick(model, h) {
+                Some(i) if !model.handles[i].worker || model.kept_left > 0 => close(model, i),
+                Some(_) => {}
+                // SAFETY: NULL is ignored.
+                None => unsafe { wm_close(ptr::null_mut()) },
+            }
+            return;
+        }
+        Call::Lock(h, _)
+        | Call::TryLock(h, _)
+        | Call::Unlock(h, _)
+        | Call::RegisterGeneration { h, .. }
+        | Call::ConfigurationClosed(h, ..)
+        | Call::RegisterWorker { h, .. }
+        | Call::Heartbeat(h, _)
+        | Call::AnnounceExit(h, _)
+        | Call::ExitWorker { h, .. }
+        | Call::Sweep(h, _)
+        | Call::EventsCount(h)
+        | Call::EventGet(h, ..)
+        | Call::EventDone(h, ..)
+        | Call::EventsClear(h)
+        | Call::Snapshot(h, _)
+        | Call::SnapshotGeneration(h, ..)
+        | Call::SnapshotWorker(h, ..)
+        | Call::Metrics(h, _)
+        | Call::MetricsAgain(h) => h,
+    };
+    let Some(i) = pick(model, handle_arg) else {
+        return run_null(call);
+    };
+    let generation_of = |model: &Model, arg: &GenerationArg| match *arg {
+        GenerationArg::Registered => model.generation,
+        GenerationArg::Seen => model.seen,
+        GenerationArg::Raw(id) => id,
+    };
+    let h = model.handles[i].ptr;
+    let mut e;
+    let code = match *call {
+        Call::Lock(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_lock(ebuf, elen) };
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_lock(h, ebuf, elen) };
             if code == WM_OK {
-                model.holds += 1;
+                model.handles[i].holds += 1;
             }
             code
         }
-        Call::TryLock(err) => {
+        Call::TryLock(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
             let mut acquired: c_int = -1;
-            // SAFETY: `acquired` is valid; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_try_lock(&mut acquired, ebuf, elen) };
+            // SAFETY: an open handle; `acquired` is valid; `ebuf`, `elen` are NULL
+            // or valid.
+            let code = unsafe { wm_try_lock(h, &mut acquired, ebuf, elen) };
             if code == WM_OK {
                 assert!(acquired == 0 || acquired == 1, "acquired = {acquired}");
-                model.holds += acquired as u32;
+                model.handles[i].holds += acquired as u32;
             }
             code
         }
-        Call::Unlock(err) => {
+        Call::Unlock(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_unlock(ebuf, elen) };
-            if model.holds == 0 {
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_unlock(h, ebuf, elen) };
+            let handle = &mut model.handles[i];
+            if handle.holds == 0 {
                 assert_eq!(code, WM_ERR_NOT_LOCKED);
             } else {
                 assert_eq!(code, WM_OK);
-                model.holds -= 1;
+                handle.holds -= 1;
             }
             code
         }
@@ -438,13 +568,16 @@ fn run(model: &mut Model, call: &Call) {
             start_timeout_ms,
             expected_workers,
             err,
+            ..
         } => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
             let mut id = 0u64;
-            // SAFETY: `id` is valid; `ebuf`, `elen` are NULL or valid.
+            // SAFETY: an open handle; `id` is valid; `ebuf`, `elen` are NULL or
+            // valid.
             let code = unsafe {
                 wm_register_generation(
+                    h,
                     interval_ms,
                     failed_ms,
                     start_timeout_ms,
@@ -460,153 +593,164 @@ fn run(model: &mut Model, call: &Call) {
             }
             code
         }
+        Call::ConfigurationClosed(_, ref generation, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let generation = generation_of(model, generation);
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            unsafe { wm_configuration_closed(h, generation, ebuf, elen) }
+        }
         Call::RegisterWorker {
             ref generation,
             index,
             err,
+            ..
         } => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            let generation = match *generation {
-                GenerationArg::Registered => model.generation,
-                GenerationArg::Seen => model.seen,
-                GenerationArg::Raw(id) => id,
-            };
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_register_worker(generation, index, ebuf, elen) };
-            if model.worker {
+            let generation = generation_of(model, generation);
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_register_worker(h, generation, index, ebuf, elen) };
+            let handle = &mut model.handles[i];
+            if handle.worker {
                 assert_eq!(code, WM_ERR_WORKER);
             } else if code == WM_OK {
-                model.worker = true;
+                handle.worker = true;
             }
             code
         }
-        Call::Heartbeat(err) => {
+        Call::Heartbeat(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_heartbeat(ebuf, elen) };
-            if is_open && !model.worker {
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_heartbeat(h, ebuf, elen) };
+            if !model.handles[i].worker {
                 assert_eq!(code, WM_ERR_WORKER);
             }
             code
         }
-        Call::AnnounceExit(err) => {
+        Call::AnnounceExit(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_announce_exit(ebuf, elen) };
-            if is_open && !model.worker {
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_announce_exit(h, ebuf, elen) };
+            if !model.handles[i].worker {
                 assert_eq!(code, WM_ERR_WORKER);
             }
             code
         }
-        Call::ExitWorker { graceful, err } => {
+        Call::ExitWorker { graceful, err, .. } => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_exit_worker(graceful, ebuf, elen) };
-            if is_open {
-                if !model.worker {
-                    assert_eq!(code, WM_ERR_WORKER);
-                }
-                // The handle is consumed whatever the outcome.
-                model.worker = false;
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_exit_worker(h, graceful, ebuf, elen) };
+            let handle = &mut model.handles[i];
+            if !handle.worker {
+                assert_eq!(code, WM_ERR_WORKER);
             }
+            // The worker is consumed whatever the outcome.
+            handle.worker = false;
             code
         }
-        Call::Sweep(err) => {
+        Call::Sweep(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            unsafe { wm_sweep(ebuf, elen) }
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            unsafe { wm_sweep(h, ebuf, elen) }
         }
-        Call::EventsCount => {
-            let _ = wm_events_count();
+        Call::EventsCount(_) => {
+            // SAFETY: an open handle.
+            let _ = unsafe { wm_events_count(h) };
             return;
         }
-        Call::EventGet(ref i, err) => {
+        Call::EventGet(_, ref at, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            let count = wm_events_count();
-            let i = index(i, count);
+            // SAFETY: an open handle.
+            let count = unsafe { wm_events_count(h) };
+            let at = index(at, count);
             let mut event = wm_event::default();
-            // SAFETY: `event` is valid for a write; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_event_get(i, &mut event, ebuf, elen) };
-            assert_eq!(code == WM_OK, i < count, "event {i} of {count}: {code}");
+            // SAFETY: an open handle; `event` is valid for a write; `ebuf`, `elen`
+            // are NULL or valid.
+            let code = unsafe { wm_event_get(h, at, &mut event, ebuf, elen) };
+            assert_eq!(code == WM_OK, at < count, "event {at} of {count}: {code}");
             if code == WM_OK {
                 assert_ne!(event.seq, 0);
                 assert!(EventKind::from_code(event.kind).is_some());
             }
             code
         }
-        Call::EventDone(ref i, err) => {
+        Call::EventDone(_, ref at, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            let count = wm_events_count();
+            // SAFETY: an open handle.
+            let count = unsafe { wm_events_count(h) };
             let mut event = wm_event::default();
-            let seq = match *i {
+            let seq = match *at {
                 Index::Raw(n) => u64::from(n),
-                ref i => {
-                    let i = index(i, count);
-                    // SAFETY: `event` is valid for a write; no error buffer.
-                    unsafe { wm_event_get(i, &mut event, ptr::null_mut(), ptr::null_mut()) };
+                ref at => {
+                    // SAFETY: an open handle; `event` is valid; no error buffer.
+                    unsafe {
+                        wm_event_get(
+                            h,
+                            index(at, count),
+                            &mut event,
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        )
+                    };
                     event.seq
                 }
             };
-            // SAFETY: `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_event_done(seq, ebuf, elen) };
-            if is_open {
-                assert_eq!(
-                    code == WM_OK,
-                    model.holds > 0,
-                    "done without the lock: {code}"
-                );
-            }
-            code
-        }
-        Call::EventsClear => {
-            wm_events_clear();
-            assert_eq!(wm_events_count(), 0);
-            return;
-        }
-        Call::Snapshot(err) => {
-            e = ErrSlot::new(err);
-            let (ebuf, elen) = e.args();
-            let (mut generations, mut workers, mut run_state, mut next_seq) = (0, 0, 0, 0);
-            let mut consistent: c_int = -1;
-            // SAFETY: the out pointers are valid; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe {
-                wm_snapshot(
-                    &mut generations,
-                    &mut workers,
-                    &mut run_state,
-                    &mut next_seq,
-                    &mut consistent,
-                    ebuf,
-                    elen,
-                )
-            };
-            if code == WM_OK {
-                assert!(generations <= 65536 && workers <= 65536);
-                assert!(next_seq >= 1);
-                assert!(consistent == 0 || consistent == 1);
-                model.snapshot = Some((generations, workers));
-            }
-            code
-        }
-        Call::SnapshotGeneration(ref i, err) => {
-            e = ErrSlot::new(err);
-            let (ebuf, elen) = e.args();
-            let count = model.snapshot.map_or(0, |s| s.0);
-            let i = index(i, count);
-            let mut out = wm_generation::default();
-            // SAFETY: `out` is valid for a write; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_snapshot_generation(i, &mut out, ebuf, elen) };
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_event_done(h, seq, ebuf, elen) };
             assert_eq!(
                 code == WM_OK,
-                i < count,
-                "generation {i} of {count}: {code}"
+                model.handles[i].holds > 0,
+                "done without the lock: {code}"
+            );
+            code
+        }
+        Call::EventsClear(_) => {
+            // SAFETY: an open handle.
+            unsafe {
+                wm_events_clear(h);
+                assert_eq!(wm_events_count(h), 0);
+            }
+            return;
+        }
+        Call::Snapshot(_, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let mut status = wm_status {
+                consistent: -1,
+                ..wm_status::default()
+            };
+            // SAFETY: an open handle; `status` is valid; `ebuf`, `elen` are NULL or
+            // valid.
+            let code = unsafe { wm_snapshot(h, &mut status, ebuf, elen) };
+            if code == WM_OK {
+                assert!(status.generations <= 65536 && status.workers <= 65536);
+                assert!(status.next_seq >= 1);
+                assert!(status.consistent == 0 || status.consistent == 1);
+                assert!(status.verdict <= 2);
+                model.handles[i].snapshot = Some((status.generations, status.workers));
+            }
+            code
+        }
+        Call::SnapshotGeneration(_, ref at, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let count = model.handles[i].snapshot.map_or(0, |s| s.0);
+            let at = index(at, count);
+            let mut out = wm_generation::default();
+            // SAFETY: an open handle; `out` is valid for a write; `ebuf`, `elen` are
+            // NULL or valid.
+            let code = unsafe { wm_snapshot_generation(h, at, &mut out, ebuf, elen) };
+            assert_eq!(
+                code == WM_OK,
+                at < count,
+                "generation {at} of {count}: {code}"
             );
             if code == WM_OK {
                 assert_ne!(out.id, 0);
@@ -614,43 +758,46 @@ fn run(model: &mut Model, call: &Call) {
             }
             code
         }
-        Call::SnapshotWorker(ref i, err) => {
+        Call::SnapshotWorker(_, ref at, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
-            let count = model.snapshot.map_or(0, |s| s.1);
-            let i = index(i, count);
+            let count = model.handles[i].snapshot.map_or(0, |s| s.1);
+            let at = index(at, count);
             let mut out = wm_worker::default();
-            // SAFETY: `out` is valid for a write; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_snapshot_worker(i, &mut out, ebuf, elen) };
-            assert_eq!(code == WM_OK, i < count, "worker {i} of {count}: {code}");
+            // SAFETY: an open handle; `out` is valid for a write; `ebuf`, `elen` are
+            // NULL or valid.
+            let code = unsafe { wm_snapshot_worker(h, at, &mut out, ebuf, elen) };
+            assert_eq!(code == WM_OK, at < count, "worker {at} of {count}: {code}");
             if code == WM_OK {
                 let state = WorkerState::ALL.iter().find(|s| s.code() == out.state);
                 assert!(state.is_some_and(|&s| s != WorkerState::Free));
             }
             code
         }
-        Call::Metrics(err) => {
+        Call::Metrics(_, err) => {
             e = ErrSlot::new(err);
             let (ebuf, elen) = e.args();
             let mut text: *const c_char = ptr::null();
             let mut len = 0usize;
-            // SAFETY: `text` and `len` are valid; `ebuf`, `elen` are NULL or valid.
-            let code = unsafe { wm_metrics(&mut text, &mut len, ebuf, elen) };
-            model.metrics = None;
+            // SAFETY: an open handle; `text` and `len` are valid; `ebuf`, `elen` are
+            // NULL or valid.
+            let code = unsafe { wm_metrics(h, &mut text, &mut len, ebuf, elen) };
+            let handle = &mut model.handles[i];
+            handle.metrics = None;
             if code == WM_OK {
                 assert!(!text.is_null());
                 // SAFETY: the library returned `len` bytes at `text`, valid until the
-                // next `wm_metrics` on this thread.
+                // handle's next `wm_metrics`.
                 let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
                 let body = std::str::from_utf8(bytes).expect("metrics are UTF-8");
                 assert!(body.starts_with("# HELP worker_manager_"));
-                model.metrics = Some((text, len, bytes.to_vec()));
+                handle.metrics = Some((text, len, bytes.to_vec()));
             }
             code
         }
-        Call::MetricsAgain => {
-            if let Some((text, len, ref copy)) = model.metrics {
-                // SAFETY: no `wm_metrics` ran since it returned this text.
+        Call::MetricsAgain(_) => {
+            if let Some((text, len, ref copy)) = model.handles[i].metrics {
+                // SAFETY: no `wm_metrics` of this handle ran since it returned this.
                 let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
                 assert_eq!(
                     bytes,
@@ -660,44 +807,71 @@ fn run(model: &mut Model, call: &Call) {
             }
             return;
         }
+        Call::AbiVersion | Call::Open { .. } | Call::Close(_) => unreachable!("handled above"),
     };
     check(call, code, &e);
-    let needs_registry = !matches!(
-        call,
-        Call::Unlock(_)
-            | Call::EventGet(..)
-            | Call::EventDone(..)
-            | Call::SnapshotGeneration(..)
-            | Call::SnapshotWorker(..)
-    );
-    let worker_first = matches!(call, Call::RegisterWorker { .. }) && model.worker;
-    if !is_open && needs_registry && !worker_first {
-        assert_eq!(code, WM_ERR_NOT_OPEN, "{call:?} without a registry");
-    }
 }
 
-/// Releases what an input holds, so that the next one starts without a worker,
-/// unlocked and with an empty event buffer: a finding then depends on one input
-/// and the registry files, not on the inputs before.
+/// A call given a NULL handle: refused, never dereferenced.
+fn run_null(call: &Call) {
+    let mut e = ErrSlot::new(ErrArg::Valid);
+    let (ebuf, elen) = e.args();
+    let h = ptr::null_mut();
+    // SAFETY: a NULL handle, which every entry point checks; valid buffers.
+    let code = unsafe {
+        match *call {
+            Call::Lock(..) => wm_lock(h, ebuf, elen),
+            Call::Sweep(..) => wm_sweep(h, ebuf, elen),
+            Call::Heartbeat(..) => wm_heartbeat(h, ebuf, elen),
+            Call::Snapshot(..) => {
+                let mut status = wm_status::default();
+                wm_snapshot(h, &mut status, ebuf, elen)
+            }
+            Call::EventsCount(_) => {
+                assert_eq!(wm_events_count(h), 0);
+                return;
+            }
+            Call::EventsClear(_) => {
+                wm_events_clear(h);
+                return;
+            }
+            _ => wm_unlock(h, ebuf, elen),
+        }
+    };
+    assert_eq!(code, WM_ERR_NOT_OPEN, "{call:?} with a NULL handle");
+    check(call, code, &e);
+}
+
+/// Lets every worker exit, releases every holding and closes every handle, so that
+/// the next input starts from the registry files alone.
 fn settle(model: &mut Model) {
-    let mut err = ErrSlot::new(ErrArg::Valid);
-    if model.worker {
-        let call = Call::ExitWorker {
-            graceful: 1,
-            err: ErrArg::Valid,
-        };
-        run(model, &call);
-    }
-    while model.holds > 0 {
+    for i in 0..model.handles.len() {
+        if model.handles[i].worker {
+            let call = Call::ExitWorker {
+                h: HandleArg::Nth(i as u8),
+                graceful: 1,
+                err: ErrArg::Valid,
+            };
+            run(model, &call);
+        }
+        let mut err = ErrSlot::new(ErrArg::Valid);
+        let handle = &mut model.handles[i];
+        while handle.holds > 0 {
+            let (buf, len) = err.args();
+            // SAFETY: an open handle and a valid error buffer.
+            assert_eq!(unsafe { wm_unlock(handle.ptr, buf, len) }, WM_OK);
+            handle.holds -= 1;
+        }
         let (buf, len) = err.args();
-        // SAFETY: a valid error buffer.
-        assert_eq!(unsafe { wm_unlock(buf, len) }, WM_OK);
-        model.holds -= 1;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { wm_unlock(handle.ptr, buf, len) },
+            WM_ERR_NOT_LOCKED
+        );
     }
-    let (buf, len) = err.args();
-    // SAFETY: as above.
-    assert_eq!(unsafe { wm_unlock(buf, len) }, WM_ERR_NOT_LOCKED);
-    wm_events_clear();
+    while !model.handles.is_empty() {
+        close(model, 0);
+    }
 }
 
 fuzz_target!(|calls: Vec<Call>| {

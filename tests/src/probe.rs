@@ -17,6 +17,9 @@
 //! - `announce`: announce a graceful exit (shutdown began; the process goes on)
 //! - `exit graceful|fast`
 //! - `sweep`
+//! - `close GEN`: this master closed the configuration of GEN (nginx: its Lua VM
+//!   ended)
+//! - `commit GEN`: this master committed GEN
 //! - `live GEN`: prints `ok <live workers of GEN>`
 //! - `quit`
 
@@ -120,6 +123,18 @@ fn run(registry: &Registry, worker: &mut Option<Worker>, words: &[&str]) -> Resu
         }
         "sweep" => {
             registry.sweep(print_event).map_err(err)?;
+            Ok("ok".into())
+        }
+        "close" => {
+            registry
+                .configuration_closed(arg(words, 1)?, print_event)
+                .map_err(err)?;
+            Ok("ok".into())
+        }
+        "commit" => {
+            registry
+                .commit_generation(arg(words, 1)?, print_event)
+                .map_err(err)?;
             Ok("ok".into())
         }
         "live" => {

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::nginx::{alive, reap, serial, signal, start, Config, Ev, Nginx, RemoveOnDrop};
 use worker_manager::Observer;
@@ -36,117 +36,123 @@ fn quit(nginx: &Nginx, master: u32) {
 #[test]
 fn start_with_one_and_four_workers_then_graceful_quit() {
     let _serial = serial();
-    for (workers, daemon) in [(1, false), (4, true)] {
-        let (nginx, master) = start(&Config {
-            workers,
-            daemon,
-            ..Config::default()
-        });
-        let starts = nginx.wait_n("worker_start", workers as usize);
-        let ms = nginx.named("master_start");
-        assert_eq!(ms.len(), 1);
-        assert_eq!(ms[0].get("kind"), "start");
-        assert_eq!(ms[0].get("n_prev"), "nil");
-        assert_eq!(ms[0].get("n_mine"), "0");
-        let mut mine: Vec<u64> = starts.iter().map(|e| e.num("n_mine").unwrap()).collect();
-        mine.sort_unstable();
-        assert_eq!(mine, (1..=workers as u64).collect::<Vec<_>>());
-        // The workers that registered are the master's children, running as nobody.
-        let registered: BTreeSet<u32> = starts
-            .iter()
-            .map(|e| e.num("pid").unwrap() as u32)
-            .collect();
-        let real: BTreeSet<u32> = nginx.workers(master).into_iter().collect();
-        assert_eq!(registered, real, "daemon {daemon}");
-        for pid in &real {
-            assert_eq!(uid_of(*pid), 65534, "workers run as nobody");
-        }
-        assert!(nginx
-            .get("/status")
-            .starts_with(&format!("live={workers} ")));
+    for base in Config::both(|_| {}) {
+        for (workers, daemon) in [(1, false), (4, true)] {
+            let (nginx, master) = start(&Config {
+                workers,
+                daemon,
+                ..base.clone()
+            });
+            let starts = nginx.wait_n("worker_start", workers as usize);
+            let ms = nginx.named("master_start");
+            assert_eq!(ms.len(), 1);
+            assert_eq!(ms[0].get("kind"), "start");
+            assert_eq!(ms[0].get("n_prev"), "nil");
+            assert_eq!(ms[0].get("n_mine"), "0");
+            let mut mine: Vec<u64> = starts.iter().map(|e| e.num("n_mine").unwrap()).collect();
+            mine.sort_unstable();
+            assert_eq!(mine, (1..=workers as u64).collect::<Vec<_>>());
+            // The workers that registered are the master's children, running as nobody.
+            let registered: BTreeSet<u32> = starts
+                .iter()
+                .map(|e| e.num("pid").unwrap() as u32)
+                .collect();
+            let real: BTreeSet<u32> = nginx.workers(master).into_iter().collect();
+            assert_eq!(registered, real, "daemon {daemon}");
+            for pid in &real {
+                assert_eq!(uid_of(*pid), 65534, "workers run as nobody");
+            }
+            assert!(nginx
+                .get("/status")
+                .starts_with(&format!("live={workers} ")));
 
-        quit(&nginx, master);
-        let exits = nginx.named("worker_exit");
-        assert_eq!(exits.len(), workers as usize);
-        assert!(exits.iter().all(|e| e.get("reason") == "stop"));
-        let me = nginx.named("master_exit");
-        assert_eq!(me.len(), 1);
-        assert_eq!(me[0].get("reason"), "stop");
-        assert_eq!(me[0].get("n_next"), "nil");
+            quit(&nginx, master);
+            let exits = nginx.named("worker_exit");
+            assert_eq!(exits.len(), workers as usize, "{base:?}");
+            assert!(exits.iter().all(|e| e.get("reason") == "stop"));
+            let me = nginx.named("master_exit");
+            assert_eq!(me.len(), 1);
+            assert_eq!(me[0].get("reason"), "stop");
+            assert_eq!(me[0].get("n_next"), "nil");
+            // Fired by the last worker, at its real exit.
+            let last = exits.iter().max_by_key(|e| e.num("t")).unwrap();
+            assert_eq!(me[0].get("by"), last.get("by"));
+        }
     }
 }
 
 #[test]
 fn reloads_including_two_in_a_row_and_a_new_worker_count() {
     let _serial = serial();
-    let mut config = Config::default();
-    let (nginx, master) = start(&config);
-    nginx.wait_n("worker_start", 2);
-    signal(master, libc::SIGHUP);
-    let events = nginx.wait("the first generation's master_exit", |ev| {
-        ev.iter().any(|e| e.name == "master_exit")
-    });
-    let reload = &of_gen(&events, "master_start", 2)[0];
-    assert_eq!(reload.get("kind"), "reload");
-    assert_eq!(reload.get("n_prev"), "2");
-    let exit1 = &events.iter().find(|e| e.name == "master_exit").unwrap();
-    assert_eq!(gen_of(exit1), 1);
-    assert_eq!(exit1.get("reason"), "reload");
-    assert_eq!(exit1.get("n_next"), "2");
-    assert!(of_gen(&events, "worker_exit", 1)
-        .iter()
-        .all(|e| e.get("reason") == "reload"));
+    for mut config in Config::both(|_| {}) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("the first generation's master_exit", |ev| {
+            ev.iter().any(|e| e.name == "master_exit")
+        });
+        let reload = &of_gen(&events, "master_start", 2)[0];
+        assert_eq!(reload.get("kind"), "reload");
+        assert_eq!(reload.get("n_prev"), "2");
+        let exit1 = &events.iter().find(|e| e.name == "master_exit").unwrap();
+        assert_eq!(gen_of(exit1), 1);
+        assert_eq!(exit1.get("reason"), "reload");
+        assert_eq!(exit1.get("n_next"), "2");
+        let old_exits = of_gen(&events, "worker_exit", 1);
+        assert!(old_exits.iter().all(|e| e.get("reason") == "reload"));
+        // The last old worker fires it at its real exit, whatever the interval.
+        let last = old_exits.iter().max_by_key(|e| e.num("t")).unwrap();
+        assert_eq!(exit1.get("by"), last.get("by"), "{config:?}");
+        let after = exit1.num("t").unwrap() - last.num("t").unwrap();
+        assert!(
+            after < 1_000_000_000,
+            "master_exit {after} ns after the last exit"
+        );
 
-    // Three workers now, and two reloads sent together (nginx may merge them).
-    config.workers = 3;
-    nginx.write_config(&config);
-    signal(master, libc::SIGHUP);
-    signal(master, libc::SIGHUP);
-    let events = nginx.wait("three workers of the newest generation", |ev| {
-        let newest = ev
+        // Three workers now, and two reloads sent together (nginx may merge them).
+        config.workers = 3;
+        nginx.write_config(&config);
+        signal(master, libc::SIGHUP);
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("three workers of the newest generation", |ev| {
+            let newest = ev
+                .iter()
+                .filter(|e| e.name == "master_start")
+                .map(gen_of)
+                .max()
+                .unwrap();
+            let ended = ev
+                .iter()
+                .filter(|e| e.name == "master_exit" || e.name == "generation_abort")
+                .count() as u64;
+            of_gen(ev, "worker_start", newest).len() == 3 && ended == newest - 1
+        });
+        let newest = events
             .iter()
             .filter(|e| e.name == "master_start")
             .map(gen_of)
             .max()
             .unwrap();
-        let ended = ev
-            .iter()
-            .filter(|e| e.name == "master_exit" || e.name == "generation_abort")
-            .count() as u64;
-        of_gen(ev, "worker_start", newest).len() == 3 && ended == newest - 1
-    });
-    let newest = events
-        .iter()
-        .filter(|e| e.name == "master_start")
-        .map(gen_of)
-        .max()
-        .unwrap();
-    for g in 1..newest {
-        let exits = of_gen(&events, "master_exit", g);
-        let aborts = of_gen(&events, "generation_abort", g);
-        assert_eq!(
-            exits.len() + aborts.len(),
-            1,
-            "generation {g} ended exactly once"
-        );
+        for g in 1..newest {
+            let exits = of_gen(&events, "master_exit", g);
+            let aborts = of_gen(&events, "generation_abort", g);
+            assert_eq!(
+                exits.len() + aborts.len(),
+                1,
+                "generation {g} ended exactly once"
+            );
+        }
+        nginx.wait("only the three workers", |_| {
+            nginx.workers(master).len() == 3
+        });
+        quit(&nginx, master);
     }
-    // The last old worker reports master_exit in its exit hook, just before its
-    // process ends.
-    nginx.wait("only the three workers", |_| {
-        nginx.workers(master).len() == 3
-    });
-    quit(&nginx, master);
 }
 
 #[test]
 fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
     let _serial = serial();
-    for exit_hook in [false, true] {
-        let mut config = Config {
-            exit_hook,
-            opts: format!("exit_hook = {exit_hook},"),
-            ..Config::default()
-        };
+    for mut config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
         nginx.wait_n("worker_start", 2);
         // The new workers register a second after nginx tells the old ones to quit
@@ -169,7 +175,7 @@ fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
             "{exits:?}"
         );
         let end = &of_gen(&events, "master_exit", 1)[0];
-        assert_eq!(end.get("reason"), "reload", "exit hook: {exit_hook}");
+        assert_eq!(end.get("reason"), "reload", "{config:?}");
         assert!(
             !nginx.stderr().contains("[worker-manager]"),
             "{}",
@@ -182,194 +188,323 @@ fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
 #[test]
 fn kill_9_of_a_worker_is_one_crash_and_a_recognised_respawn() {
     let _serial = serial();
-    let (nginx, master) = start(&Config::default());
-    nginx.wait_n("worker_start", 2);
-    let victim = nginx.workers(master)[0];
-    signal(victim, libc::SIGKILL);
-    let events = nginx.wait("the respawn", |ev| {
-        ev.iter()
-            .any(|e| e.name == "worker_start" && e.get("respawn") == "true")
-    });
-    let crashes = nginx.named("worker_crash");
-    assert_eq!(crashes.len(), 1);
-    assert_eq!(crashes[0].num("pid"), Some(victim as u64));
-    assert_eq!(crashes[0].get("detection"), "owner_died");
-    let respawn = events.iter().find(|e| e.get("respawn") == "true").unwrap();
-    assert!(respawn.get("replaces").ends_with(&format!("-{victim}")));
-    assert!(events
-        .iter()
-        .filter(|e| e.name == "worker_start")
-        .all(|e| e.num("n_mine").unwrap() <= 2));
-    // Ticks of every worker (every 0.2 s) report nothing more.
-    std::thread::sleep(std::time::Duration::from_millis(600));
-    assert_eq!(nginx.named("worker_crash").len(), 1);
-    assert!(nginx.named("master_exit").is_empty());
-    quit(&nginx, master);
+    for config in Config::both(|_| {}) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        let victim = nginx.workers(master)[0];
+        signal(victim, libc::SIGKILL);
+        let events = nginx.wait("the respawn", |ev| {
+            ev.iter()
+                .any(|e| e.name == "worker_start" && e.get("respawn") == "true")
+        });
+        let crashes = nginx.named("worker_crash");
+        assert_eq!(crashes.len(), 1);
+        assert_eq!(crashes[0].num("pid"), Some(victim as u64));
+        assert_eq!(crashes[0].get("detection"), "owner_died");
+        let respawn = events.iter().find(|e| e.get("respawn") == "true").unwrap();
+        assert!(respawn.get("replaces").ends_with(&format!("-{victim}")));
+        assert!(events
+            .iter()
+            .filter(|e| e.name == "worker_start")
+            .all(|e| e.num("n_mine").unwrap() <= 2));
+        // Later ticks report nothing more.
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(nginx.named("worker_crash").len(), 1);
+        assert!(nginx.named("master_exit").is_empty());
+        quit(&nginx, master);
+    }
 }
 
 #[test]
 fn kill_9_then_an_immediate_reload_still_ends_the_old_generation() {
     let _serial = serial();
-    let (nginx, master) = start(&Config::default());
-    nginx.wait_n("worker_start", 2);
-    let victim = nginx.workers(master)[0];
-    signal(victim, libc::SIGKILL);
-    signal(master, libc::SIGHUP);
-    let events = nginx.wait("the old generation's master_exit", |ev| {
-        !of_gen(ev, "master_exit", 1).is_empty()
-    });
-    assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
-    assert_eq!(of_gen(&events, "worker_crash", 1).len(), 1);
-    quit(&nginx, master);
+    for config in Config::both(|_| {}) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        let victim = nginx.workers(master)[0];
+        signal(victim, libc::SIGKILL);
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("the old generation's master_exit", |ev| {
+            !of_gen(ev, "master_exit", 1).is_empty()
+        });
+        assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
+        assert_eq!(of_gen(&events, "worker_crash", 1).len(), 1);
+        quit(&nginx, master);
+    }
 }
 
 #[test]
-fn fast_stop_with_the_exit_hook_reports_fast_stop() {
+fn fast_stop_is_reported_at_the_real_exit_with_or_without_the_exit_hook() {
     let _serial = serial();
-    let (nginx, master) = start(&Config::default());
-    nginx.wait_n("worker_start", 2);
-    signal(master, libc::SIGTERM);
-    nginx.wait_gone(master);
-    let exits = nginx.named("worker_exit");
-    assert_eq!(exits.len(), 2);
-    assert!(exits.iter().all(|e| e.get("reason") == "fast_stop"));
-    let me = nginx.named("master_exit");
-    assert_eq!(me.len(), 1);
-    assert_eq!(me[0].get("reason"), "fast_stop");
-}
-
-#[test]
-fn fast_stop_without_the_exit_hook_is_seen_at_the_next_start() {
-    let _serial = serial();
-    let config = Config {
-        exit_hook: false,
-        ..Config::default()
-    };
-    let (mut nginx, master) = start(&config);
-    nginx.wait_n("worker_start", 2);
-    signal(master, libc::SIGTERM);
-    nginx.wait_gone(master);
-    assert!(
-        nginx.named("worker_exit").is_empty(),
-        "nothing runs on a fast stop"
-    );
-    let master = nginx.start();
-    let events = nginx.wait("the restart", |ev| {
-        ev.iter().filter(|e| e.name == "worker_start").count() == 4
-    });
-    let restart = &of_gen(&events, "master_start", 2)[0];
-    assert_eq!(restart.get("kind"), "restart");
-    assert_eq!(restart.get("previous_run"), "unclean");
-    assert_eq!(of_gen(&events, "worker_crash", 1).len(), 2);
-    assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
-    quit(&nginx, master);
+    for config in Config::both(|_| {}) {
+        let (mut nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        signal(master, libc::SIGTERM);
+        nginx.wait_gone(master);
+        let exits = nginx.named("worker_exit");
+        assert_eq!(exits.len(), 2, "{config:?}");
+        assert!(exits.iter().all(|e| e.get("reason") == "fast_stop"));
+        let me = nginx.named("master_exit");
+        assert_eq!(me.len(), 1);
+        assert_eq!(me[0].get("reason"), "fast_stop");
+        assert_eq!(me[0].get("n_next"), "nil");
+        // The run ended cleanly: the next start says so, and reports no crash.
+        let master = nginx.start();
+        let events = nginx.wait("the restart", |ev| {
+            ev.iter().filter(|e| e.name == "worker_start").count() == 4
+        });
+        let restart = &of_gen(&events, "master_start", 2)[0];
+        assert_eq!(restart.get("kind"), "restart");
+        assert_eq!(restart.get("previous_run"), "clean");
+        assert!(nginx.named("worker_crash").is_empty());
+        quit(&nginx, master);
+    }
 }
 
 #[test]
 fn binary_upgrade_continues_ids_and_the_old_generation_sees_the_new() {
     let _serial = serial();
-    let (mut nginx, old) = start(&Config {
-        daemon: true,
-        ..Config::default()
-    });
-    nginx.wait_n("worker_start", 2);
-    signal(old, libc::SIGUSR2);
-    let new = nginx.wait_for_pid(Some(old));
-    nginx.adopt(new);
-    let events = nginx.wait("the new workers", |ev| {
-        of_gen(ev, "worker_start", 2).len() == 2
-    });
-    let up = &of_gen(&events, "master_start", 2)[0];
-    assert_eq!(up.get("kind"), "upgrade");
-    assert_eq!(up.get("n_prev"), "2");
-    assert_eq!(up.num("master_pid"), Some(new as u64));
-    signal(old, libc::SIGWINCH);
-    let events = nginx.wait("the old generation's exit", |ev| {
-        !of_gen(ev, "master_exit", 1).is_empty()
-    });
-    let exit = &of_gen(&events, "master_exit", 1)[0];
-    assert_eq!(exit.get("reason"), "upgrade");
-    assert_eq!(exit.get("n_next"), "2");
-    assert!(of_gen(&events, "worker_exit", 1)
-        .iter()
-        .all(|e| e.get("reason") == "upgrade"));
-    signal(old, libc::SIGQUIT);
-    nginx.wait_gone(old);
-    assert!(alive(new));
-    quit(&nginx, new);
-    let exit = &of_gen(&nginx.events(), "master_exit", 2)[0];
-    assert_eq!(exit.get("reason"), "stop");
+    for config in Config::both(|c| c.daemon = true) {
+        let (mut nginx, old) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        signal(old, libc::SIGUSR2);
+        let new = nginx.wait_for_pid(Some(old));
+        nginx.adopt(new);
+        let events = nginx.wait("the new workers", |ev| {
+            of_gen(ev, "worker_start", 2).len() == 2
+        });
+        let up = &of_gen(&events, "master_start", 2)[0];
+        assert_eq!(up.get("kind"), "upgrade");
+        assert_eq!(up.get("n_prev"), "2");
+        assert_eq!(up.num("master_pid"), Some(new as u64));
+        signal(old, libc::SIGWINCH);
+        let events = nginx.wait("the old generation's exit", |ev| {
+            !of_gen(ev, "master_exit", 1).is_empty()
+        });
+        let exit = &of_gen(&events, "master_exit", 1)[0];
+        assert_eq!(exit.get("reason"), "upgrade");
+        assert_eq!(exit.get("n_next"), "2");
+        assert!(of_gen(&events, "worker_exit", 1)
+            .iter()
+            .all(|e| e.get("reason") == "upgrade"));
+        signal(old, libc::SIGQUIT);
+        nginx.wait_gone(old);
+        assert!(alive(new));
+        quit(&nginx, new);
+        let exit = &of_gen(&nginx.events(), "master_exit", 2)[0];
+        assert_eq!(exit.get("reason"), "stop");
+    }
 }
 
+/// A reload nginx gives up after `init_by_lua` (a port it cannot bind): aborted at
+/// once, in the master, when nginx closes the configuration.
 #[test]
 fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_stop() {
     let _serial = serial();
-    let mut config = Config {
-        opts: "start_timeout = 1,".into(),
-        ..Config::default()
-    };
-    let (nginx, master) = start(&config);
-    nginx.wait_n("worker_start", 2);
-    // The new configuration listens on a port that is taken.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    config.http = format!(
-        "server {{ listen 127.0.0.1:{}; }}",
-        taken.local_addr().unwrap().port()
-    );
-    nginx.write_config(&config);
-    signal(master, libc::SIGHUP);
-    let events = nginx.wait("the abort", |ev| {
-        ev.iter().any(|e| e.name == "generation_abort")
-    });
-    let abort = events
-        .iter()
-        .find(|e| e.name == "generation_abort")
-        .unwrap();
-    assert_eq!(gen_of(abort), 2);
-    assert_eq!(abort.get("cause"), "timed_out");
-    assert!(of_gen(&events, "worker_start", 2).is_empty());
-    assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
-    quit(&nginx, master);
-    let exits = of_gen(&nginx.events(), "worker_exit", 1);
-    assert_eq!(exits.len(), 2);
-    assert!(exits.iter().all(|e| e.get("reason") == "stop"), "{exits:?}");
+    for mut config in Config::both(|_| {}) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        // The new configuration listens on a port that is taken.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.http = format!(
+            "server {{ listen 127.0.0.1:{}; }}",
+            taken.local_addr().unwrap().port()
+        );
+        nginx.write_config(&config);
+        signal(master, libc::SIGHUP);
+        // When nginx gave up, as the test saw it in the error log.
+        let deadline = Instant::now() + common::STEP_TIMEOUT;
+        let gave_up = loop {
+            if nginx.stderr().contains("still could not bind()") {
+                break SystemTime::now();
+            }
+            assert!(Instant::now() < deadline, "nginx never gave up");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let events = nginx.wait("the abort", |ev| {
+            ev.iter().any(|e| e.name == "generation_abort")
+        });
+        let abort = events
+            .iter()
+            .find(|e| e.name == "generation_abort")
+            .unwrap();
+        assert_eq!(gen_of(abort), 2);
+        assert_eq!(abort.get("cause"), "failed");
+        assert_eq!(abort.num("by"), Some(master as u64), "the master aborts it");
+        let at = UNIX_EPOCH + Duration::from_nanos(abort.num("t").unwrap());
+        assert!(
+            at < gave_up + Duration::from_secs(1),
+            "aborted {:?} after nginx gave up",
+            at.duration_since(gave_up)
+        );
+        assert!(of_gen(&events, "worker_start", 2).is_empty());
+        assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
+        quit(&nginx, master);
+        let exits = of_gen(&nginx.events(), "worker_exit", 1);
+        assert_eq!(exits.len(), 2);
+        assert!(exits.iter().all(|e| e.get("reason") == "stop"), "{exits:?}");
+        assert!(
+            exits.iter().all(|e| e.get("n_next") == "nil"),
+            "a failed reload is no successor: {exits:?}"
+        );
+    }
+}
+
+/// A reload whose `init_by_lua` raises after `on_init_by_lua` returned: nginx gives
+/// the configuration up, and it is aborted at once.
+#[test]
+fn a_reload_whose_init_by_lua_raises_after_registering_is_aborted() {
+    let _serial = serial();
+    for config in Config::both(|_| {}) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        let conf = nginx.prefix().join("conf/nginx.conf");
+        nginx.write_config(&config);
+        // The error comes after the registration, at the end of init_by_lua.
+        let text = std::fs::read_to_string(&conf).unwrap().replacen(
+            "WM_RECORD(\"master_exit\")))",
+            "WM_RECORD(\"master_exit\")))\n        error(\"a later error\")",
+            1,
+        );
+        std::fs::write(&conf, text).unwrap();
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("the abort", |ev| {
+            ev.iter().any(|e| e.name == "generation_abort")
+        });
+        let abort = events
+            .iter()
+            .find(|e| e.name == "generation_abort")
+            .unwrap();
+        assert_eq!((gen_of(abort), abort.get("cause")), (2, "failed"));
+        assert!(nginx.stderr().contains("a later error"));
+        assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
+        quit(&nginx, master);
+        let end = &of_gen(&nginx.events(), "master_exit", 1)[0];
+        assert_eq!((end.get("reason"), end.get("n_next")), ("stop", "nil"));
+    }
 }
 
 #[test]
 fn restart_after_a_clean_stop_and_after_kill_9_of_everything() {
     let _serial = serial();
-    let (mut nginx, master) = start(&Config::default());
-    nginx.wait_n("worker_start", 2);
-    quit(&nginx, master);
-    let master = nginx.start();
-    let events = nginx.wait("the clean restart", |ev| {
-        of_gen(ev, "worker_start", 2).len() == 2
-    });
-    let restart = &of_gen(&events, "master_start", 2)[0];
-    assert_eq!(restart.get("kind"), "restart");
-    assert_eq!(restart.get("previous_run"), "clean");
-    assert_eq!(restart.get("n_prev"), "nil");
+    for config in Config::both(|_| {}) {
+        let (mut nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        quit(&nginx, master);
+        let master = nginx.start();
+        let events = nginx.wait("the clean restart", |ev| {
+            of_gen(ev, "worker_start", 2).len() == 2
+        });
+        let restart = &of_gen(&events, "master_start", 2)[0];
+        assert_eq!(restart.get("kind"), "restart");
+        assert_eq!(restart.get("previous_run"), "clean");
+        assert_eq!(restart.get("n_prev"), "nil");
 
-    let workers = nginx.workers(master);
-    signal(master, libc::SIGKILL);
-    for w in &workers {
-        signal(*w, libc::SIGKILL);
+        let workers = nginx.workers(master);
+        signal(master, libc::SIGKILL);
+        for w in &workers {
+            signal(*w, libc::SIGKILL);
+        }
+        nginx.wait_gone(master);
+        while workers.iter().any(|&w| alive(w)) {
+            reap();
+            std::thread::yield_now();
+        }
+        let master = nginx.start();
+        let events = nginx.wait("the unclean restart", |ev| {
+            of_gen(ev, "worker_start", 3).len() == 2
+        });
+        let restart = &of_gen(&events, "master_start", 3)[0];
+        assert_eq!(restart.get("kind"), "restart");
+        assert_eq!(restart.get("previous_run"), "unclean");
+        assert_eq!(of_gen(&events, "worker_crash", 2).len(), 2);
+        assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+        quit(&nginx, master);
     }
-    nginx.wait_gone(master);
-    while workers.iter().any(|&w| alive(w)) {
-        reap();
-        std::thread::yield_now();
+}
+
+/// `kill -9` of the master alone: its workers serve on as orphans, a live
+/// generation; a start meanwhile fails to bind and is aborted; when the orphans end,
+/// nothing replaces them; the next start says the run ended uncleanly, and a clean
+/// stop after it is clean.
+#[test]
+fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
+    let _serial = serial();
+    for config in Config::both(|_| {}) {
+        let (mut nginx, master) = start(&config);
+        nginx.wait_n("worker_start", 2);
+        let orphans = nginx.workers(master);
+        for &w in &orphans {
+            // Killed on drop with the masters, however the test ends.
+            nginx.adopt(w);
+        }
+        signal(master, libc::SIGKILL);
+        nginx.wait_gone(master);
+        assert!(orphans.iter().all(|&w| alive(w)));
+        assert!(
+            nginx.get("/status").starts_with("live=2 "),
+            "the orphans serve"
+        );
+
+        // A start while they hold the port: nginx gives it up after init_by_lua.
+        let _ = std::fs::remove_file(nginx.prefix().join("logs/nginx.pid"));
+        let failed = std::process::Command::new(common::nginx::NGINX)
+            .args([
+                "-p",
+                nginx.prefix().to_str().unwrap(),
+                "-c",
+                "conf/nginx.conf",
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!failed.success(), "the start could not bind");
+        let events = nginx.wait("the failed start's abort", |ev| {
+            ev.iter().any(|e| e.name == "generation_abort")
+        });
+        let abort = events
+            .iter()
+            .find(|e| e.name == "generation_abort")
+            .unwrap();
+        assert_eq!((gen_of(abort), abort.get("cause")), (2, "failed"));
+        assert!(nginx.get("/status").starts_with("live=2 "));
+
+        // The orphans are stopped.
+        for &w in &orphans {
+            signal(w, libc::SIGTERM);
+        }
+        let events = nginx.wait("the orphans' end", |ev| {
+            !of_gen(ev, "master_exit", 1).is_empty()
+        });
+        let exits = of_gen(&events, "worker_exit", 1);
+        assert_eq!(exits.len(), 2, "{events:?}");
+        assert!(exits.iter().all(|e| e.get("n_next") == "nil"), "{exits:?}");
+        assert_eq!(of_gen(&events, "master_exit", 1)[0].get("n_next"), "nil");
+        while orphans.iter().any(|&w| alive(w)) {
+            reap();
+            std::thread::yield_now();
+        }
+
+        let master = nginx.start();
+        let events = nginx.wait("the next start", |ev| {
+            of_gen(ev, "worker_start", 3).len() == 2
+        });
+        let restart = &of_gen(&events, "master_start", 3)[0];
+        assert_eq!(restart.get("kind"), "restart");
+        assert_eq!(
+            restart.get("previous_run"),
+            "unclean",
+            "the master was killed"
+        );
+        quit(&nginx, master);
+        let master = nginx.start();
+        let events = nginx.wait("the start after a clean stop", |ev| {
+            of_gen(ev, "worker_start", 4).len() == 2
+        });
+        let restart = &of_gen(&events, "master_start", 4)[0];
+        assert_eq!(restart.get("previous_run"), "clean");
+        quit(&nginx, master);
     }
-    let master = nginx.start();
-    let events = nginx.wait("the unclean restart", |ev| {
-        of_gen(ev, "worker_start", 3).len() == 2
-    });
-    let restart = &of_gen(&events, "master_start", 3)[0];
-    assert_eq!(restart.get("kind"), "restart");
-    assert_eq!(restart.get("previous_run"), "unclean");
-    assert_eq!(of_gen(&events, "worker_crash", 2).len(), 2);
-    assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
-    quit(&nginx, master);
 }
 
 #[test]
@@ -613,27 +748,82 @@ fn misuse_and_bad_options_raise_errors_naming_the_cause_and_runtime_failures_ret
     quit(&nginx, master);
 }
 
+/// The `exit_hook` option of earlier versions is accepted and changes nothing:
+/// exits are reported at the real exit, once, with the hook wired or not.
 #[test]
-fn with_exit_hook_set_graceful_exits_are_reported_at_the_real_exit() {
+fn the_exit_hook_option_is_accepted_and_exits_are_reported_once() {
+    let _serial = serial();
+    for (hook, option) in [(false, true), (true, false)] {
+        let (nginx, master) = start(&Config {
+            exit_hook: hook,
+            opts: format!("exit_hook = {option},"),
+            ..Config::default()
+        });
+        nginx.wait_n("worker_start", 2);
+        signal(master, libc::SIGHUP);
+        let events = nginx.wait("the old generation's end", |ev| {
+            !of_gen(ev, "master_exit", 1).is_empty()
+        });
+        let exits = of_gen(&events, "worker_exit", 1);
+        assert_eq!(exits.len(), 2);
+        assert!(exits.iter().all(|e| e.get("reason") == "reload"));
+        quit(&nginx, master);
+        let events = nginx.events();
+        let exits = of_gen(&events, "worker_exit", 2);
+        assert_eq!(exits.len(), 2, "once each: {exits:?}");
+        assert!(exits.iter().all(|e| e.get("reason") == "stop"));
+        assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+    }
+}
+
+/// Callbacks run at a worker's real exit, from the end of its Lua VM, after timers
+/// and requests have run: nginx's API answers there (ngx.log writes, get_phase says
+/// "init", worker.id and worker.exiting are the worker's), an error is logged with
+/// its traceback, and a callback that tries to yield is refused and logged; nothing
+/// crashes.
+#[test]
+fn callbacks_at_the_real_exit_can_use_nginx_s_api() {
     let _serial = serial();
     let (nginx, master) = start(&Config {
-        opts: "exit_hook = true,".into(),
-        ..Config::default()
+        before_worker: r#"ngx.timer.at(0, function() end)"#.into(),
+        in_callback: r#"
+            if name == "worker_exit" or name == "master_exit" then
+                ngx.log(ngx.NOTICE, "AT EXIT ", name, " phase=", ngx.get_phase(),
+                        " id=", tostring(ngx.worker.id()),
+                        " exiting=", tostring(ngx.worker.exiting()))
+                if name == "worker_exit" and ngx.worker.id() == 0 then
+                    error("boom at exit")
+                elseif name == "worker_exit" then
+                    coroutine.yield()
+                end
+            end"#
+            .into(),
+        ..Config::synopsis()
     });
     nginx.wait_n("worker_start", 2);
-    signal(master, libc::SIGHUP);
-    let events = nginx.wait("the old generation's end", |ev| {
-        !of_gen(ev, "master_exit", 1).is_empty()
-    });
-    let exits = of_gen(&events, "worker_exit", 1);
-    assert_eq!(exits.len(), 2);
-    assert!(exits.iter().all(|e| e.get("reason") == "reload"));
+    for _ in 0..4 {
+        assert!(nginx.get("/status").starts_with("live=2 "));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     quit(&nginx, master);
-    let events = nginx.events();
-    assert!(of_gen(&events, "worker_exit", 2)
+    let log = nginx.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("AT EXIT ")).collect();
+    assert_eq!(lines.len(), 3, "two worker_exit, one master_exit:\n{log}");
+    assert!(lines
         .iter()
-        .all(|e| e.get("reason") == "stop"));
-    assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+        .all(|l| l.contains("phase=init") && l.contains("exiting=true")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("worker_exit phase=init id=0 ")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("worker_exit phase=init id=1 ")));
+    assert!(log.contains("the worker_exit callback failed") && log.contains("boom at exit"));
+    assert!(log.contains("stack traceback"));
+    assert!(log.contains("attempt to yield"), "{log}");
+    assert!(!log.contains("signal 11"), "{log}");
+    assert!(!log.contains("exited on signal"), "{log}");
+    assert_eq!(nginx.named("master_exit").len(), 1);
 }
 
 #[test]

@@ -84,6 +84,12 @@ pub(crate) struct Header {
     /// `docs/design.md` 5.4): entries from here on, up to `next_seq`, were journalled
     /// by a lock holder that died before it handed them to its callbacks.
     pub delivered_seq: AtomicU64,
+    /// The last verdict on a configuration (see `docs/design.md` 4.6): its
+    /// generation (0: none yet), whether it was committed (1) or failed (2), when.
+    pub verdict_generation: AtomicU64,
+    pub verdict: AtomicU32,
+    pub _reserved3: AtomicU32,
+    pub verdict_ns: AtomicU64,
 }
 
 #[repr(C)]
@@ -107,6 +113,9 @@ pub(crate) struct GenerationRecord {
     pub exit_reason: AtomicU32,
     pub previous_run: AtomicU32,
     pub exited_ns: AtomicU64,
+    /// When the server committed this configuration (0: not yet): the master closed
+    /// the previous one, or a worker of it registered.
+    pub committed_ns: AtomicU64,
 }
 
 #[repr(C)]

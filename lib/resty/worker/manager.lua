@@ -33,6 +33,10 @@ local _M = {
 }
 
 local C -- the library, loaded by on_init_by_lua
+-- This Lua VM's handle on its registry. Its finalizer runs when nginx closes the VM:
+-- in a worker at its real exit, in the master when nginx commits a newer
+-- configuration, gives this one up, or exits (see on_vm_end).
+local handle
 
 -- Out-parameters, allocated once. Every fallible call writes its message into
 -- errbuf, a buffer this module owns, and its length into errlen (its capacity on
@@ -40,16 +44,15 @@ local C -- the library, loaded by on_init_by_lua
 local ERRBUF_SIZE = 512
 local errbuf = ffi.new("char[?]", ERRBUF_SIZE)
 local errlen = ffi.new("size_t[1]")
+local handle_out = ffi.new("struct wm_handle *[1]")
+local status_out = ffi.new("struct wm_status")
 local id_out = ffi.new("uint64_t[1]")
 local event_out = ffi.new("struct wm_event")
 local generation_out = ffi.new("struct wm_generation")
 local worker_out = ffi.new("struct wm_worker")
-local count_out = ffi.new("uint32_t[3]")
-local seq_out = ffi.new("uint64_t[1]")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
-local consistent_out = ffi.new("int[1]")
 
 local EVENTS = {
   "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
@@ -59,7 +62,7 @@ local START_KINDS = { "start", "restart", "reload", "upgrade" }
 local RUN_ENDS = { "clean", "unclean" }
 local REASONS = { "reload", "upgrade", "stop", "fast_stop" }
 local DETECTIONS = { "owner_died", "abandoned" }
-local ABORT_CAUSES = { "superseded", "timed_out" }
+local ABORT_CAUSES = { "superseded", "timed_out", "failed" }
 local LOCK_OPS = {
   [0] = "nothing", "register_generation", "register_worker", "exit_worker", "sweep",
   "snapshot", "user",
@@ -77,6 +80,8 @@ local OPTIONS = {
   failed = { "number", 5, 0.001, 86400 },
   lock_timeout = { "number", 30, 0.001, 3600 },
   start_timeout = { "number", 60, 0.001, 86400 },
+  -- Accepted for compatibility, without effect: exits are reported at the real
+  -- exit whether or not exit_worker_by_lua is wired.
   exit_hook = { "boolean", false },
   on_worker_crash = { "function" },
   on_generation_abort = { "function" },
@@ -161,8 +166,8 @@ end
 --- Takes the events of the last operations out of the library's buffer.
 local function take_events()
   local events = {}
-  for i = 0, C.wm_events_count() - 1 do
-    if C.wm_event_get(i, event_out, err_args()) == 0 then
+  for i = 0, C.wm_events_count(handle) - 1 do
+    if C.wm_event_get(handle, i, event_out, err_args()) == 0 then
       events[#events + 1] = {
         info = describe(event_out),
         n_prev = count(event_out.n_prev),
@@ -171,7 +176,7 @@ local function take_events()
       }
     end
   end
-  C.wm_events_clear()
+  C.wm_events_clear(handle)
   return events
 end
 
@@ -204,19 +209,19 @@ local function dispatch(events)
       end
       run_callback(name, cb, id, e.n_prev, e.n_mine, e.n_next, info)
     end
-    if C.wm_event_done(info.seq, err_args()) ~= 0 then
+    if C.wm_event_done(handle, info.seq, err_args()) ~= 0 then
       ngx_log(ERR, LOG_PREFIX, "recording event ", info.seq, " as done: ", last_error())
     end
   end
 end
 
---- Runs `op` (a library call returning a status, its last two arguments the error
--- buffer) under the lock this process has just taken, then the callbacks of the
--- events it produced, still under the lock; then releases it, whatever `op` and the
--- callbacks did. Returns true, or nil and an error.
+--- Runs `op` (a library call returning a status, called with the handle first and
+-- the error buffer last) under the lock this process has just taken, then the
+-- callbacks of the events it produced, still under the lock; then releases it,
+-- whatever `op` and the callbacks did. Returns true, or nil and an error.
 local function run_held(what, op, ...)
   errlen[0] = ERRBUF_SIZE
-  local called, rc = pcall(op, ...)
+  local called, rc = pcall(op, handle, ...)
   local err
   if not called then
     err = tostring(rc)
@@ -224,7 +229,7 @@ local function run_held(what, op, ...)
     err = last_error()
   end
   local ok, cb_err = pcall(dispatch, take_events())
-  if C.wm_unlock(err_args()) ~= 0 then
+  if C.wm_unlock(handle, err_args()) ~= 0 then
     ngx_log(ERR, LOG_PREFIX, "unlock: ", last_error())
   end
   if not ok then
@@ -248,7 +253,7 @@ end
 -- the callbacks of its events, still under the lock. Never leaves the lock held.
 -- Returns true, or nil and an error.
 local function locked(what, op, ...)
-  if C.wm_lock(err_args()) ~= 0 then
+  if C.wm_lock(handle, err_args()) ~= 0 then
     return lock_failed(what)
   end
   return run_held(what, op, ...)
@@ -257,13 +262,50 @@ end
 --- As `locked`, but only if the lock is free right now; returns true at once when
 -- another process holds it.
 local function locked_if_free(what, op, ...)
-  if C.wm_try_lock(acquired_out, err_args()) ~= 0 then
+  if C.wm_try_lock(handle, acquired_out, err_args()) ~= 0 then
     return lock_failed(what)
   end
   if acquired_out[0] == 0 then
     return true
   end
   return run_held(what, op, ...)
+end
+
+-- lua-nginx-module leaves the request of the last handler it ran (init_worker's
+-- fake one) in the VM's main thread, where nothing runs after it but the VM's end:
+-- there, ngx.get_phase() read it after it was freed (and crashed the worker), and
+-- ngx.log() wrote to its freed connection's log (nothing). Clearing it makes them
+-- answer as outside any request: get_phase() "init", log() to the error log.
+local exdata_ok, exdata = pcall(require, "thread.exdata")
+local NULL = ffi.cast("void *", 0)
+
+local function forget_request()
+  if exdata_ok then
+    exdata(NULL)
+  end
+end
+
+--- The end of this Lua VM, the one hook nginx runs whatever happens (short of
+-- SIGKILL): it closes the VM in every process that has it. In a worker, that is its
+-- real exit, graceful or fast, with or without exit_worker_by_lua. In the master, it
+-- is the end of this configuration: nginx committed the next one (before forking
+-- its workers), gave this one up after init_by_lua (a port it cannot bind, an error
+-- later in init_by_lua), or the master exits.
+local function on_vm_end(h)
+  forget_request()
+  if registered then
+    registered = false
+    local graceful = ngx.worker.exiting() and 1 or 0
+    locked("exiting", C.wm_exit_worker, graceful, errbuf, errlen)
+  elseif generation and not worker_init_called then
+    -- The master (or, for a start that fails, the process about to become it).
+    -- ngx.process.type() cannot tell: it crashes when a start fails. A cache
+    -- manager or loader gets here too, where closing a committed configuration
+    -- finds nothing of its own to commit.
+    locked("closing the configuration", C.wm_configuration_closed, generation, errbuf, errlen)
+  end
+  handle = nil
+  C.wm_close(h)
 end
 
 local function validate(opts)
@@ -308,10 +350,13 @@ local function validate(opts)
   return valid
 end
 
---- The registry path for a `shm` name when no `path` is given: one per nginx prefix
--- and name, so that two nginx instances never share one.
-function _M.default_path(prefix, shm)
-  return "/dev/shm/worker-manager." .. shm .. "." .. ngx.crc32_long(prefix) .. ".wm"
+--- The registry path for a `shm` name when no `path` is given: one per nginx prefix,
+-- name and subsystem, so that two nginx instances, or the http and stream
+-- subsystems of one, never share one.
+-- @param subsystem "http" (the default) or "stream"
+function _M.default_path(prefix, shm, subsystem)
+  local sub = (subsystem and subsystem ~= "http") and (subsystem .. ".") or ""
+  return "/dev/shm/worker-manager." .. shm .. "." .. sub .. ngx.crc32_long(prefix) .. ".wm"
 end
 
 local function check_callback(name, cb, level)
@@ -347,14 +392,18 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
     return nil, err
   end
   C = lib
-  local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm)
-  local rc = C.wm_open(path, ms(valid.lock_timeout), err_args())
-  if rc == cdefs.ERR_REPLACED then
-    ngx_log(WARN, LOG_PREFIX, last_error())
-  elseif rc ~= 0 then
+  local subsystem = ngx.config.subsystem or "http"
+  local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm, subsystem)
+  handle_out[0] = nil
+  local rc = C.wm_open(path, subsystem, ms(valid.lock_timeout), handle_out, err_args())
+  if rc ~= 0 and rc ~= cdefs.ERR_REPLACED then
     err = last_error()
     ngx_log(ERR, LOG_PREFIX, err)
     return nil, err
+  end
+  handle = ffi.gc(handle_out[0], on_vm_end)
+  if rc == cdefs.ERR_REPLACED then
+    ngx_log(WARN, LOG_PREFIX, last_error())
   end
   callbacks = {
     master_start = master_start_cb,
@@ -370,6 +419,9 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
                    ms(valid.interval), ms(valid.failed), ms(valid.start_timeout),
                    workers, id_out, errbuf, errlen)
   if not ok then
+    -- Closed now, not by its finalizer, which is the end of the VM's tracking.
+    C.wm_close(ffi.gc(handle, nil))
+    handle = nil
     return nil, err
   end
   generation = tonumber(id_out[0])
@@ -386,7 +438,7 @@ function _M.heartbeat()
     return nil, "this process has no registered worker"
   end
   errlen[0] = ERRBUF_SIZE
-  if C.wm_heartbeat(errbuf, errlen) ~= 0 then
+  if C.wm_heartbeat(handle, errbuf, errlen) ~= 0 then
     return nil, last_error()
   end
   return true
@@ -395,10 +447,7 @@ end
 local function tick(premature)
   if premature then
     -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
-    -- while longer. With an exit hook, everything is reported at the real exit.
-    if not config.exit_hook and registered then
-      locked("announcing the exit", C.wm_announce_exit, errbuf, errlen)
-    end
+    -- while longer; its exit is reported when it really exits.
     return
   end
   local ok, err = _M.heartbeat()
@@ -450,8 +499,8 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
   return true
 end
 
---- Reports this worker's exit. Call it in `exit_worker_by_lua` (recommended: it is
--- the only code that runs on a fast stop).
+--- Reports this worker's exit now, in `exit_worker_by_lua`. Optional: without it, the
+-- exit is reported at the same moment, when nginx closes the worker's Lua VM.
 -- @return true, or nil and an error
 function _M.on_exit_worker_by_lua()
   if get_phase() ~= "exit_worker" then
@@ -475,21 +524,28 @@ function _M.status()
   if not C then
     return nil, "on_init_by_lua has not run"
   end
-  if C.wm_snapshot(count_out, count_out + 1, count_out + 2, seq_out, consistent_out,
-                   err_args()) ~= 0 then
+  if C.wm_snapshot(handle, status_out, err_args()) ~= 0 then
     return nil, last_error()
   end
+  local st = status_out
   local status = {
-    run_state = RUN_STATES[count_out[2]],
-    next_seq = tonumber(seq_out[0]),
+    run_state = RUN_STATES[st.run_state],
+    next_seq = tonumber(st.next_seq),
     -- false only when a writer died in the middle of a change
-    consistent = consistent_out[0] ~= 0,
+    consistent = st.consistent ~= 0,
     generation = generation,
     generations = {},
     workers = {},
   }
-  for i = 0, count_out[0] - 1 do
-    if C.wm_snapshot_generation(i, generation_out, err_args()) == 0 then
+  if st.verdict_generation ~= 0 then
+    status.last_verdict = {
+      generation = tonumber(st.verdict_generation),
+      committed = st.verdict == 1,
+      time = tonumber(st.verdict_ns) / 1e9,
+    }
+  end
+  for i = 0, st.generations - 1 do
+    if C.wm_snapshot_generation(handle, i, generation_out, err_args()) == 0 then
       local g = generation_out
       status.generations[#status.generations + 1] = {
         id = tonumber(g.id),
@@ -504,11 +560,12 @@ function _M.status()
         respawns = tonumber(g.respawns),
         crashes = tonumber(g.crashes),
         registered = tonumber(g.registered_ns) / 1e9,
+        committed = g.committed_ns ~= 0 and tonumber(g.committed_ns) / 1e9 or nil,
       }
     end
   end
-  for i = 0, count_out[1] - 1 do
-    if C.wm_snapshot_worker(i, worker_out, err_args()) == 0 then
+  for i = 0, st.workers - 1 do
+    if C.wm_snapshot_worker(handle, i, worker_out, err_args()) == 0 then
       local w = worker_out
       status.workers[#status.workers + 1] = {
         id = tostring(tonumber(w.generation)) .. "-" .. tostring(w.pid),
@@ -535,7 +592,7 @@ function _M.metrics()
   if not C then
     return nil, "on_init_by_lua has not run"
   end
-  if C.wm_metrics(text_out, len_out, err_args()) ~= 0 then
+  if C.wm_metrics(handle, text_out, len_out, err_args()) ~= 0 then
     return nil, last_error()
   end
   return ffi_string(text_out[0], len_out[0])

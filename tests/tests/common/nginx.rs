@@ -50,6 +50,9 @@ pub struct Config {
     pub daemon: bool,
     /// Lua table fields added to the `on_init_by_lua` options.
     pub opts: String,
+    /// `interval = 0.2, failed = 1` rather than the defaults (10 s, 5 s).
+    pub short_intervals: bool,
+    /// `exit_worker_by_lua` calls `on_exit_worker_by_lua()`.
     pub exit_hook: bool,
     /// Lua code run at the start of every callback (`name` and `info` in scope).
     pub in_callback: String,
@@ -70,6 +73,7 @@ impl Default for Config {
             workers: 2,
             daemon: false,
             opts: String::new(),
+            short_intervals: true,
             exit_hook: true,
             in_callback: String::new(),
             before_worker: String::new(),
@@ -77,6 +81,27 @@ impl Default for Config {
             locations: String::new(),
             lua_blocks: None,
         }
+    }
+}
+
+impl Config {
+    /// The configuration of the original library's synopsis: no exit hook, default
+    /// `interval`, `failed` and `start_timeout`.
+    pub fn synopsis() -> Config {
+        Config {
+            short_intervals: false,
+            exit_hook: false,
+            ..Config::default()
+        }
+    }
+
+    /// The two configurations every lifecycle scenario runs in: the synopsis's, and
+    /// with the exit hook and short intervals; with `tune` applied to each.
+    pub fn both(tune: impl Fn(&mut Config)) -> [Config; 2] {
+        [Config::synopsis(), Config::default()].map(|mut c| {
+            tune(&mut c);
+            c
+        })
     }
 }
 
@@ -275,7 +300,7 @@ impl Nginx {
         {record}
         local wm = require("resty.worker.manager")
         assert(wm.on_init_by_lua({{
-            interval = 0.2, failed = 1,
+            {intervals}
             on_worker_crash = WM_RECORD("worker_crash"),
             on_generation_abort = WM_RECORD("generation_abort"),
             on_worker_hang = WM_RECORD("worker_hang"),
@@ -290,6 +315,11 @@ impl Nginx {
     }}
 "#,
                 record = self.record_lua(&c.in_callback),
+                intervals = if c.short_intervals {
+                    "interval = 0.2, failed = 1,"
+                } else {
+                    ""
+                },
                 opts = opts,
                 before_worker = c.before_worker,
             )

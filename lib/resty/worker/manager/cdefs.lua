@@ -10,6 +10,7 @@ local pcall = pcall
 local concat = table.concat
 
 ffi.cdef([[
+struct wm_handle;
 struct wm_event {
   uint64_t seq;
   uint64_t time_ns;
@@ -25,6 +26,16 @@ struct wm_event {
   uint32_t flags;
   uint64_t value;
 };
+struct wm_status {
+  uint32_t generations;
+  uint32_t workers;
+  uint32_t run_state;
+  int consistent;
+  uint64_t next_seq;
+  uint64_t verdict_generation;
+  uint32_t verdict;
+  uint64_t verdict_ns;
+};
 struct wm_generation {
   uint64_t id;
   uint32_t state;
@@ -38,6 +49,7 @@ struct wm_generation {
   uint64_t respawns;
   uint64_t crashes;
   uint64_t registered_ns;
+  uint64_t committed_ns;
 };
 struct wm_worker {
   uint64_t generation;
@@ -51,36 +63,61 @@ struct wm_worker {
   uint64_t registered_ns;
 };
 uint32_t wm_abi_version(void);
-int wm_open(const char *path, uint64_t lock_timeout_ms, char *errbuf, size_t *errbuf_len);
-int wm_lock(char *errbuf, size_t *errbuf_len);
-int wm_try_lock(int *acquired, char *errbuf, size_t *errbuf_len);
-int wm_unlock(char *errbuf, size_t *errbuf_len);
-int wm_register_generation(uint64_t interval_ms,
+int wm_open(const char *path,
+            const char *subsystem,
+            uint64_t lock_timeout_ms,
+            struct wm_handle **handle,
+            char *errbuf,
+            size_t *errbuf_len);
+void wm_close(struct wm_handle *h);
+int wm_lock(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+int wm_try_lock(struct wm_handle *h, int *acquired, char *errbuf, size_t *errbuf_len);
+int wm_unlock(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+int wm_register_generation(struct wm_handle *h,
+                           uint64_t interval_ms,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
                            uint64_t *id,
                            char *errbuf,
                            size_t *errbuf_len);
-int wm_register_worker(uint64_t generation, uint32_t index, char *errbuf, size_t *errbuf_len);
-int wm_heartbeat(char *errbuf, size_t *errbuf_len);
-int wm_announce_exit(char *errbuf, size_t *errbuf_len);
-int wm_exit_worker(int graceful, char *errbuf, size_t *errbuf_len);
-int wm_sweep(char *errbuf, size_t *errbuf_len);
-uint32_t wm_events_count(void);
-int wm_event_get(uint32_t i, struct wm_event *out, char *errbuf, size_t *errbuf_len);
-int wm_event_done(uint64_t seq, char *errbuf, size_t *errbuf_len);
-void wm_events_clear(void);
-int wm_snapshot(uint32_t *generations,
-                uint32_t *workers,
-                uint32_t *run_state,
-                uint64_t *next_seq,
-                int *consistent,
-                char *errbuf,
-                size_t *errbuf_len);
-int wm_metrics(const char **text, size_t *len, char *errbuf, size_t *errbuf_len);
-int wm_snapshot_generation(uint32_t i, struct wm_generation *out, char *errbuf, size_t *errbuf_len);
-int wm_snapshot_worker(uint32_t i, struct wm_worker *out, char *errbuf, size_t *errbuf_len);
+int wm_configuration_closed(struct wm_handle *h,
+                            uint64_t generation,
+                            char *errbuf,
+                            size_t *errbuf_len);
+int wm_register_worker(struct wm_handle *h,
+                       uint64_t generation,
+                       uint32_t index,
+                       char *errbuf,
+                       size_t *errbuf_len);
+int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+int wm_announce_exit(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+int wm_exit_worker(struct wm_handle *h, int graceful, char *errbuf, size_t *errbuf_len);
+int wm_sweep(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+uint32_t wm_events_count(const struct wm_handle *h);
+int wm_event_get(struct wm_handle *h,
+                 uint32_t i,
+                 struct wm_event *out,
+                 char *errbuf,
+                 size_t *errbuf_len);
+int wm_event_done(struct wm_handle *h, uint64_t seq, char *errbuf, size_t *errbuf_len);
+void wm_events_clear(struct wm_handle *h);
+int wm_snapshot(struct wm_handle *h, struct wm_status *out, char *errbuf, size_t *errbuf_len);
+int wm_metrics(struct wm_handle *h,
+               const char **text,
+               size_t *len,
+               char *errbuf,
+               size_t *errbuf_len);
+int wm_snapshot_generation(struct wm_handle *h,
+                           uint32_t i,
+                           struct wm_generation *out,
+                           char *errbuf,
+                           size_t *errbuf_len);
+int wm_snapshot_worker(struct wm_handle *h,
+                       uint32_t i,
+                       struct wm_worker *out,
+                       char *errbuf,
+                       size_t *errbuf_len);
 ]])
 
 -- The header's constants that this module uses; `cargo test -p worker-manager-ffi`

@@ -1,0 +1,117 @@
+//! One process, two Lua VMs: nginx's http and stream subsystems each track their
+//! workers through their own C ABI handle, on their own registry. Real processes
+//! (`wm-abi-probe`), real `kill -9`: each registry sees exactly the events it would
+//! see alone.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use common::{kill9, Scratch};
+use worker_manager::{Detail, EventKind, GenerationConfig, Options, Registry};
+
+struct Both {
+    child: Child,
+    pid: u32,
+}
+
+impl Drop for Both {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process registered as worker 0 of `http` and of `stream`.
+fn worker_of_both(
+    scratch: &Scratch,
+    http: u64,
+    stream: u64,
+) -> (Both, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wm-abi-probe"))
+        .arg(scratch.path("http.wm"))
+        .arg(http.to_string())
+        .arg(scratch.path("stream.wm"))
+        .arg(stream.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn wm-abi-probe");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid = line
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("wm-abi-probe: {line}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (Both { child, pid }, out)
+}
+
+fn kinds(registry: &Registry) -> Vec<EventKind> {
+    registry.events_since(1).iter().map(|e| e.kind()).collect()
+}
+
+#[test]
+fn http_and_stream_workers_of_one_process_are_tracked_apart() {
+    let scratch = Scratch::new();
+    let open = |name: &str| Registry::open(scratch.path(name), &Options::default()).unwrap();
+    let (http, stream) = (open("http.wm"), open("stream.wm"));
+    let config = GenerationConfig::default();
+    let g_http = http.register_generation(&config, |_| {}).unwrap();
+    let g_stream = stream.register_generation(&config, |_| {}).unwrap();
+
+    // A worker of both is killed: one crash in each registry, of the same pid.
+    let (mut killed, _) = worker_of_both(&scratch, g_http, g_stream);
+    kill9(killed.pid);
+    killed.child.wait().unwrap();
+    for registry in [&http, &stream] {
+        registry.sweep(|_| {}).unwrap();
+        let crashes: Vec<u32> = registry
+            .events_since(1)
+            .iter()
+            .filter_map(|e| match e.detail {
+                Detail::WorkerCrash { worker, .. } => Some(worker.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(crashes, [killed.pid]);
+    }
+
+    // Its respawn is a worker of both again, and exits from both.
+    let (mut respawn, mut out) = worker_of_both(&scratch, g_http, g_stream);
+    writeln!(respawn.child.stdin.as_mut().unwrap(), "exit").unwrap();
+    let mut lines = Vec::new();
+    for line in (&mut out).lines() {
+        let line = line.unwrap();
+        let done = line == "ok" || line.starts_with("err");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let exit = EventKind::WorkerExit.code();
+    assert!(lines.contains(&format!("event http {exit}")), "{lines:?}");
+    assert!(lines.contains(&format!("event stream {exit}")), "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("ok"), "{lines:?}");
+    for registry in [&http, &stream] {
+        assert_eq!(
+            kinds(registry),
+            [
+                EventKind::MasterStart,
+                EventKind::WorkerStart,
+                EventKind::WorkerCrash,
+                EventKind::WorkerStart,
+                EventKind::WorkerExit,
+                EventKind::MasterExit,
+            ]
+        );
+        let respawned = registry.events_since(1)[3];
+        assert!(
+            matches!(respawned.detail, Detail::WorkerStart { replaces: Some(w), .. } if w.pid == killed.pid),
+            "{respawned}"
+        );
+    }
+}
