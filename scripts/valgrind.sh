@@ -21,13 +21,18 @@ echo "== the core's process tests under memcheck"
 # System tools the tests run (mount, chown) are not followed.
 env "CARGO_TARGET_${host}_RUNNER=$memcheck --log-file=$logs/process.%p.log \
 --trace-children-skip=/bin/*,/sbin/*,/usr/bin/*,/usr/sbin/*" \
-    cargo test -p wm-tests --test lifecycle --test crash --test pid_reuse \
-    --test observer --test bad_input
+    cargo test -p wm-tests --test lifecycle --test crash --test crash_points \
+    --test pid_reuse --test observer --test bad_input --test verdicts --test two_vms
+
+echo "== the C ABI's tests under memcheck"
+env "CARGO_TARGET_${host}_RUNNER=$memcheck --log-file=$logs/abi.%p.log" \
+    cargo test -p worker-manager-ffi --test abi
 
 echo "== nginx under memcheck"
 WM_NGINX_WRAPPER="$memcheck --log-file=$logs/nginx.%p.log" \
     cargo test -p wm-tests --test nginx -- \
-    start_with_one_and_four_workers kill_9_of_a_worker reloads_including binary_upgrade
+    start_with_one_and_four_workers kill_9_of_a_worker reloads_including binary_upgrade \
+    a_reload_that_fails_after_init_by_lua callbacks_at_the_real_exit
 
 processes=$(find "$logs" -name '*.log' | wc -l)
 failed=$(grep -lE 'ERROR SUMMARY: [1-9]|Invalid (read|write|free)|uninitialised|Mismatched free|definitely lost in|Syscall param|Jump to the invalid|default action of signal (4|6|7|8|11) ' \

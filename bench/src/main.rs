@@ -125,6 +125,10 @@ fn run(args: &Args) -> Result<(), String> {
         },
         contention: both("contention", t, |t| scenarios::contention(t, args.runs)),
         stall: both("stalled lock", t, scenarios::stall),
+        verdicts: {
+            eprintln!("verdicts: worker-manager");
+            scenarios::verdicts(args.reloads)
+        },
     };
     let text = report::render(&figures);
     std::fs::write(&args.out, &text).map_err(|e| format!("{}: {e}", args.out.display()))?;

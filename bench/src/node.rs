@@ -105,16 +105,20 @@ impl Node {
         let record = nginx.record_lua(&settings.in_callback);
         let (interval, failed) = (settings.interval, settings.failed);
         let config = match tracker {
+            // As the original's synopsis configures it: no exit_worker_by_lua.
             Tracker::Product => Config {
                 workers: settings.workers,
-                exit_hook: true,
+                exit_hook: false,
+                // Scenarios add servers here (conf/extra.conf, empty at first).
+                http: "include extra.conf;".into(),
                 lua_blocks: Some(format!(
                     r#"
     init_by_lua_block {{
         {record}
         assert(require("resty.worker.manager").on_init_by_lua({{
             path = "{registry}", interval = {interval}, failed = {failed},
-            exit_hook = true, on_worker_crash = WM_RECORD("worker_crash"),
+            on_worker_crash = WM_RECORD("worker_crash"),
+            on_generation_abort = WM_RECORD("generation_abort"),
         }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
     }}
     init_worker_by_lua_block {{
@@ -181,6 +185,7 @@ impl Node {
             },
         };
         nginx.write_config(&config);
+        fs::write(nginx.prefix().join("conf/extra.conf"), "").unwrap();
         let master = nginx.start();
         let node = Node {
             nginx,

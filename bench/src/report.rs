@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::process::Command;
 
-use crate::scenarios::{Contention, Crash, Reload, Samples, Stall, Steady};
+use crate::scenarios::{Contention, Crash, Reload, Samples, Stall, Steady, Verdicts};
 
 /// One scenario's figures for the product and, when measured, the original.
 pub struct Pair<T> {
@@ -30,6 +30,7 @@ pub struct Figures {
     pub bare_tick_us: f64,
     pub contention: Pair<Contention>,
     pub stall: Pair<Stall>,
+    pub verdicts: Verdicts,
 }
 
 fn output(program: &str, args: &[&str]) -> String {
@@ -166,8 +167,8 @@ pub fn render(f: &Figures) -> String {
          that one run, on the same machine and the same nginx.\n\n\
          Machine: {}.\n\n\
          The nginx scenarios run Debian's nginx with the real Lua module, tracked by\n\
-         worker-manager (`resty.worker.manager`, with `exit_worker_by_lua` wired, as\n\
-         recommended) or by the original lua-resty-worker-manager given with\n\
+         worker-manager (`resty.worker.manager`, configured as the original's synopsis:\n\
+         no `exit_worker_by_lua`) or by the original lua-resty-worker-manager given with\n\
          `--baseline`. Times come from the callbacks' own wall-clock timestamps; CPU\n\
          from `/proc/<pid>/schedstat` (nanoseconds); the original's counts, which no\n\
          callback reports after a crash, from its shared dict, polled every 10 ms.\n",
@@ -244,7 +245,46 @@ pub fn render(f: &Figures) -> String {
             "no"
         }
     );
+    let v = &p.verdicts;
+    for (goal, samples) in [
+        (
+            "old generation's `master_exit` after its last worker's real exit, p95 < 5 ms",
+            &v.master_exit,
+        ),
+        (
+            "failed reload's verdict after nginx's \"still could not bind()\", p95 < 5 ms",
+            &v.failed_reload,
+        ),
+    ] {
+        let p95 = samples.percentile(95.0);
+        let _ = writeln!(
+            out,
+            "| {goal} | {} | - | {} |",
+            ms(p95),
+            if p95 < 5.0 { "yes" } else { "no" }
+        );
+    }
     let _ = writeln!(out);
+
+    let _ = writeln!(
+        out,
+        "## Verdicts from the end of the Lua VM\n\n\
+         Without `exit_worker_by_lua`, at the default interval (10 s), {} trials each,\n\
+         p50 / p95 / max. The old generation's `master_exit` is fired by its last worker\n\
+         at its real exit, from the end of its Lua VM, measured from that worker's\n\
+         `worker_exit` (the original fires it when shutdown starts, and this product's\n\
+         earlier versions from a new worker's tick, up to `interval` later). A reload\n\
+         that nginx gives up (a port already in use) is aborted by the master when it\n\
+         closes the configuration, measured from the moment an inotify watch of the\n\
+         error log saw \"still could not bind()\" (0 when the abort came first;\n\
+         earlier versions waited for `start_timeout`, 60 s).\n\n\
+         | figure | p50 / p95 / max |\n| --- | --- |\n\
+         | `master_exit` after the last old worker's exit | {} |\n\
+         | failed reload aborted after \"still could not bind()\" | {} |\n",
+        v.master_exit.0.len(),
+        spread(&v.master_exit),
+        spread(&v.failed_reload)
+    );
 
     let _ = writeln!(
         out,

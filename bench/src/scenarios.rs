@@ -371,3 +371,92 @@ pub fn stall(tracker: &Tracker) -> Stall {
         master_cpu_ms: cpu1.saturating_sub(cpu0) as f64 / 1e6,
     }
 }
+
+/// nginx's verdicts, without `exit_worker_by_lua` and at the default interval.
+pub struct Verdicts {
+    /// The old generation's `master_exit` after the last old worker's real exit (its
+    /// `worker_exit`, from the end of its Lua VM), at each reload.
+    pub master_exit: Samples,
+    /// A failed reload's `generation_abort` after nginx's "still could not bind()",
+    /// as an inotify watch of the error log saw the line.
+    pub failed_reload: Samples,
+}
+
+/// Waits for `needle` to be appended to the file at `path`, watching it with
+/// inotify; returns the wall-clock nanosecond the write that brought it was seen.
+fn seen_in_log(path: &std::path::Path, needle: &str) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path).expect("open the error log");
+    let mut offset = file.seek(SeekFrom::End(0)).unwrap();
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: inotify_init1 has no preconditions.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert!(fd >= 0, "inotify_init1");
+    // SAFETY: a valid descriptor and C string.
+    let watch = unsafe { libc::inotify_add_watch(fd, name.as_ptr(), libc::IN_MODIFY) };
+    assert!(watch >= 0, "inotify_add_watch");
+    let mut text = String::new();
+    let seen = loop {
+        let mut buf = [0u8; 4096];
+        // SAFETY: a valid descriptor and buffer; blocks until the file changes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let at = now_ns();
+        assert!(n > 0, "inotify read");
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        offset += file.read_to_string(&mut text).unwrap() as u64;
+        if text.contains(needle) {
+            break at;
+        }
+    };
+    // SAFETY: the descriptor is ours and closed once.
+    unsafe { libc::close(fd) };
+    seen
+}
+
+/// `trials` reloads timed for their `master_exit`, then `trials` reloads that nginx
+/// gives up (a port already in use), timed for their abort.
+pub fn verdicts(trials: u32) -> Verdicts {
+    let node = Node::start(&Tracker::Product, &Settings::new(2, 10.0, 5.0));
+    let mut master_exit = Samples::default();
+    for _ in 0..trials {
+        let old = node.generation();
+        signal(node.master, libc::SIGHUP);
+        let events = node.nginx.wait("the old generation's end", |ev| {
+            !of(ev, "master_exit", old).is_empty() && node.generation() > old
+        });
+        let end = at(&of(&events, "master_exit", old)[0]);
+        let last = of(&events, "worker_exit", old)
+            .iter()
+            .map(at)
+            .max()
+            .expect("the old workers exited");
+        master_exit.push_ns(last, end);
+        node.wait_started(node.generation(), node.settings.workers);
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = node.nginx.prefix().join("conf/extra.conf");
+    let log = node.nginx.prefix().join("logs/error.log");
+    let mut failed_reload = Samples::default();
+    for _ in 0..trials {
+        let failing = node.generation() + 1;
+        let port = taken.local_addr().unwrap().port();
+        fs::write(&extra, format!("server {{ listen 127.0.0.1:{port}; }}")).unwrap();
+        let watcher = {
+            let log = log.clone();
+            std::thread::spawn(move || seen_in_log(&log, "still could not bind()"))
+        };
+        // The watch is set before the signal: give the thread its moment.
+        std::thread::sleep(Duration::from_millis(50));
+        signal(node.master, libc::SIGHUP);
+        let gave_up = watcher.join().expect("the watcher");
+        let events = node.nginx.wait("the abort", |ev| {
+            !of(ev, "generation_abort", failing).is_empty()
+        });
+        failed_reload.push_ns(gave_up, at(&of(&events, "generation_abort", failing)[0]));
+        fs::write(&extra, "").unwrap();
+    }
+    Verdicts {
+        master_exit,
+        failed_reload,
+    }
+}

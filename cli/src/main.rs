@@ -91,6 +91,25 @@ struct Location {
     /// The Lua `shm` option.
     #[arg(long, value_name = "NAME", requires = "prefix", value_parser = shm_name)]
     shm: Option<String>,
+    /// The Lua subsystem whose registry to read, with --prefix and --shm: each has
+    /// its own.
+    #[arg(long, value_enum, default_value_t = Subsystem::Http, requires = "shm")]
+    subsystem: Subsystem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Subsystem {
+    Http,
+    Stream,
+}
+
+impl Subsystem {
+    fn as_str(self) -> &'static str {
+        match self {
+            Subsystem::Http => "http",
+            Subsystem::Stream => "stream",
+        }
+    }
 }
 
 fn shm_name(name: &str) -> Result<String, String> {
@@ -114,7 +133,7 @@ impl Location {
                 if !prefix.ends_with('/') {
                     prefix.push('/');
                 }
-                naming::default_path(&prefix, shm)
+                naming::default_path(&prefix, shm, self.subsystem.as_str())
             }
             // clap requires one of the two forms.
             _ => unreachable!("clap enforces --path or --prefix with --shm"),
@@ -123,7 +142,10 @@ impl Location {
 
     fn describe(&self) -> String {
         match (&self.prefix, &self.shm) {
-            (Some(prefix), Some(shm)) => format!(" (from --prefix {prefix} --shm {shm})"),
+            (Some(prefix), Some(shm)) => format!(
+                " (from --prefix {prefix} --shm {shm} --subsystem {})",
+                self.subsystem.as_str()
+            ),
             _ => String::new(),
         }
     }

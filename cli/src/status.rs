@@ -22,10 +22,20 @@ struct Status<'a> {
     node_run: NodeRun,
     lock: Option<Lock>,
     next_seq: u64,
+    /// nginx's last verdict on a configuration (a start, reload or upgrade).
+    last_verdict: Option<Verdict>,
     generations: Vec<Generation>,
     workers: Vec<Worker>,
     stats: Stats,
     events: Vec<EventTally>,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    generation: u64,
+    /// `committed` or `failed`.
+    verdict: &'static str,
+    time: f64,
 }
 
 #[derive(Serialize)]
@@ -74,6 +84,8 @@ struct Generation {
     crashes: u64,
     exit_reason: Option<&'static str>,
     exited: Option<f64>,
+    /// When the server committed its configuration (`null`: not yet).
+    committed: Option<f64>,
     interval_seconds: f64,
     failed_seconds: f64,
 }
@@ -141,6 +153,7 @@ fn generations(s: &Snapshot) -> Vec<Generation> {
             crashes: g.crashes,
             exit_reason: g.exit_reason.map(|r| r.as_str()),
             exited: g.exited.map(unix),
+            committed: g.committed.map(unix),
             interval_seconds: g.interval.as_secs_f64(),
             failed_seconds: g.failed.as_secs_f64(),
         })
@@ -222,6 +235,11 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
             held_seconds: l.held_for.as_secs_f64(),
         }),
         next_seq: s.next_seq,
+        last_verdict: s.verdict.map(|v| Verdict {
+            generation: v.generation,
+            verdict: verdict_name(v.committed),
+            time: unix(v.time),
+        }),
         generations: generations(s),
         workers: workers(s),
         stats: Stats {
@@ -251,6 +269,14 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
     };
     serde_json::to_writer_pretty(&mut *out, &status)?;
     writeln!(out)
+}
+
+fn verdict_name(committed: bool) -> &'static str {
+    if committed {
+        "committed"
+    } else {
+        "failed"
+    }
 }
 
 /// Columns padded to their widest cell.
@@ -297,6 +323,15 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
         lock(s),
         s.next_seq - 1
     )?;
+    if let Some(v) = s.verdict {
+        writeln!(
+            out,
+            "verdict   generation {} {} at {}",
+            v.generation,
+            verdict_name(v.committed),
+            timestamp(v.time)
+        )?;
+    }
     writeln!(out)?;
     let gens = generations(s);
     if gens.is_empty() {
@@ -313,6 +348,10 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
             "CRASHES",
         ])];
         for g in &gens {
+            let state = match (g.state, g.committed) {
+                (Some("starting"), None) => "loading".to_string(),
+                (state, _) => state.unwrap_or("?").to_string(),
+            };
             let master = if g.master_alive {
                 g.master_pid.to_string()
             } else {
@@ -325,7 +364,7 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
             rows.push(vec![
                 g.id.to_string(),
                 g.kind.unwrap_or("?").into(),
-                g.state.unwrap_or("?").into(),
+                state,
                 master,
                 age(std::time::Duration::from_secs_f64(g.age_seconds)),
                 format!("{}/{expected}", g.live_workers),

@@ -57,7 +57,7 @@ fn a_missing_registry_exits_3_and_names_where_it_looked() {
     refused(&dir.path().join("none.wm"), 3, "no registry at");
     // The prefix and name form derives the path as the Lua module does.
     let prefix = dir.path().to_str().unwrap();
-    let expected = naming::default_path(&format!("{prefix}/"), "nothere");
+    let expected = naming::default_path(&format!("{prefix}/"), "nothere", "http");
     let run = cli(&["status", "--prefix", prefix, "--shm", "nothere"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(

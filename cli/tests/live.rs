@@ -164,7 +164,7 @@ fn events_follow_streams_a_reload_as_it_happens() {
         ..Config::default()
     });
     let prefix = nginx.prefix().to_str().unwrap().to_string();
-    let _registry = RemoveOnDrop(naming::default_path(&format!("{prefix}/"), &shm));
+    let _registry = RemoveOnDrop(naming::default_path(&format!("{prefix}/"), &shm, "http"));
     let master = nginx.start();
     nginx.wait_n("worker_start", 2);
 

@@ -71,6 +71,21 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         1,
     );
 
+    if let Some(v) = s.verdict {
+        out.family(
+            "last_reload_successful",
+            "gauge",
+            "1 when nginx committed the last configuration it loaded (a start, reload or upgrade); 0 when it gave it up after init_by_lua, or it never got a worker.",
+        );
+        out.sample("last_reload_successful", &[], u8::from(v.committed));
+        out.family(
+            "last_reload_timestamp_seconds",
+            "gauge",
+            "When nginx gave its verdict on the last configuration it loaded.",
+        );
+        out.sample("last_reload_timestamp_seconds", &[], unix(v.time));
+    }
+
     out.family(
         "generation_info",
         "gauge",

@@ -1,6 +1,7 @@
-//! Where a registry lives when only a name is given: one file per nginx prefix and
-//! name, so that two nginx instances never share one. The Lua module derives the
-//! same path (`resty.worker.manager.default_path`).
+//! Where a registry lives when only a name is given: one file per nginx prefix, name
+//! and Lua subsystem, so that two nginx instances, or the http and stream Lua of one
+//! nginx, never share one. The Lua module derives the same path
+//! (`resty.worker.manager.default_path`).
 
 use std::path::PathBuf;
 
@@ -19,13 +20,16 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-/// `/dev/shm/worker-manager.<name>.<crc32 of prefix>.wm`; `prefix` as nginx reports
-/// it (`ngx.config.prefix()`, with its trailing slash).
-pub fn default_path(prefix: &str, name: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "{DEFAULT_DIR}/worker-manager.{name}.{}.wm",
-        crc32(prefix.as_bytes())
-    ))
+/// `/dev/shm/worker-manager.<name>.<crc32 of prefix>.wm` for the `http` subsystem,
+/// `/dev/shm/worker-manager.<name>.<subsystem>.<crc32 of prefix>.wm` for another
+/// (`stream`); `prefix` as nginx reports it (`ngx.config.prefix()`, with its
+/// trailing slash).
+pub fn default_path(prefix: &str, name: &str, subsystem: &str) -> PathBuf {
+    let crc = crc32(prefix.as_bytes());
+    PathBuf::from(match subsystem {
+        "http" => format!("{DEFAULT_DIR}/worker-manager.{name}.{crc}.wm"),
+        other => format!("{DEFAULT_DIR}/worker-manager.{name}.{other}.{crc}.wm"),
+    })
 }
 
 #[cfg(test)]
@@ -36,12 +40,14 @@ mod tests {
     fn crc32_matches_the_reference_values() {
         assert_eq!(crc32(b""), 0);
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        let crc = crc32(b"/usr/local/openresty/nginx/");
         assert_eq!(
-            default_path("/usr/local/openresty/nginx/", "wm"),
-            PathBuf::from(format!(
-                "/dev/shm/worker-manager.wm.{}.wm",
-                crc32(b"/usr/local/openresty/nginx/")
-            ))
+            default_path("/usr/local/openresty/nginx/", "wm", "http"),
+            PathBuf::from(format!("/dev/shm/worker-manager.wm.{crc}.wm"))
+        );
+        assert_eq!(
+            default_path("/usr/local/openresty/nginx/", "wm", "stream"),
+            PathBuf::from(format!("/dev/shm/worker-manager.wm.stream.{crc}.wm"))
         );
     }
 }

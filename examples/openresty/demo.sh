@@ -68,6 +68,12 @@ step "reload (SIGHUP): a new generation; the old workers exit with reason=reload
 kill -HUP "$master"
 until_seen "^  master_exit" 1
 
+step "a reload that nginx gives up (an error in init_by_lua after the registration): generation_abort cause=failed, the old workers serve on"
+touch "$prefix/fail-next-reload"
+kill -HUP "$master"
+until_seen "cause=failed" 1
+rm "$prefix/fail-next-reload"
+
 step "kill -9 of a worker: one worker_crash, and the respawn says respawn=true"
 victim=$(pgrep -P "$master" | head -n 1)
 kill -9 "$victim"
@@ -79,7 +85,7 @@ step "what an operator sees from outside nginx: worker-manager status (read-only
 step "binary upgrade (SIGUSR2, then SIGWINCH and SIGQUIT to the old master): kind=upgrade, ids go on"
 kill -USR2 "$master"
 until_seen "kind=upgrade" 1
-until_seen "^  worker_start   id=3-" 2
+until_seen "^  worker_start   id=4-" 2
 kill -WINCH "$master"
 until_seen "reason=upgrade" 3
 kill -QUIT "$master"
@@ -95,5 +101,5 @@ show_new
 step "the journal survives the node: worker-manager events, and a few of its metrics"
 "$cli" events --path "$prefix/registry.wm" | tail -n 4
 "$cli" metrics --path "$prefix/registry.wm" \
-    | grep -E '^worker_manager_(generations_total|worker_crashes_total|worker_respawns_total)'
+    | grep -E '^worker_manager_(generations_total|worker_crashes_total|worker_respawns_total|last_reload_successful)'
 printf '\nnginx stopped; nothing is left running.\n'

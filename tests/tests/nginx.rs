@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::nginx::{alive, reap, serial, signal, start, Config, Ev, Nginx, RemoveOnDrop};
+use common::nginx::{
+    alive, reap, serial, signal, slowdown, start, Config, Ev, Nginx, RemoveOnDrop,
+};
 use worker_manager::Observer;
 
 fn gen_of(e: &Ev) -> u64 {
@@ -105,7 +107,7 @@ fn reloads_including_two_in_a_row_and_a_new_worker_count() {
         assert_eq!(exit1.get("by"), last.get("by"), "{config:?}");
         let after = exit1.num("t").unwrap() - last.num("t").unwrap();
         assert!(
-            after < 1_000_000_000,
+            after < 1_000_000_000 * u64::from(slowdown()),
             "master_exit {after} ns after the last exit"
         );
 
@@ -333,7 +335,7 @@ fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_st
         assert_eq!(abort.num("by"), Some(master as u64), "the master aborts it");
         let at = UNIX_EPOCH + Duration::from_nanos(abort.num("t").unwrap());
         assert!(
-            at < gave_up + Duration::from_secs(1),
+            at < gave_up + Duration::from_secs(1) * slowdown(),
             "aborted {:?} after nginx gave up",
             at.duration_since(gave_up)
         );
@@ -640,7 +642,7 @@ fn the_original_synopsis_configuration_runs_unchanged() {
     // The registry is the default one, derived from the prefix and the shm name;
     // removed however the test ends.
     let prefix = format!("{}/", nginx.prefix().display());
-    let registry = worker_manager::naming::default_path(&prefix, "my_shm");
+    let registry = worker_manager::naming::default_path(&prefix, "my_shm", "http");
     let _remove = RemoveOnDrop(registry.clone());
     nginx.wait("two worker starts", |_| {
         nginx.stderr().matches("Worker start").count() == 2

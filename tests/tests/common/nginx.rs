@@ -179,6 +179,16 @@ pub fn become_subreaper() {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
 }
 
+/// How much slower than native nginx runs in this test run: 10 under a wrapper
+/// (`WM_NGINX_WRAPPER`: valgrind), else 1. Latency bounds are multiplied by it.
+pub fn slowdown() -> u32 {
+    if std::env::var_os("WM_NGINX_WRAPPER").is_some_and(|w| !w.is_empty()) {
+        10
+    } else {
+        1
+    }
+}
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Serializes the tests of one binary that start nginx (one nginx at a time), and
