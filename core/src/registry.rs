@@ -118,9 +118,21 @@ pub struct Registry {
     /// The file mapped, as it was at `path` when opened.
     file: FileId,
     opened: Opened,
-    lock_timeout: Duration,
+    lock_timeout: Cell<Duration>,
     /// How many times this process holds the registry lock (re-entrancy).
     depth: Cell<u32>,
+    /// The outermost holding hands its events to callbacks (see `Delivery`).
+    delivering: Cell<bool>,
+}
+
+/// Whether a holding of the lock hands events to callbacks. One that does takes the
+/// node-level events no callback has run yet, flagged `redelivered`, and its normal
+/// release records everything journalled as delivered; one that does not
+/// (`snapshot`, `with_lock`) leaves them for the next that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Callbacks,
+    None,
 }
 
 impl std::fmt::Debug for Registry {
@@ -159,8 +171,10 @@ impl Drop for LockGuard<'_> {
         self.reg.depth.set(depth);
         if depth == 0 {
             let h = self.reg.region.header();
-            // Released normally: every event of this holding was handed over.
-            h.delivered_seq.store(h.next_seq.load(Relaxed), Relaxed);
+            if self.reg.delivering.get() {
+                // Released normally: every event journalled was handed over.
+                h.delivered_seq.store(h.next_seq.load(Relaxed), Relaxed);
+            }
             let held = monotonic_ns().saturating_sub(h.lock_acquired_mono_ns.load(Relaxed));
             h.stats[Stat::LockHoldNs as usize].fetch_add(held, Relaxed);
             h.lock_holder_pid.store(0, Relaxed);
@@ -199,8 +213,9 @@ impl Registry {
             path: path.to_path_buf(),
             file,
             opened,
-            lock_timeout: options.lock_timeout,
+            lock_timeout: Cell::new(options.lock_timeout),
             depth: Cell::new(0),
+            delivering: Cell::new(false),
         })
     }
 
@@ -219,21 +234,36 @@ impl Registry {
         self.opened
     }
 
+    /// Changes how long operations wait for the registry lock (a reloaded
+    /// configuration's `lock_timeout`, on a registry its process has mapped).
+    pub fn set_lock_timeout(&self, timeout: Duration) -> Result<()> {
+        if timeout.is_zero() {
+            return Err(Error::InvalidArgument {
+                name: "lock_timeout",
+                reason: "must be positive".into(),
+            });
+        }
+        self.lock_timeout.set(timeout);
+        Ok(())
+    }
+
     pub fn capacities(&self) -> Capacities {
         self.region.capacities()
     }
 
     // ----- the lock -----------------------------------------------------------
 
-    fn lock(&self, op: LockOp) -> Result<LockGuard<'_>> {
+    fn lock(&self, op: LockOp, delivery: Delivery) -> Result<LockGuard<'_>> {
         Ok(self
-            .acquire(op, true)?
+            .acquire(op, true, delivery)?
             .expect("a waiting acquisition holds the lock or fails"))
     }
 
     /// Takes the registry lock, waiting up to the lock timeout if `wait`, else only
-    /// if it is free (`None` when another process holds it).
-    fn acquire(&self, op: LockOp, wait: bool) -> Result<Option<LockGuard<'_>>> {
+    /// if it is free (`None` when another process holds it). The guard carries the
+    /// events to hand over first: with `Delivery::Callbacks`, those no callback has
+    /// run yet; and a repair's, should the previous holder have died.
+    fn acquire(&self, op: LockOp, wait: bool, delivery: Delivery) -> Result<Option<LockGuard<'_>>> {
         let guard = || LockGuard {
             reg: self,
             recovered: Vec::new(),
@@ -246,13 +276,13 @@ impl Registry {
         let failed = |failure: LockFailure| {
             let op = LockOp::from_code(h.lock_holder_op.load(Relaxed)).unwrap_or(LockOp::None);
             failure.into_error(
-                self.lock_timeout,
+                self.lock_timeout.get(),
                 h.lock_holder_pid.load(Relaxed),
                 op.as_str(),
             )
         };
         let acquisition = if wait {
-            h.lock.lock(self.lock_timeout).map_err(failed)?
+            h.lock.lock(self.lock_timeout.get()).map_err(failed)?
         } else {
             match h.lock.lock_now().map_err(failed)? {
                 Some(locked) => Acquisition {
@@ -264,6 +294,7 @@ impl Registry {
         };
         // From here the mutex is held: the guard must exist before anything can fail.
         self.depth.set(1);
+        self.delivering.set(delivery == Delivery::Callbacks);
         let mut guard = guard();
         let acquired = monotonic_ns();
         if let Some(started) = acquisition.waited_since {
@@ -280,22 +311,46 @@ impl Registry {
         h.stats[Stat::LockAcquisitions as usize].fetch_add(1, Relaxed);
         if let Locked::OwnerDied(owner_died) = acquisition.locked {
             let change = Change::begin(h);
-            guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op))?;
+            guard.recovered = owner_died.repair(|| self.repair(holder_pid, holder_op, delivery))?;
             drop(change);
+        } else if delivery == Delivery::Callbacks {
+            guard.recovered = self.undelivered();
         }
         Ok(Some(guard))
     }
 
+    /// The node-level events journalled since the last holding that handed its
+    /// events to callbacks, flagged `redelivered`: their holder died before its
+    /// callbacks ran, or it had none.
+    fn undelivered(&self) -> Vec<Event> {
+        let h = self.region.header();
+        if h.delivered_seq.load(Relaxed) >= h.next_seq.load(Relaxed) {
+            return Vec::new();
+        }
+        journal::since(&self.region, h.delivered_seq.load(Relaxed))
+            .into_iter()
+            .filter(|e| e.kind().is_node_level())
+            .map(|e| Event {
+                redelivered: true,
+                ..e
+            })
+            .collect()
+    }
+
     /// Puts the registry back into a consistent state after the lock's holder died:
     /// the journal head and counters, what follows the newest entry, the generation
-    /// counter, slot mutexes left behind by a half-done registration; then redelivers
-    /// the node's events whose callbacks the holder had not run, and sweeps to report
-    /// the dead.
-    fn repair(&self, holder_pid: u32, holder_op: LockOp) -> Result<Vec<Event>> {
+    /// counter, slot mutexes left behind by a half-done registration; then sweeps to
+    /// report the dead. The events: with `Delivery::Callbacks`, first those whose
+    /// callbacks no holder ran; then the repair's own.
+    fn repair(&self, holder_pid: u32, holder_op: LockOp, delivery: Delivery) -> Result<Vec<Event>> {
         let h = self.region.header();
         journal::repair(&self.region);
+        let mut events = match delivery {
+            Delivery::Callbacks => self.undelivered(),
+            Delivery::None => Vec::new(),
+        };
         if let Some(last) = journal::last(&self.region) {
-            self.settle(&last);
+            self.settle(&last, &mut events);
         }
         let caps = self.region.capacities();
         let max_id = (0..caps.generations)
@@ -312,14 +367,6 @@ impl Registry {
                 slot.mutex.unlock()?;
             }
         }
-        let mut events: Vec<Event> = journal::since(&self.region, h.delivered_seq.load(Relaxed))
-            .into_iter()
-            .filter(|e| e.kind().is_node_level())
-            .map(|e| Event {
-                redelivered: true,
-                ..e
-            })
-            .collect();
         self.emit(
             &mut events,
             0,
@@ -464,7 +511,6 @@ impl Registry {
     fn sweep_locked(&self, dead_holder: u32, events: &mut Vec<Event>) -> Result<()> {
         let me = sys::getpid();
         let now = monotonic_ns();
-        let mut crashed = Vec::new();
         for (_, slot) in self.region.present_slots() {
             let detection = match slot.mutex.try_lock()? {
                 TryLocked::Busy => {
@@ -481,7 +527,6 @@ impl Registry {
                 continue;
             }
             let worker = worker_id(slot);
-            crashed.push(worker.generation);
             let census = self.region.census().without_running(worker.generation);
             self.emit_with(
                 events,
@@ -497,7 +542,7 @@ impl Registry {
             crash_point("after-entry", EventKind::WorkerCrash);
             slot.state.store(WorkerState::Dead.code(), Release);
         }
-        self.end_deserted(&crashed, events);
+        self.end_deserted(events);
         self.abort_stalled(now, events);
         Ok(())
     }
@@ -505,7 +550,7 @@ impl Registry {
     /// A generation whose workers all died gets its `master_exit` once nothing will
     /// respawn them: it was draining, a newer generation replaced it, or its master
     /// is gone. Otherwise its master is expected to respawn them.
-    fn end_deserted(&self, crashed: &[u64], events: &mut Vec<Event>) {
+    fn end_deserted(&self, events: &mut Vec<Event>) {
         let census = self.region.census();
         let newest = census.newest();
         let deserted: Vec<&GenerationRecord> = self
@@ -524,7 +569,12 @@ impl Registry {
             })
             .collect();
         for g in deserted {
-            let clean = !crashed.contains(&g.id.load(Relaxed));
+            // Unclean if its last workers died: their tombstones are still there.
+            let id = g.id.load(Relaxed);
+            let clean = !self.region.slots().any(|(_, s)| {
+                s.generation.load(Relaxed) == id
+                    && s.state.load(Relaxed) == WorkerState::Dead.code()
+            });
             self.master_exit(g, clean, events);
         }
     }
@@ -605,20 +655,37 @@ impl Registry {
 
     /// Redoes what follows `last`, the newest journal entry, which its writer (a lock
     /// holder that died) may not have done. Each event's entry is written before its
-    /// effects on the tables, and those effects are idempotent, so they are redone
-    /// here rather than the event reported twice or lost.
-    fn settle(&self, last: &Event) {
+    /// effects on the tables, and those effects are done only where they are missing,
+    /// so they are redone here rather than the event reported twice or lost. The
+    /// newest entry may be older than the dead holder (it wrote none): then every
+    /// effect is there already and nothing changes.
+    fn settle(&self, last: &Event, events: &mut Vec<Event>) {
         let generation = || self.region.find_generation(last.generation);
-        let slot = |worker: WorkerId| {
-            self.region
-                .present_slots()
-                .map(|(_, s)| s)
-                .find(|s| worker_id(s) == worker)
+        // The slot of the entry's worker while its process still counts as running:
+        // only a dead holder's unfinished operation leaves it so.
+        let running = |worker: WorkerId| {
+            self.region.present_slots().map(|(_, s)| s).find(|s| {
+                worker_id(s) == worker && s.state.load(Relaxed) == WorkerState::Running.code()
+            })
         };
         match last.detail {
             Detail::WorkerCrash { worker, .. } => {
-                if let Some(s) = slot(worker) {
+                if let Some(s) = running(worker) {
                     s.state.store(WorkerState::Dead.code(), Release);
+                }
+            }
+            Detail::WorkerExit { worker, .. } => {
+                // A worker reports its own exit, holding the lock: it is the holder
+                // that died, its exit reported. What is left is the slot, and the
+                // generation's end if it was the last.
+                if let Some(s) = running(worker) {
+                    s.state.store(WorkerState::Free.code(), Release);
+                    if let Some(g) = generation().filter(|g| {
+                        self.region.census().present(g.id.load(Relaxed)) == 0
+                            && load_state(g) != Some(GenerationState::Exited)
+                    }) {
+                        self.master_exit(g, false, events);
+                    }
                 }
             }
             Detail::MasterExit { reason } => {
@@ -636,8 +703,8 @@ impl Registry {
                 }
             }
             Detail::WorkerHang { worker, .. } | Detail::WorkerRecover { worker, .. } => {
-                if let Some(s) = slot(worker) {
-                    let hung = last.kind() == EventKind::WorkerHang;
+                let hung = last.kind() == EventKind::WorkerHang;
+                if let Some(s) = running(worker).filter(|s| (s.hung.load(Relaxed) != 0) != hung) {
                     Self::set_hung(s, hung, monotonic_ns());
                 }
             }
@@ -692,7 +759,7 @@ impl Registry {
         on_event: &mut dyn FnMut(&Event),
         body: impl FnOnce(&mut Vec<Event>) -> Result<T>,
     ) -> Result<T> {
-        let guard = self.lock(op)?;
+        let guard = self.lock(op, Delivery::Callbacks)?;
         self.run_locked(guard, on_event, body)
     }
 
@@ -843,7 +910,7 @@ impl Registry {
             },
         );
         // Generations whose workers all died and that this one now replaces.
-        self.end_deserted(&[], events);
+        self.end_deserted(events);
         Ok(id)
     }
 
@@ -1013,6 +1080,7 @@ impl Registry {
         slot.mutex.unlock()?;
         if let (Some(g), false) = (g, announced) {
             self.report_exit(worker, g, graceful, events);
+            crash_point("after-entry", EventKind::WorkerExit);
         }
         slot.state.store(WorkerState::Free.code(), Release);
         self.region.keep_mapped(false);
@@ -1102,14 +1170,15 @@ impl Registry {
         })
     }
 
-    /// The master closed the configuration of `generation` (nginx: the end of its Lua
+    /// A process closed the configuration of `generation` (nginx: the end of its Lua
     /// VM, which nginx runs whenever it destroys a configuration; see
-    /// `docs/design.md` 4.6). Call it in the master only. If the configuration was
-    /// not committed, nginx gave it up after it registered (a port that cannot be
-    /// bound, an error later in `init_by_lua`): the generation is aborted at once,
-    /// `generation_abort` with cause `failed`. Otherwise a newer configuration of
-    /// this master replaces it: that one is committed, before its workers are
-    /// forked. At the master's exit, when nothing newer is loading, nothing happens.
+    /// `docs/design.md` 4.6). In the master, when a newer configuration of it is
+    /// loading, nginx has committed that one (a reload, before its workers are
+    /// forked): both are committed. Otherwise, in the process that registered it, a
+    /// configuration not committed was given up (a port that cannot be bound, an
+    /// error later in `init_by_lua`): the generation is aborted at once,
+    /// `generation_abort` with cause `failed`. Anything else (the master's exit, a
+    /// cache manager's start) changes nothing.
     pub fn configuration_closed(
         &self,
         generation: u64,
@@ -1119,12 +1188,6 @@ impl Registry {
             let Some(g) = self.region.find_generation(generation) else {
                 return Ok(());
             };
-            if !committed(g) {
-                if load_state(g) == Some(GenerationState::Starting) {
-                    self.abort(g, AbortCause::Failed, events);
-                }
-                return Ok(());
-            }
             let me = sys::getpid();
             let loading = self
                 .region
@@ -1137,7 +1200,19 @@ impl Registry {
                 })
                 .max_by_key(|n| n.id.load(Relaxed));
             if let Some(n) = loading {
+                // A reload: nginx closes the previous configuration once it has
+                // committed the next. The previous one served, even if none of its
+                // workers had registered yet.
+                self.commit(g);
                 self.commit(n);
+            } else if !committed(g)
+                && g.master_pid.load(Relaxed) == me
+                && load_state(g) == Some(GenerationState::Starting)
+            {
+                // Only the process that registered it can have given it up: a
+                // cache manager, which closes its copy of the VM as it starts,
+                // knows nothing of it.
+                self.abort(g, AbortCause::Failed, events);
             }
             Ok(())
         })
@@ -1173,7 +1248,7 @@ impl Registry {
     /// holder sweeps as part of whatever it does, or the next tick will, and a tick
     /// never blocks its process behind someone else's callback.
     pub fn try_sweep(&self, mut on_event: impl FnMut(&Event)) -> Result<bool> {
-        match self.acquire(LockOp::Sweep, false)? {
+        match self.acquire(LockOp::Sweep, false, Delivery::Callbacks)? {
             Some(guard) => self
                 .run_locked(guard, &mut on_event, |_| Ok(()))
                 .map(|()| true),
@@ -1183,9 +1258,10 @@ impl Registry {
 
     /// Runs `f` under the registry lock, serialised with every lifecycle operation
     /// and callback of the node. Re-entrant: `f` may call the registry. Should the
-    /// previous holder have died, the repair's events go to the journal only.
+    /// previous holder have died, the repair's events go to the journal, and to the
+    /// callbacks of the next operation.
     pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let guard = self.lock(LockOp::User)?;
+        let guard = self.lock(LockOp::User, Delivery::None)?;
         let value = f();
         drop(guard);
         Ok(value)
@@ -1196,7 +1272,7 @@ impl Registry {
     /// holding (the Lua module). Re-entrant like every operation. The events of a
     /// repair, should the previous holder have died, are returned with it.
     pub fn hold_lock(&self) -> Result<(LockHold<'_>, Vec<Event>)> {
-        let guard = self.lock(LockOp::User)?;
+        let guard = self.lock(LockOp::User, Delivery::Callbacks)?;
         Ok(Self::hold(guard))
     }
 
@@ -1206,12 +1282,14 @@ impl Registry {
     /// process holds it. The events of a repair, should the previous holder have
     /// died, are returned.
     pub fn acquire_lock(&self, wait: bool) -> Result<Option<Vec<Event>>> {
-        Ok(self.acquire(LockOp::User, wait)?.map(|mut guard| {
-            let recovered = std::mem::take(&mut guard.recovered);
-            // Released by `release_lock`, which drops a guard of its own.
-            std::mem::forget(guard);
-            recovered
-        }))
+        Ok(self
+            .acquire(LockOp::User, wait, Delivery::Callbacks)?
+            .map(|mut guard| {
+                let recovered = std::mem::take(&mut guard.recovered);
+                // Released by `release_lock`, which drops a guard of its own.
+                std::mem::forget(guard);
+                recovered
+            }))
     }
 
     /// Releases one [`Registry::acquire_lock`].
@@ -1250,7 +1328,7 @@ impl Registry {
 
     /// A consistent picture of the registry, taken under the lock (no sweep).
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let guard = self.lock(LockOp::Snapshot)?;
+        let guard = self.lock(LockOp::Snapshot, Delivery::None)?;
         let snapshot = snapshot::capture(&self.region);
         drop(guard);
         Ok(snapshot)

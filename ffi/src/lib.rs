@@ -383,6 +383,8 @@ fn map(
                     ),
                 ));
             }
+            // A reloaded configuration may wait for the lock longer or shorter.
+            registry.set_lock_timeout(ms(lock_timeout_ms))?;
             let warning = (!registry.is_at_path()).then(|| {
                 Failure(
                     WM_ERR_REPLACED,

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{kill9, Probe, Scratch};
-use worker_manager::{Detail, Event, EventKind, Registry, Snapshot};
+use worker_manager::{Detail, Event, EventKind, Registry, RunEnd, RunState, Snapshot};
 
 /// Every counter of the header and of the generations, recounted from the journal.
 fn assert_counters_agree(registry: &Registry) {
@@ -297,4 +297,74 @@ fn a_registrant_killed_at_each_point_leaves_the_next_registration_exact() {
         assert_eq!(registry.snapshot().unwrap().live(g), 1);
         drop(workers.remove(0));
     }
+}
+
+/// A worker dies reporting its own exit, between the `worker_exit` entry and freeing
+/// its slot (nginx's escalation to SIGKILL during a stop can land there): its exit is
+/// reported once, and no crash; the generation ends, uncleanly.
+#[test]
+fn a_worker_killed_reporting_its_exit_is_not_a_crash_too() {
+    for point in EVERY_POINT {
+        let scratch = Scratch::new();
+        let mut master = Probe::spawn(&scratch.registry());
+        let g = master.generation();
+        let mut exiting =
+            Probe::spawn_crashing_at(&scratch.registry(), &format!("{point}@worker_exit"));
+        exiting.worker(g, 0);
+        exiting.dies_doing("exit graceful");
+        master.ok("sweep");
+
+        let registry = scratch.open();
+        assert_counters_agree(&registry);
+        assert_eq!(
+            journalled(&registry, EventKind::WorkerExit).len(),
+            1,
+            "{point}"
+        );
+        assert!(
+            journalled(&registry, EventKind::WorkerCrash).is_empty(),
+            "{point}: not a crash"
+        );
+        assert_eq!(
+            journalled(&registry, EventKind::MasterExit).len(),
+            1,
+            "{point}"
+        );
+        let s = registry.snapshot().unwrap();
+        assert!(s.workers.is_empty(), "{point}: {:?}", s.workers);
+        assert_eq!(
+            s.run_state,
+            Some(RunState::Ended(RunEnd::Unclean)),
+            "{point}"
+        );
+    }
+}
+
+/// The first process to take the lock after a holder died hands events to no
+/// callback (a snapshot): the repair's events, and the dead holder's, go to the
+/// callbacks of the next operation, flagged.
+#[test]
+fn events_a_snapshot_takes_over_go_to_the_next_operation_s_callbacks() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut holder = Probe::spawn(&scratch.registry());
+    holder.send(&format!("worker-stall {g} 0"));
+    holder.wait_for("stalled");
+    holder.kill9();
+    scratch.open().snapshot().unwrap();
+    let mut next = Probe::spawn(&scratch.registry());
+    next.ok("sweep");
+    for kind in ["lock_recovered", "worker_crash"] {
+        let delivered = next.events_of(kind);
+        assert_eq!(delivered.len(), 1, "{kind}: {:?}", next.events);
+        assert!(delivered[0].ends_with(" redelivered"), "{}", delivered[0]);
+    }
+    // Delivered now: not again.
+    master.ok("sweep");
+    assert!(
+        master.events_of("worker_crash").is_empty(),
+        "{:?}",
+        master.events
+    );
 }

@@ -533,6 +533,65 @@ fn a_throwing_callback_is_logged_and_leaves_no_lock_held() {
     quit(&nginx, master);
 }
 
+/// A callback that yields (here `ngx.sleep` in a crash callback run by a worker's
+/// tick) keeps the registry lock; the same worker's next ticks, which the lock's
+/// re-entrancy would let in, wait for it instead: the callbacks of two crashes never
+/// run at the same time.
+#[test]
+fn a_callback_that_yields_keeps_its_worker_s_other_threads_out_of_the_lock() {
+    let _serial = serial();
+    let (nginx, master) = start(&Config {
+        workers: 3,
+        in_callback: r#"if name == "worker_crash" then
+                ngx.sleep(1)
+                WM_RECORD("crash_done")(id, n_prev, n_mine, n_next, info)
+            end"#
+            .into(),
+        ..Config::default()
+    });
+    nginx.wait_n("worker_start", 3);
+    // No respawns: the deaths are found by the survivors' ticks.
+    signal(master, libc::SIGSTOP);
+    let workers = nginx.workers(master);
+    signal(workers[0], libc::SIGKILL);
+    let first = nginx.wait_n("worker_crash", 1)[0].clone();
+    let detector = first.num("by").unwrap() as u32;
+    let second = *workers
+        .iter()
+        .find(|&&w| w != workers[0] && w != detector)
+        .unwrap();
+    signal(second, libc::SIGKILL);
+    let events = nginx.wait("both crashes handled", |ev| {
+        ev.iter().filter(|e| e.name == "crash_done").count() == 2
+    });
+    signal(master, libc::SIGCONT);
+    let done = |pid: u32| {
+        events
+            .iter()
+            .find(|e| e.name == "crash_done" && e.num("pid") == Some(u64::from(pid)))
+            .unwrap()
+            .num("t")
+            .unwrap()
+    };
+    let started = events
+        .iter()
+        .find(|e| e.name == "worker_crash" && e.num("pid") == Some(u64::from(second)))
+        .unwrap()
+        .num("t")
+        .unwrap();
+    assert!(
+        started >= done(workers[0]),
+        "the second crash's callback ran while the first one's slept"
+    );
+    assert!(
+        !nginx.stderr().contains("callback failed"),
+        "{}",
+        nginx.stderr()
+    );
+    nginx.wait_status("live=3 ");
+    quit(&nginx, master);
+}
+
 /// `status()` reads the registry without the lock: a status page answers at once
 /// while a callback of another worker holds the lock for seconds.
 #[test]

@@ -115,3 +115,52 @@ fn http_and_stream_workers_of_one_process_are_tracked_apart() {
         );
     }
 }
+
+/// A reloaded configuration's `lock_timeout` applies, although the new Lua VM's
+/// handle shares the registry its process mapped for the previous one.
+#[test]
+fn a_reopened_registry_takes_the_new_lock_timeout() {
+    use std::ffi::{c_char, CStr, CString};
+    use worker_manager_ffi::*;
+
+    let scratch = Scratch::new();
+    let mut master = common::Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut holder = common::Probe::spawn(&scratch.registry());
+    holder.send(&format!("worker-stall {g} 0"));
+    holder.wait_for("stalled");
+    let path = CString::new(scratch.registry().to_str().unwrap()).unwrap();
+    let http = CString::new("http").unwrap();
+    let failure_with = |timeout_ms: u64| {
+        let mut buf = [0 as c_char; 256];
+        let mut len = buf.len();
+        let mut h = std::ptr::null_mut();
+        // SAFETY: valid C strings, out-parameters and error buffers; the handle is
+        // closed before it goes out of scope.
+        unsafe {
+            let rc = wm_open(
+                path.as_ptr(),
+                http.as_ptr(),
+                timeout_ms,
+                &mut h,
+                buf.as_mut_ptr(),
+                &mut len,
+            );
+            assert_eq!(rc, WM_OK);
+            len = buf.len();
+            assert_eq!(wm_lock(h, buf.as_mut_ptr(), &mut len), WM_ERR_LOCK_TIMEOUT);
+            let message = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+            (h, message)
+        }
+    };
+    let (first, message) = failure_with(100);
+    assert!(message.contains("within 100ms"), "{message}");
+    let (second, message) = failure_with(300);
+    assert!(message.contains("within 300ms"), "{message}");
+    // SAFETY: open handles, not used after.
+    unsafe {
+        wm_close(first);
+        wm_close(second);
+    }
+    holder.kill9();
+}

@@ -169,3 +169,49 @@ fn the_master_killed_alone_leaves_its_orphans_a_live_generation() {
         Some(RunState::Ended(_))
     ));
 }
+
+/// A cache manager closes its copy of the master's Lua VM as it starts, before any
+/// worker registered: that is no verdict on the configuration.
+#[test]
+fn a_process_other_than_the_master_closing_the_configuration_aborts_nothing() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g = master.generation();
+    let mut helper = Probe::spawn(&scratch.registry());
+    helper.ok(&format!("close {g}"));
+    let registry = scratch.open();
+    assert!(of_kind(&registry, EventKind::GenerationAbort).is_empty());
+    let mut w = scratch.workers(g, 1);
+    assert_eq!(registry.snapshot().unwrap().live(g), 1);
+    w[0].ok("exit graceful");
+}
+
+/// A reload before any worker of the first configuration registered: closing that
+/// configuration commits it (it was serving) and the next.
+#[test]
+fn a_reload_before_the_first_workers_registered_commits_both() {
+    let scratch = Scratch::new();
+    let mut master = Probe::spawn(&scratch.registry());
+    let g1 = master.generation();
+    let g2 = master.generation();
+    master.ok(&format!("close {g1}"));
+    let registry = scratch.open();
+    assert!(of_kind(&registry, EventKind::GenerationAbort).is_empty());
+    let s = registry.snapshot().unwrap();
+    assert!(
+        s.generations.iter().all(|g| g.committed.is_some()),
+        "{:?}",
+        s.generations
+    );
+    assert_eq!(
+        s.verdict.map(|v| (v.generation, v.committed)),
+        Some((g2, true))
+    );
+    // The first configuration's slow worker still registers, and sees its successor.
+    let mut late = scratch.workers(g1, 1);
+    late[0].ok("exit graceful");
+    let exit = &of_kind(&registry, EventKind::WorkerExit)[0];
+    assert!(
+        matches!(exit.detail, Detail::WorkerExit { reason, .. } if reason.as_str() == "reload")
+    );
+}

@@ -25,6 +25,7 @@ local error = error
 local xpcall = xpcall
 local pcall = pcall
 local traceback = debug.traceback
+local coroutine_running = coroutine.running
 
 local LOG_PREFIX = "[worker-manager] "
 
@@ -95,6 +96,10 @@ local config -- validated options, once on_init_by_lua succeeded
 local generation -- this configuration's generation id
 local callbacks = {} -- event name -> callback
 local registered = false -- this process registered a worker
+-- master_process off (a mode for development): nginx closes the Lua VM of a
+-- configuration it reloaded long after, in the same process, which serves on; its
+-- exits are reported only by on_exit_worker_by_lua.
+local single_process = false
 local worker_init_called = false
 
 --- The error buffer, emptied, as the last two arguments of a library call.
@@ -215,6 +220,27 @@ local function dispatch(events)
   end
 end
 
+-- The Lua thread of this process that holds the registry lock, and how many times.
+-- The lock is re-entrant per process: a callback that yields (ngx.sleep, a cosocket)
+-- while it holds it would let this worker's other threads (a timer, a request) in
+-- beside it. They are kept out instead.
+local MAIN = {} -- the main thread, which coroutine.running() calls nil
+local holder
+local holds = 0
+
+local function current_thread()
+  return coroutine_running() or MAIN
+end
+
+local function held_by_another_thread()
+  return holds > 0 and holder ~= current_thread()
+end
+
+local function took_lock()
+  holds = holds + 1
+  holder = current_thread()
+end
+
 --- Runs `op` (a library call returning a status, called with the handle first and
 -- the error buffer last) under the lock this process has just taken, then the
 -- callbacks of the events it produced, still under the lock; then releases it,
@@ -231,6 +257,10 @@ local function run_held(what, op, ...)
   local ok, cb_err = pcall(dispatch, take_events())
   if C.wm_unlock(handle, err_args()) ~= 0 then
     ngx_log(ERR, LOG_PREFIX, "unlock: ", last_error())
+  end
+  holds = holds - 1
+  if holds == 0 then
+    holder = nil
   end
   if not ok then
     ngx_log(ERR, LOG_PREFIX, what, ": dispatching events: ", cb_err)
@@ -253,21 +283,32 @@ end
 -- the callbacks of its events, still under the lock. Never leaves the lock held.
 -- Returns true, or nil and an error.
 local function locked(what, op, ...)
+  if held_by_another_thread() then
+    local err = "the registry lock is held by a callback of this worker that yielded "
+                .. "(callbacks must not sleep or use cosockets)"
+    ngx_log(ERR, LOG_PREFIX, what, ": ", err)
+    return nil, err
+  end
   if C.wm_lock(handle, err_args()) ~= 0 then
     return lock_failed(what)
   end
+  took_lock()
   return run_held(what, op, ...)
 end
 
 --- As `locked`, but only if the lock is free right now; returns true at once when
 -- another process holds it.
 local function locked_if_free(what, op, ...)
+  if held_by_another_thread() then
+    return true
+  end
   if C.wm_try_lock(handle, acquired_out, err_args()) ~= 0 then
     return lock_failed(what)
   end
   if acquired_out[0] == 0 then
     return true
   end
+  took_lock()
   return run_held(what, op, ...)
 end
 
@@ -293,7 +334,7 @@ end
 -- later in init_by_lua), or the master exits.
 local function on_vm_end(h)
   forget_request()
-  if registered then
+  if registered and not single_process then
     registered = false
     local graceful = ngx.worker.exiting() and 1 or 0
     locked("exiting", C.wm_exit_worker, graceful, errbuf, errlen)
@@ -491,6 +532,7 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
     return nil, err
   end
   registered = true
+  single_process = require("ngx.process").type() == "single"
   local timer_ok, timer_err = ngx.timer.every(config.interval, tick)
   if not timer_ok then
     ngx_log(ERR, LOG_PREFIX, "cannot start the heartbeat timer: ", timer_err)
