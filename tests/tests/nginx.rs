@@ -509,6 +509,70 @@ fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
     }
 }
 
+/// A library call made under the lock that raises a Lua error (as the FFI does for a
+/// bad argument) is reported as a failure, and the lock is released all the same.
+#[test]
+fn a_library_call_that_raises_under_the_lock_leaves_no_lock_held() {
+    let _serial = serial();
+    let mut nginx = Nginx::new();
+    // Worker 1's registration raises inside the library call.
+    let lua = format!(
+        r#"
+    init_by_lua_block {{
+        {record}
+        local cdefs = require("resty.worker.manager.cdefs")
+        local load = cdefs.load
+        cdefs.load = function(path)
+            local lib, err = load(path)
+            if not lib then return nil, err end
+            return setmetatable({{}}, {{ __index = function(_, name)
+                if name == "wm_register_worker" and ngx.worker.id() == 1 then
+                    return function() error("bad argument #3 to 'wm_register_worker'") end
+                end
+                return lib[name]
+            end }})
+        end
+        assert(require("resty.worker.manager").on_init_by_lua({{
+            path = "{registry}", lock_timeout = 2,
+        }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
+    }}
+    init_worker_by_lua_block {{
+        local ok, err = require("resty.worker.manager").on_init_worker_by_lua(
+            WM_RECORD("worker_start"), WM_RECORD("worker_exit"))
+        ngx.log(ngx.NOTICE, "REGISTERED ", tostring(ok), " ", tostring(err))
+    }}
+"#,
+        record = nginx.record_lua(""),
+        registry = nginx.registry().display(),
+    );
+    nginx.write_config(&Config {
+        lua_blocks: Some(lua),
+        ..Config::default()
+    });
+    let master = nginx.start();
+    nginx.wait("both registrations", |_| {
+        nginx.stderr().matches("REGISTERED ").count() == 2
+    });
+    let log = nginx.stderr();
+    assert!(log.contains("REGISTERED nil "), "{log}");
+    assert!(
+        log.contains("bad argument #3 to 'wm_register_worker'"),
+        "{log}"
+    );
+    // The lock was released: the next configuration's worker 0 registers in time.
+    signal(master, libc::SIGHUP);
+    let events = nginx.wait("the reload's worker", |ev| {
+        !of_gen(ev, "worker_start", 2).is_empty()
+    });
+    assert_eq!(of_gen(&events, "worker_start", 2).len(), 1);
+    assert!(
+        !nginx.stderr().contains("lock not acquired"),
+        "{}",
+        nginx.stderr()
+    );
+    quit(&nginx, master);
+}
+
 #[test]
 fn a_throwing_callback_is_logged_and_leaves_no_lock_held() {
     let _serial = serial();
