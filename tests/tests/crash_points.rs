@@ -249,9 +249,11 @@ fn a_sweeper_killed_after_journalling_a_hang_reports_it_once() {
     for point in EVERY_POINT {
         let scratch = Scratch::new();
         let mut master = Probe::spawn(&scratch.registry());
-        let g = master.ok("gen 1 1 60000").parse::<u64>().unwrap();
+        // Hung after 2 s of silence: a margin wide enough for the recovery below to
+        // be seen within it however slowly the probes run (valgrind).
+        let g = master.ok("gen 1000 1000 60000").parse::<u64>().unwrap();
         let mut workers = scratch.workers(g, 1);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(2200));
 
         dies_at(&scratch, point, EventKind::WorkerHang, "sweep");
         master.ok("sweep");
