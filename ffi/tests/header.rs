@@ -98,3 +98,85 @@ fn the_lua_constants_are_the_headers() {
     }
     assert!(checked >= 3, "found only {checked} constants in cdefs.lua");
 }
+
+/// The names the Lua module gives the library's codes: each table of
+/// `manager.lua`, entry by entry, against the enum of `worker_manager::lifecycle`
+/// whose codes index it.
+#[test]
+fn the_lua_names_of_codes_are_the_library_s() {
+    use worker_manager::lifecycle::*;
+
+    fn names<T: Copy>(
+        all: &[T],
+        code: impl Fn(T) -> u32,
+        name: impl Fn(T) -> &'static str,
+    ) -> Vec<(u32, String)> {
+        all.iter()
+            .map(|&v| (code(v), name(v).to_string()))
+            .collect()
+    }
+    let lua = std::fs::read_to_string(manifest_dir().join("../lib/resty/worker/manager.lua"))
+        .expect("read manager.lua");
+    let table = |name: &str| -> Vec<(u32, String)> {
+        let start = lua
+            .find(&format!("local {name} = {{"))
+            .unwrap_or_else(|| panic!("no table {name} in manager.lua"));
+        let body = &lua[start..start + lua[start..].find('}').unwrap()];
+        let first = if body.contains("[0] =") { 0 } else { 1 };
+        body.split('"')
+            .skip(1)
+            .step_by(2)
+            .enumerate()
+            .map(|(i, s)| (first + i as u32, s.to_string()))
+            .collect()
+    };
+    let run_states = [
+        RunState::Never,
+        RunState::Running,
+        RunState::Ended(RunEnd::Clean),
+        RunState::Ended(RunEnd::Unclean),
+    ];
+    let expected = [
+        (
+            "EVENTS",
+            names(EventKind::ALL, EventKind::code, EventKind::as_str),
+        ),
+        (
+            "START_KINDS",
+            names(StartKind::ALL, StartKind::code, StartKind::as_str),
+        ),
+        ("RUN_ENDS", names(RunEnd::ALL, RunEnd::code, RunEnd::as_str)),
+        (
+            "REASONS",
+            names(ExitReason::ALL, ExitReason::code, ExitReason::as_str),
+        ),
+        (
+            "DETECTIONS",
+            names(Detection::ALL, Detection::code, Detection::as_str),
+        ),
+        (
+            "ABORT_CAUSES",
+            names(AbortCause::ALL, AbortCause::code, AbortCause::as_str),
+        ),
+        ("LOCK_OPS", names(LockOp::ALL, LockOp::code, LockOp::as_str)),
+        (
+            "GENERATION_STATES",
+            names(
+                GenerationState::ALL,
+                GenerationState::code,
+                GenerationState::as_str,
+            ),
+        ),
+        (
+            "WORKER_STATES",
+            names(WorkerState::ALL, WorkerState::code, WorkerState::as_str),
+        ),
+        (
+            "RUN_STATES",
+            names(&run_states, RunState::code, RunState::as_str),
+        ),
+    ];
+    for (name, codes) in expected {
+        assert_eq!(table(name), codes, "manager.lua's {name}");
+    }
+}
