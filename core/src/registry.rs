@@ -193,6 +193,16 @@ fn master_identity(g: &GenerationRecord) -> Identity {
     }
 }
 
+fn check_lock_timeout(timeout: Duration) -> Result<()> {
+    if timeout.is_zero() {
+        return Err(Error::InvalidArgument {
+            name: "lock_timeout",
+            reason: "must be positive".into(),
+        });
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -201,12 +211,7 @@ impl Registry {
     /// Opens the registry file at `path`, creating it if it does not exist.
     pub fn open(path: impl AsRef<Path>, options: &Options) -> Result<Registry> {
         let path = path.as_ref();
-        if options.lock_timeout.is_zero() {
-            return Err(Error::InvalidArgument {
-                name: "lock_timeout",
-                reason: "must be positive".into(),
-            });
-        }
+        check_lock_timeout(options.lock_timeout)?;
         let (region, opened, file) = Region::open(path, options.capacities, options.mode)?;
         Ok(Registry {
             region,
@@ -237,12 +242,7 @@ impl Registry {
     /// Changes how long operations wait for the registry lock (a reloaded
     /// configuration's `lock_timeout`, on a registry its process has mapped).
     pub fn set_lock_timeout(&self, timeout: Duration) -> Result<()> {
-        if timeout.is_zero() {
-            return Err(Error::InvalidArgument {
-                name: "lock_timeout",
-                reason: "must be positive".into(),
-            });
-        }
+        check_lock_timeout(timeout)?;
         self.lock_timeout.set(timeout);
         Ok(())
     }
@@ -323,11 +323,8 @@ impl Registry {
     /// events to callbacks, flagged `redelivered`: their holder died before its
     /// callbacks ran, or it had none.
     fn undelivered(&self) -> Vec<Event> {
-        let h = self.region.header();
-        if h.delivered_seq.load(Relaxed) >= h.next_seq.load(Relaxed) {
-            return Vec::new();
-        }
-        journal::since(&self.region, h.delivered_seq.load(Relaxed))
+        let from = self.region.header().delivered_seq.load(Relaxed);
+        journal::since(&self.region, from)
             .into_iter()
             .filter(|e| e.kind().is_node_level())
             .map(|e| Event {
@@ -607,8 +604,13 @@ impl Registry {
         let census = self.region.census().without(id);
         self.emit_with(events, id, census, Detail::GenerationAbort { cause });
         crash_point("after-entry", EventKind::GenerationAbort);
+        self.withdraw(g);
+    }
+
+    /// What follows a `generation_abort` entry: the generation is retired, and a run
+    /// that a failed start began ends, having nothing in it.
+    fn withdraw(&self, g: &GenerationRecord) {
         self.retire(g);
-        // A start that failed: the run it began has nothing in it.
         self.end_run_if_idle(true);
     }
 
@@ -680,11 +682,8 @@ impl Registry {
                 // generation's end if it was the last.
                 if let Some(s) = running(worker) {
                     s.state.store(WorkerState::Free.code(), Release);
-                    if let Some(g) = generation().filter(|g| {
-                        self.region.census().present(g.id.load(Relaxed)) == 0
-                            && load_state(g) != Some(GenerationState::Exited)
-                    }) {
-                        self.master_exit(g, false, events);
+                    if let Some(g) = generation() {
+                        self.end_if_last(g, false, events);
                     }
                 }
             }
@@ -698,8 +697,7 @@ impl Registry {
             }
             Detail::GenerationAbort { .. } => {
                 if let Some(g) = generation() {
-                    self.retire(g);
-                    self.end_run_if_idle(true);
+                    self.withdraw(g);
                 }
             }
             Detail::WorkerHang { worker, .. } | Detail::WorkerRecover { worker, .. } => {
@@ -1084,16 +1082,21 @@ impl Registry {
         }
         slot.state.store(WorkerState::Free.code(), Release);
         self.region.keep_mapped(false);
-        if let Some(g) = g.filter(|g| {
-            self.region.census().present(worker.id.generation) == 0
-                && load_state(g) != Some(GenerationState::Exited)
-        }) {
+        if let Some(g) = g {
             // Its master outlives its workers unless it was killed (the workers
             // then run on as orphans): then the run did not end cleanly.
-            let clean = master_identity(g).is_alive();
-            self.master_exit(g, clean, events);
+            self.end_if_last(g, master_identity(g).is_alive(), events);
         }
         Ok(())
+    }
+
+    /// A worker of `g` left: `master_exit` if it was the last.
+    fn end_if_last(&self, g: &GenerationRecord, clean: bool, events: &mut Vec<Event>) {
+        if self.region.census().present(g.id.load(Relaxed)) == 0
+            && load_state(g) != Some(GenerationState::Exited)
+        {
+            self.master_exit(g, clean, events);
+        }
     }
 
     /// The slot of this process's worker, checked.

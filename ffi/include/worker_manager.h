@@ -95,6 +95,16 @@
 #define WM_ERR_SHARED 27
 
 /**
+ * `wm_status.verdict`: the server committed the configuration.
+ */
+#define WM_VERDICT_COMMITTED 1
+
+/**
+ * `wm_status.verdict`: the server gave the configuration up.
+ */
+#define WM_VERDICT_FAILED 2
+
+/**
  * `wm_event.flags`: the event is delivered again, because the process that had it
  * delivered to its callbacks died before they all returned.
  */
@@ -160,8 +170,8 @@ struct wm_status {
    */
   uint64_t next_seq;
   /**
-   * The last verdict on a configuration: its generation (0: none yet), 1
-   * committed or 2 failed, and when.
+   * The last verdict on a configuration: its generation (0: none yet),
+   * `WM_VERDICT_COMMITTED` or `WM_VERDICT_FAILED`, and when.
    */
   uint64_t verdict_generation;
   uint32_t verdict;

@@ -78,6 +78,11 @@ pub const WM_ERR_REPLACED: c_int = 26;
 /// nginx's `http` and `stream`) has open: each needs its own.
 pub const WM_ERR_SHARED: c_int = 27;
 
+/// `wm_status.verdict`: the server committed the configuration.
+pub const WM_VERDICT_COMMITTED: u32 = 1;
+/// `wm_status.verdict`: the server gave the configuration up.
+pub const WM_VERDICT_FAILED: u32 = 2;
+
 /// `wm_event.flags`: the event is delivered again, because the process that had it
 /// delivered to its callbacks died before they all returned.
 pub const WM_EVENT_REDELIVERED: u32 = 2;
@@ -145,8 +150,8 @@ pub struct wm_status {
     pub consistent: c_int,
     /// The sequence number the next journal entry gets.
     pub next_seq: u64,
-    /// The last verdict on a configuration: its generation (0: none yet), 1
-    /// committed or 2 failed, and when.
+    /// The last verdict on a configuration: its generation (0: none yet),
+    /// `WM_VERDICT_COMMITTED` or `WM_VERDICT_FAILED`, and when.
     pub verdict_generation: u64,
     pub verdict: u32,
     pub verdict_ns: u64,
@@ -886,7 +891,13 @@ pub unsafe extern "C" fn wm_snapshot(
                 consistent: c_int::from(snapshot.consistent),
                 next_seq: snapshot.next_seq,
                 verdict_generation: verdict.map_or(0, |v| v.generation),
-                verdict: verdict.map_or(0, |v| if v.committed { 1 } else { 2 }),
+                verdict: verdict.map_or(0, |v| {
+                    if v.committed {
+                        WM_VERDICT_COMMITTED
+                    } else {
+                        WM_VERDICT_FAILED
+                    }
+                }),
                 verdict_ns: verdict.map_or(0, |v| nanos_since_epoch(v.time)),
             };
             handle.snapshot = Some(snapshot);

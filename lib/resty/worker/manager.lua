@@ -582,7 +582,7 @@ function _M.status()
   if st.verdict_generation ~= 0 then
     status.last_verdict = {
       generation = tonumber(st.verdict_generation),
-      committed = st.verdict == 1,
+      committed = st.verdict == cdefs.VERDICT_COMMITTED,
       time = tonumber(st.verdict_ns) / 1e9,
     }
   end

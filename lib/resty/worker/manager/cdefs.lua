@@ -128,6 +128,8 @@ local _M = {
   ERR_REPLACED = 26,
   -- wm_event.flags: delivered again after the process running its callbacks died.
   EVENT_REDELIVERED = 2,
+  -- wm_status.verdict: nginx committed the configuration.
+  VERDICT_COMMITTED = 1,
   LIB_NAME = "libworker_manager_ffi.so",
 }
 
