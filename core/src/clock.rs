@@ -15,3 +15,8 @@ pub(crate) fn monotonic_ns() -> u64 {
 pub(crate) fn realtime_ns() -> u64 {
     nanos(realtime())
 }
+
+/// Milliseconds, saturating: how the registry stores a setting.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -96,9 +96,10 @@ pub struct Event {
     pub redelivered: bool,
 }
 
-impl Event {
+impl Detail {
+    /// The kind of event this detail belongs to.
     pub fn kind(&self) -> EventKind {
-        match self.detail {
+        match self {
             Detail::MasterStart { .. } => EventKind::MasterStart,
             Detail::WorkerStart { .. } => EventKind::WorkerStart,
             Detail::WorkerExit { .. } => EventKind::WorkerExit,
@@ -109,6 +110,12 @@ impl Event {
             Detail::WorkerRecover { .. } => EventKind::WorkerRecover,
             Detail::LockRecovered { .. } => EventKind::LockRecovered,
         }
+    }
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        self.detail.kind()
     }
 
     /// The worker the event is about, if any.

@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+mod apply;
 mod change;
 mod clock;
 mod crash;
@@ -46,6 +47,7 @@ mod observer;
 mod process;
 mod region;
 mod registry;
+mod rules;
 mod snapshot;
 #[allow(unsafe_code)]
 mod sys;
@@ -61,5 +63,9 @@ pub use lifecycle::{
 pub use observer::Observer;
 pub use process::Identity;
 pub use region::{Capacities, Opened};
-pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker, SUPERSEDED_GRACE};
+pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
+/// The rules over a node in memory, for tests (feature `model`).
+#[cfg(feature = "model")]
+pub use rules::model;
+pub use rules::SUPERSEDED_GRACE;
 pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict, WorkerInfo};

@@ -111,6 +111,8 @@ coded_enum! {
 coded_enum! {
     /// The state of a tracked generation.
     GenerationState {
+        /// The record is unused.
+        Free = 0 => "free",
         /// Registered; no worker yet.
         Starting = 1 => "starting",
         /// Has had workers; none has exited gracefully.
@@ -134,6 +136,53 @@ coded_enum! {
         /// A worker that announced its exit (graceful shutdown began) and whose
         /// process still runs; no longer counted in `n_mine`.
         Exiting = 3 => "exiting",
+    }
+}
+
+impl GenerationState {
+    /// The transitions the rules make, each with what makes it; anything else is a
+    /// bug. `docs/design.md` 4.1 draws the same table.
+    pub const TRANSITIONS: &'static [(GenerationState, GenerationState, &'static str)] = &[
+        (Self::Free, Self::Starting, "register"),
+        (Self::Starting, Self::Running, "first worker"),
+        (Self::Starting, Self::Free, "abort"),
+        (Self::Running, Self::Draining, "a worker exits"),
+        (Self::Running, Self::Exited, "last worker gone"),
+        (Self::Draining, Self::Exited, "last worker gone"),
+        (Self::Exited, Self::Running, "a worker registers"),
+        (Self::Exited, Self::Free, "retire"),
+    ];
+
+    /// Whether the rules may change a generation from `self` to `next`.
+    pub fn can_become(self, next: GenerationState) -> bool {
+        Self::TRANSITIONS
+            .iter()
+            .any(|&(from, to, _)| from == self && to == next)
+    }
+}
+
+impl WorkerState {
+    /// The transitions the rules make, each with what makes it; anything else is a
+    /// bug. `docs/design.md` 4.1 draws the same table.
+    pub const TRANSITIONS: &'static [(WorkerState, WorkerState, &'static str)] = &[
+        (Self::Free, Self::Running, "register"),
+        (
+            Self::Dead,
+            Self::Running,
+            "register (a respawn, or a tombstone reused)",
+        ),
+        (Self::Running, Self::Free, "exit"),
+        (Self::Running, Self::Exiting, "announce exit"),
+        (Self::Exiting, Self::Free, "exit, or process gone"),
+        (Self::Running, Self::Dead, "death detected"),
+        (Self::Dead, Self::Free, "generation retired"),
+    ];
+
+    /// Whether the rules may change a slot from `self` to `next`.
+    pub fn can_become(self, next: WorkerState) -> bool {
+        Self::TRANSITIONS
+            .iter()
+            .any(|&(from, to, _)| from == self && to == next)
     }
 }
 
@@ -198,6 +247,18 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Whether the rules may change the run from `self` to `next`: a run starts
+    /// (from none, or after one ended) and ends. A generation that ends after the
+    /// run did (its last worker died after the others exited) says again how the
+    /// run ended: a death makes it unclean.
+    pub fn can_become(self, next: RunState) -> bool {
+        matches!(
+            (self, next),
+            (RunState::Never | RunState::Ended(_), RunState::Running)
+                | (RunState::Running | RunState::Ended(_), RunState::Ended(_))
+        )
+    }
+
     /// The code stored in the registry.
     pub const fn code(self) -> u32 {
         match self {

@@ -11,7 +11,7 @@ use crate::sys;
 /// The start time has the resolution of a clock tick (10 ms on Linux): a pid reused
 /// within the same tick would be taken for the old process, which needs the whole pid
 /// space to be cycled through in 10 ms and does not happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Identity {
     pub pid: u32,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`); 0 when

@@ -12,7 +12,8 @@ use crate::lifecycle::{
 use crate::region::layout::Stat;
 use crate::region::map::Region;
 use crate::region::Capacities;
-use crate::tables::{load_state, worker_id};
+use crate::rules::state::Census;
+use crate::tables::{self, load_state, worker_id};
 
 /// A tracked generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,38 +149,20 @@ impl Snapshot {
     }
 
     /// The counts a callback about `generation` would get, with `n_mine` its live
-    /// workers. Neighbours are the tracked generations: those with a process left
-    /// (running or exiting), and the newest committed one.
+    /// workers: the registry's own rule (`docs/design.md` 4.2).
     pub fn counts(&self, generation: u64) -> Counts {
-        let newest = self
-            .generations
-            .iter()
-            .rev()
-            .find(|g| g.committed.is_some())
-            .map_or(0, |g| g.id);
-        let tracked = |g: &&GenerationInfo| {
-            g.id == newest
-                || self.workers.iter().any(|w| {
+        let census = Census::new(self.generations.iter().map(|g| {
+            let present = self
+                .workers
+                .iter()
+                .filter(|w| {
                     w.id.generation == g.id
                         && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
                 })
-        };
-        Counts {
-            prev: self
-                .generations
-                .iter()
-                .rev()
-                .filter(tracked)
-                .find(|g| g.id < generation)
-                .map(|g| g.live_workers),
-            mine: self.live(generation),
-            next: self
-                .generations
-                .iter()
-                .filter(tracked)
-                .find(|g| g.id > generation)
-                .map(|g| g.live_workers),
-        }
+                .count() as u32;
+            (g.id, g.live_workers, present, g.committed.is_some())
+        }));
+        census.counts(generation, self.live(generation))
     }
 
     /// The live workers, in slot order.
@@ -198,7 +181,7 @@ fn time(ns: u64) -> SystemTime {
 /// [`change::read`].
 pub(crate) fn capture(region: &Region) -> Snapshot {
     let h = region.header();
-    let census = region.census();
+    let census = tables::decode(region).census();
     let now = monotonic_ns();
     let mut generations: Vec<GenerationInfo> = region
         .generations()

@@ -1,0 +1,539 @@
+//! The rules over thousands of random node histories, with no file, no process and
+//! no clock: an nginx-like node (a master, its workers, reloads, binary upgrades,
+//! failed reloads, stops, `kill -9` anywhere, even inside the lock, hangs) drives
+//! the [`Model`], and every history must keep the counts equal to the processes
+//! alive, report each worker's end and each generation's end exactly once, and keep
+//! the tables bounded. Every state change is also checked against the transition
+//! tables (`Plan` asserts them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::model::Model;
+use crate::event::{Detail, Event};
+use crate::lifecycle::{EventKind, ExitReason, GenerationState, RunState, StartKind};
+use crate::region::Capacities;
+use crate::registry::GenerationConfig;
+use crate::Error;
+
+const CAPACITIES: Capacities = Capacities {
+    generations: 32,
+    workers: 128,
+    events: 65536,
+};
+
+/// A process that only sweeps, as a CLI-less observer would through a worker's tick.
+const OBSERVER: u32 = 2;
+
+/// A worker killed holding the registry lock: which one (an index into the workers
+/// concerned), and after how many writes of its operation.
+#[derive(Debug, Clone, Copy)]
+struct Death {
+    pick: usize,
+    steps: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start {
+        workers: u32,
+    },
+    /// A reload; one of the old workers may be killed in the middle of its exit.
+    Reload {
+        workers: u32,
+        death: Option<Death>,
+    },
+    FailedReload,
+    Upgrade {
+        workers: u32,
+    },
+    /// A stop; one of the workers may be killed in the middle of its exit.
+    Stop {
+        graceful: bool,
+        death: Option<Death>,
+    },
+    Kill {
+        pick: usize,
+        respawn: bool,
+    },
+    /// A worker killed in the middle of its tick's sweep, which may have found
+    /// another dead worker.
+    KillHolding {
+        death: Death,
+        found_dead: bool,
+    },
+    KillMaster,
+    Hang {
+        pick: usize,
+    },
+    Tick,
+}
+
+fn death() -> impl Strategy<Value = Death> {
+    (any::<usize>(), 0..10usize).prop_map(|(pick, steps)| Death { pick, steps })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (1..4u32).prop_map(|workers| Op::Start { workers }),
+        3 => (1..4u32, proptest::option::of(death()))
+            .prop_map(|(workers, death)| Op::Reload { workers, death }),
+        1 => Just(Op::FailedReload),
+        1 => (1..4u32).prop_map(|workers| Op::Upgrade { workers }),
+        1 => (any::<bool>(), proptest::option::of(death()))
+            .prop_map(|(graceful, death)| Op::Stop { graceful, death }),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, respawn)| Op::Kill { pick, respawn }),
+        2 => (death(), any::<bool>())
+            .prop_map(|(death, found_dead)| Op::KillHolding { death, found_dead }),
+        1 => Just(Op::KillMaster),
+        1 => any::<usize>().prop_map(|pick| Op::Hang { pick }),
+        2 => Just(Op::Tick),
+    ]
+}
+
+/// An nginx-like node over the model.
+struct Node {
+    model: Model,
+    next_pid: u32,
+    /// The live master and the generation it serves.
+    master: Option<(u32, u64)>,
+    /// Live registered worker processes: generation, index, parent.
+    workers: BTreeMap<u32, (u64, u32, u32)>,
+    /// Workers that stopped beating.
+    hung: BTreeSet<u32>,
+}
+
+fn ok<T>(result: crate::Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+impl Node {
+    fn new() -> Node {
+        let mut model = Model::new(CAPACITIES);
+        model.spawn(OBSERVER, 1);
+        Node {
+            model,
+            next_pid: 100,
+            master: None,
+            workers: BTreeMap::new(),
+            hung: BTreeSet::new(),
+        }
+    }
+
+    fn spawn(&mut self, parent: u32) -> u32 {
+        self.next_pid += 1;
+        self.model.spawn(self.next_pid, parent);
+        self.next_pid
+    }
+
+    fn last_event(&self) -> &Event {
+        self.model.events().last().expect("an event")
+    }
+
+    fn start_workers(&mut self, master: u32, generation: u64, workers: u32) {
+        for index in 0..workers {
+            let pid = self.spawn(master);
+            match self.model.register_worker(pid, generation, index) {
+                Ok(_) => {
+                    self.workers.insert(pid, (generation, index, master));
+                }
+                Err(Error::CapacityExhausted { .. }) => self.model.kill(pid),
+                Err(e) => panic!("worker registration: {e}"),
+            }
+        }
+    }
+
+    /// Registers a generation of `master`; `None` when the table is full.
+    fn register(&mut self, master: u32, expected: StartKind) -> Option<u64> {
+        match self
+            .model
+            .register_generation(master, &GenerationConfig::default())
+        {
+            Ok(id) => {
+                let kind = match self.last_event().detail {
+                    Detail::MasterStart { kind, .. } => kind,
+                    other => panic!("expected master_start, got {other:?}"),
+                };
+                match expected {
+                    StartKind::Start | StartKind::Restart => {
+                        assert!(matches!(kind, StartKind::Start | StartKind::Restart))
+                    }
+                    _ => assert_eq!(kind, expected),
+                }
+                Some(id)
+            }
+            Err(Error::CapacityExhausted { .. }) => None,
+            Err(e) => panic!("generation registration: {e}"),
+        }
+    }
+
+    /// The workers of generations older than `newest` (all, with `None`) whose
+    /// parent is `master` exit, as nginx's old workers do after a reload or an
+    /// upgrade's WINCH, or all of them at a stop; `death` kills one of them in the
+    /// middle of its exit, holding the lock.
+    fn exit_all(
+        &mut self,
+        master: u32,
+        newest: Option<u64>,
+        graceful: bool,
+        reason: ExitReason,
+        death: Option<Death>,
+    ) {
+        let leaving: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, &(g, _, parent))| newest.map_or(true, |n| g < n) && parent == master)
+            .map(|(&pid, _)| pid)
+            .collect();
+        let dying = death.and_then(|d| Some((*leaving.get(d.pick % leaving.len().max(1))?, d)));
+        for pid in leaving {
+            self.workers.remove(&pid);
+            self.hung.remove(&pid);
+            match dying {
+                Some((victim, d)) if victim == pid => {
+                    ok(self.model.exit_worker_dies_after(pid, graceful, d.steps));
+                }
+                _ => {
+                    ok(self.model.exit_worker(pid, graceful));
+                    match self.last_exit_of(pid) {
+                        Some(r) => assert_eq!(r, reason, "worker {pid}'s exit"),
+                        None => panic!("no worker_exit for {pid}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn last_exit_of(&self, pid: u32) -> Option<ExitReason> {
+        self.model
+            .events()
+            .iter()
+            .rev()
+            .find_map(|e| match e.detail {
+                Detail::WorkerExit { worker, reason } if worker.pid == pid => Some(reason),
+                _ => None,
+            })
+    }
+
+    fn pick(&self, pick: usize) -> Option<u32> {
+        (!self.workers.is_empty())
+            .then(|| *self.workers.keys().nth(pick % self.workers.len()).unwrap())
+    }
+
+    fn apply(&mut self, op: &Op) {
+        self.model.advance(Duration::from_millis(100));
+        match *op {
+            Op::Start { workers } => {
+                if self.master.is_some() {
+                    return;
+                }
+                let master = self.spawn(1);
+                if let Some(g) = self.register(master, StartKind::Start) {
+                    self.start_workers(master, g, workers);
+                    self.master = Some((master, g));
+                } else {
+                    self.model.kill(master);
+                }
+            }
+            Op::Reload { workers, death } => {
+                let Some((master, old)) = self.master else {
+                    return;
+                };
+                let Some(g) = self.register(master, StartKind::Reload) else {
+                    return;
+                };
+                self.model.configuration_closed(master, old);
+                self.start_workers(master, g, workers);
+                self.master = Some((master, g));
+                self.exit_all(master, Some(g), true, ExitReason::Reload, death);
+                self.model.sweep(OBSERVER);
+            }
+            Op::FailedReload => {
+                let Some((master, _)) = self.master else {
+                    return;
+                };
+                let Some(g) = self.register(master, StartKind::Reload) else {
+                    return;
+                };
+                self.model.configuration_closed(master, g);
+                assert!(
+                    matches!(
+                        self.last_event().detail,
+                        Detail::GenerationAbort {
+                            cause: crate::AbortCause::Failed
+                        }
+                    ),
+                    "a failed reload is aborted at once"
+                );
+            }
+            Op::Upgrade { workers } => {
+                let Some((old_master, old)) = self.master else {
+                    return;
+                };
+                let master = self.spawn(old_master);
+                let Some(g) = self.register(master, StartKind::Upgrade) else {
+                    self.model.kill(master);
+                    return;
+                };
+                self.start_workers(master, g, workers);
+                self.master = Some((master, g));
+                self.exit_all(old_master, Some(g), true, ExitReason::Upgrade, None);
+                self.model.configuration_closed(old_master, old);
+                self.model.kill(old_master);
+                self.model.sweep(OBSERVER);
+            }
+            Op::Stop { graceful, death } => {
+                let Some((master, g)) = self.master.take() else {
+                    return;
+                };
+                let reason = if graceful {
+                    ExitReason::Stop
+                } else {
+                    ExitReason::FastStop
+                };
+                self.exit_all(master, None, graceful, reason, death);
+                self.model.configuration_closed(master, g);
+                self.model.kill(master);
+                self.model.sweep(OBSERVER);
+            }
+            Op::Kill { pick, respawn } => {
+                let Some(pid) = self.pick(pick) else {
+                    return;
+                };
+                let (g, index, parent) = self.workers.remove(&pid).unwrap();
+                self.hung.remove(&pid);
+                self.model.kill(pid);
+                // nginx respawns the workers of the configuration it serves.
+                if respawn && self.master == Some((parent, g)) {
+                    let new = self.spawn(parent);
+                    match self.model.register_worker(new, g, index) {
+                        Ok(_) => {
+                            self.workers.insert(new, (g, index, parent));
+                            assert!(matches!(
+                                self.last_event().detail,
+                                Detail::WorkerStart { replaces: Some(dead), .. } if dead.pid == pid
+                            ));
+                        }
+                        Err(Error::CapacityExhausted { .. }) => self.model.kill(new),
+                        Err(e) => panic!("respawn: {e}"),
+                    }
+                } else {
+                    self.model.sweep(OBSERVER);
+                }
+            }
+            Op::KillHolding { death, found_dead } => {
+                let Some(pid) = self.pick(death.pick) else {
+                    return;
+                };
+                if found_dead {
+                    if let Some(other) = self.pick(death.pick + 1).filter(|&o| o != pid) {
+                        self.workers.remove(&other);
+                        self.hung.remove(&other);
+                        self.model.kill(other);
+                    }
+                }
+                self.workers.remove(&pid);
+                self.hung.remove(&pid);
+                self.model.sweep_dies_after(pid, death.steps);
+                self.model.sweep(OBSERVER);
+            }
+            Op::KillMaster => {
+                let Some((master, _)) = self.master.take() else {
+                    return;
+                };
+                self.model.kill(master);
+                self.model.sweep(OBSERVER);
+            }
+            Op::Hang { pick } => {
+                let Some(pid) = self.pick(pick) else {
+                    return;
+                };
+                self.hung.insert(pid);
+                self.model.advance(Duration::from_secs(16));
+                self.beat();
+                self.model.sweep(OBSERVER);
+            }
+            Op::Tick => {
+                self.hung.clear();
+                self.model.advance(Duration::from_secs(1));
+                self.beat();
+                self.model.sweep(OBSERVER);
+            }
+        }
+    }
+
+    fn beat(&mut self) {
+        for &pid in self.workers.keys() {
+            if !self.hung.contains(&pid) {
+                self.model.heartbeat(pid);
+            }
+        }
+    }
+
+    /// What must hold after every step.
+    fn check(&self) {
+        let generations = self.model.generations();
+        // Counts equal the processes alive.
+        for &(id, _, _) in &generations {
+            let alive = self.workers.values().filter(|w| w.0 == id).count() as u32;
+            assert_eq!(
+                self.model.live(id),
+                alive,
+                "live workers of generation {id}"
+            );
+        }
+        for w in self.workers.values() {
+            assert!(
+                generations.iter().any(|g| g.0 == w.0),
+                "generation {} of a live worker is tracked",
+                w.0
+            );
+        }
+        // Bounded: a record stays only while it has a process, is the newest
+        // committed, or is loading; a tombstone only while its generation stays.
+        let newest = generations.iter().rev().find(|g| g.2).map_or(0, |g| g.0);
+        let slots = self.model.slots();
+        for &(id, state, _) in &generations {
+            let present = slots.iter().any(|(w, s)| {
+                w.generation == id
+                    && matches!(s, crate::WorkerState::Running | crate::WorkerState::Exiting)
+            });
+            assert!(
+                present || id == newest || state == Some(GenerationState::Starting),
+                "generation {id} ({state:?}) should have been retired"
+            );
+        }
+        for (w, _) in slots.iter().filter(|(_, s)| *s == crate::WorkerState::Dead) {
+            assert!(generations.iter().any(|g| g.0 == w.generation));
+        }
+        // Each worker's end and each generation's end at most once.
+        let mut ends: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut generation_ends: BTreeMap<u64, u32> = BTreeMap::new();
+        for e in self.model.events() {
+            match e.detail {
+                Detail::WorkerExit { worker, .. } | Detail::WorkerCrash { worker, .. } => {
+                    *ends.entry(worker.pid).or_default() += 1;
+                    assert!(
+                        !self.workers.contains_key(&worker.pid),
+                        "a live worker {worker} reported gone: {e}"
+                    );
+                }
+                Detail::MasterExit { .. } | Detail::GenerationAbort { .. } => {
+                    *generation_ends.entry(e.generation).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            ends.values().all(|&n| n == 1),
+            "a worker ended twice: {ends:?}"
+        );
+        assert!(
+            generation_ends.values().all(|&n| n == 1),
+            "a generation ended twice: {generation_ends:?}"
+        );
+    }
+
+    /// Everything stops; then every worker and every generation has ended exactly
+    /// once, and so has the run.
+    fn finish(&mut self) {
+        self.apply(&Op::Stop {
+            graceful: true,
+            death: None,
+        });
+        let orphans: Vec<u32> = self.workers.keys().copied().collect();
+        for pid in orphans {
+            self.model.kill(pid);
+            self.workers.remove(&pid);
+        }
+        self.model.sweep(OBSERVER);
+        self.check();
+        let events = self.model.events();
+        let registered: BTreeSet<u32> = events
+            .iter()
+            .filter_map(|e| match e.detail {
+                Detail::WorkerStart { worker, .. } => Some(worker.pid),
+                _ => None,
+            })
+            .collect();
+        for pid in registered {
+            let ends = events
+                .iter()
+                .filter(|e| {
+                    matches!(e.kind(), EventKind::WorkerExit | EventKind::WorkerCrash)
+                        && e.worker().map(|w| w.pid) == Some(pid)
+                })
+                .count();
+            assert_eq!(ends, 1, "worker {pid} ended {ends} times");
+        }
+        for e in events.iter().filter(|e| e.kind() == EventKind::MasterStart) {
+            let ends = events
+                .iter()
+                .filter(|x| {
+                    x.generation == e.generation
+                        && matches!(x.kind(), EventKind::MasterExit | EventKind::GenerationAbort)
+                })
+                .count();
+            assert_eq!(ends, 1, "generation {} ended {ends} times", e.generation);
+        }
+        assert!(
+            matches!(
+                self.model.run_state(),
+                Some(RunState::Ended(_) | RunState::Never)
+            ),
+            "the run ended: {:?}",
+            self.model.run_state()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_history_keeps_counts_exact_and_ends_reported_once(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        let mut node = Node::new();
+        for op in &ops {
+            node.apply(op);
+            node.check();
+        }
+        node.finish();
+    }
+}
+
+#[test]
+fn a_death_inside_the_lock_after_any_write_is_reported_once() {
+    for steps in 0..10 {
+        for pick in 0..3 {
+            let death = Some(Death { pick, steps });
+            for op in [
+                Op::Reload { workers: 2, death },
+                Op::Stop {
+                    graceful: true,
+                    death,
+                },
+                Op::Stop {
+                    graceful: false,
+                    death,
+                },
+                Op::KillHolding {
+                    death: Death { pick, steps },
+                    found_dead: true,
+                },
+            ] {
+                let mut node = Node::new();
+                node.apply(&Op::Start { workers: 3 });
+                node.apply(&op);
+                node.check();
+                node.finish();
+            }
+        }
+    }
+}
