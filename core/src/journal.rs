@@ -14,7 +14,7 @@ use crate::lifecycle::StartKind;
 use crate::region::layout::{EventRecord, Stat, EVENT_KINDS};
 use crate::region::map::Region;
 
-fn entry(region: &Region, seq: u64) -> &EventRecord {
+fn entry<A>(region: &Region<A>, seq: u64) -> &EventRecord {
     let cap = u64::from(region.capacities().events);
     region.event((seq % cap) as u32)
 }
@@ -125,7 +125,7 @@ pub(crate) fn repair(region: &Region) {
 }
 
 /// The newest entry, if the ring still holds it and this build can read it.
-pub(crate) fn last(region: &Region) -> Option<Event> {
+pub(crate) fn last<A>(region: &Region<A>) -> Option<Event> {
     let next = region.header().next_seq.load(Acquire);
     next.checked_sub(1)
         .filter(|&seq| seq > 0)
@@ -134,7 +134,7 @@ pub(crate) fn last(region: &Region) -> Option<Event> {
 
 /// Reads entry `seq` without a lock; `None` if it was overwritten, is being written,
 /// or holds codes this build does not know.
-fn read(region: &Region, seq: u64) -> Option<Event> {
+fn read<A>(region: &Region<A>, seq: u64) -> Option<Event> {
     let r = entry(region, seq);
     if r.seq.load(Acquire) != seq {
         return None;
@@ -163,7 +163,7 @@ fn read(region: &Region, seq: u64) -> Option<Event> {
 /// The events from `from` (inclusive) to the newest, oldest first. Events that the
 /// ring has already overwritten are skipped; the first returned may thus be newer
 /// than `from`.
-pub(crate) fn since(region: &Region, from: u64) -> Vec<Event> {
+pub(crate) fn since<A>(region: &Region<A>, from: u64) -> Vec<Event> {
     let next = region.header().next_seq.load(Acquire);
     let cap = u64::from(region.capacities().events);
     let oldest = next.saturating_sub(cap).max(from).max(1);

@@ -11,14 +11,14 @@ use crate::change;
 use crate::error::Result;
 use crate::event::Event;
 use crate::journal;
-use crate::region::map::Region;
+use crate::region::map::{ReadOnly, Region};
 use crate::region::Capacities;
 use crate::snapshot::{self, Snapshot};
 
 /// A registry mapped read-only. It never creates, writes or locks the file, so it
 /// may run as any user who can read it, at any moment, as often as wanted.
 pub struct Observer {
-    region: Region,
+    region: Region<ReadOnly>,
     path: PathBuf,
     previous_boot: bool,
 }

@@ -179,7 +179,7 @@ fn time(ns: u64) -> SystemTime {
 
 /// Copies the registry. The caller holds the lock, or reads inside
 /// [`change::read`].
-pub(crate) fn capture(region: &Region) -> Snapshot {
+pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
     let h = region.header();
     let census = tables::decode(region).census();
     let now = monotonic_ns();
@@ -295,7 +295,7 @@ pub(crate) const VERDICT_COMMITTED: u32 = 1;
 pub(crate) const VERDICT_FAILED: u32 = 2;
 
 /// Copies the registry without its lock, retrying while a writer changes it.
-pub(crate) fn observe(region: &Region) -> Snapshot {
+pub(crate) fn observe<A>(region: &Region<A>) -> Snapshot {
     let (mut snapshot, consistent) = change::read(region.header(), || capture(region));
     snapshot.consistent = consistent;
     snapshot

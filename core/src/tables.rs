@@ -71,7 +71,7 @@ fn slot(i: u32, s: &WorkerSlot) -> Slot {
 /// The registry decoded: every generation record, and the slots up to the
 /// high-water mark plus one (the first never used, where a registration goes when
 /// no used slot is free).
-pub(crate) fn decode(region: &Region) -> State {
+pub(crate) fn decode<A>(region: &Region<A>) -> State {
     let h = region.header();
     let caps = region.capacities();
     let high_water = h.slot_high_water.load(Relaxed).min(caps.workers);
@@ -95,7 +95,7 @@ pub(crate) fn decode(region: &Region) -> State {
     }
 }
 
-impl Region {
+impl<A> Region<A> {
     pub(crate) fn generations(&self) -> impl Iterator<Item = &GenerationRecord> {
         (0..self.capacities().generations)
             .map(|i| self.generation(i))

@@ -62,7 +62,8 @@ pub(crate) struct Header {
     pub total_size: AtomicU64,
     pub created_ns: AtomicU64,
     pub boot_id: [AtomicU64; 2],
-    pub lock: RawMutex,
+    /// Reached only through a writable region (`Region::lock`).
+    pub(super) lock: RawMutex,
     pub lock_holder_pid: AtomicU32,
     pub lock_holder_op: AtomicU32,
     pub lock_acquired_mono_ns: AtomicU64,
@@ -120,8 +121,9 @@ pub(crate) struct GenerationRecord {
 
 #[repr(C)]
 pub(crate) struct WorkerSlot {
-    /// Held by the worker for its whole life (see `docs/design.md` 3.2).
-    pub mutex: RawMutex,
+    /// Held by the worker for its whole life (see `docs/design.md` 3.2). Reached
+    /// only through a writable region (`Region::slot_mutex`).
+    pub(super) mutex: RawMutex,
     pub state: AtomicU32,
     pub pid: AtomicU32,
     pub generation: AtomicU64,

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::marker::PhantomData;
 use std::mem::{size_of, ManuallyDrop};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -34,7 +35,16 @@ pub enum Opened {
 }
 
 /// A validated, mapped registry file.
-pub(crate) struct Region {
+/// A mapping the registry's writers use: read-write, its mutexes lockable.
+#[derive(Debug)]
+pub(crate) enum Writable {}
+
+/// A `PROT_READ` mapping, for observers: a region of this kind has no way to its
+/// mutexes, since locking one would write to a page that cannot be written.
+#[derive(Debug)]
+pub(crate) enum ReadOnly {}
+
+pub(crate) struct Region<A = Writable> {
     map: ManuallyDrop<MmapRaw>,
     /// Set while a worker of this process holds a slot mutex: the mapping must then
     /// outlive the handle, for the kernel reaches held robust mutexes through it when
@@ -42,6 +52,7 @@ pub(crate) struct Region {
     keep_mapped: AtomicBool,
     caps: Capacities,
     offsets: Offsets,
+    access: PhantomData<A>,
 }
 
 fn io_error(path: &Path, op: &'static str, source: io::Error) -> Error {
@@ -198,12 +209,13 @@ impl Region {
         let _ = sys::unlock_file(file.as_fd());
         outcome.map(|(region, opened)| (region, opened, id))
     }
+}
 
+impl Region<ReadOnly> {
     /// Maps an existing registry read-only, for an observer: no creation, no `flock`,
     /// no ownership checks (reading another user's registry is what an operator
     /// does). Returns the region and whether it was last written in an earlier boot.
-    /// The mapping is `PROT_READ`: the caller must never lock a mutex of it.
-    pub(crate) fn open_read_only(path: &Path) -> Result<(Region, bool)> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<(Region<ReadOnly>, bool)> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -221,7 +233,9 @@ impl Region {
         let previous_boot = region.boot_changed().is_some();
         Ok((region, previous_boot))
     }
+}
 
+impl<A> Region<A> {
     /// The kernel's boot id if the region was last written in another boot (every
     /// process it records is then gone); `None` if in this one, or if unknown.
     fn boot_changed(&self) -> Option<[u64; 2]> {
@@ -229,6 +243,65 @@ impl Region {
         let file_boot = [h.boot_id[0].load(Acquire), h.boot_id[1].load(Acquire)];
         let now_boot = boot_id();
         (now_boot != [0, 0] && file_boot != now_boot).then_some(now_boot)
+    }
+
+    fn new(map: MmapRaw, caps: Capacities) -> Region<A> {
+        Region {
+            map: ManuallyDrop::new(map),
+            keep_mapped: AtomicBool::new(false),
+            caps,
+            offsets: caps.offsets(),
+            access: PhantomData,
+        }
+    }
+
+    pub(crate) fn capacities(&self) -> Capacities {
+        self.caps
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least `offsets.total` bytes (validated or created),
+        // page-aligned, and a `Header` is valid for any bit pattern and only holds
+        // atomics and a mutex (see `layout`).
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
+    }
+
+    /// # Panics
+    ///
+    /// If `i` is not below the capacity: callers iterate `0..capacity`.
+    fn record<T>(&self, table: usize, count: u32, i: u32) -> &T {
+        assert!(i < count, "record index {i} out of 0..{count}");
+        let offset = table + i as usize * RECORD_SIZE;
+        debug_assert!(offset + RECORD_SIZE <= self.offsets.total);
+        // SAFETY: `offset + RECORD_SIZE` is within the mapping (checked against the
+        // capacities, which were validated against the file length); records are
+        // 128-byte aligned from a page-aligned base; every record type is valid for
+        // any bit pattern and made only of atomics and mutexes (see `layout`).
+        unsafe { &*self.map.as_ptr().add(offset).cast::<T>() }
+    }
+
+    pub(crate) fn generation(&self, i: u32) -> &GenerationRecord {
+        self.record(self.offsets.generations, self.caps.generations, i)
+    }
+
+    pub(crate) fn slot(&self, i: u32) -> &WorkerSlot {
+        self.record(self.offsets.workers, self.caps.workers, i)
+    }
+
+    pub(crate) fn event(&self, i: u32) -> &EventRecord {
+        self.record(self.offsets.events, self.caps.events, i)
+    }
+}
+
+impl Region<Writable> {
+    /// The registry lock.
+    pub(crate) fn lock(&self) -> &RawMutex {
+        &self.header().lock
+    }
+
+    /// The mutex of slot `i`, held by its worker for its whole life.
+    pub(crate) fn slot_mutex(&self, i: u32) -> &RawMutex {
+        &self.slot(i).mutex
     }
 
     fn open_locked(path: &Path, file: &File, caps: Capacities) -> Result<(Region, Opened)> {
@@ -250,15 +323,6 @@ impl Region {
             return Ok((region, Opened::ResetAfterReboot));
         }
         Ok((region, Opened::Existing))
-    }
-
-    fn new(map: MmapRaw, caps: Capacities) -> Region {
-        Region {
-            map: ManuallyDrop::new(map),
-            keep_mapped: AtomicBool::new(false),
-            caps,
-            offsets: caps.offsets(),
-        }
     }
 
     fn create(path: &Path, file: &File, caps: Capacities) -> Result<Region> {
@@ -312,43 +376,6 @@ impl Region {
         Ok(())
     }
 
-    pub(crate) fn capacities(&self) -> Capacities {
-        self.caps
-    }
-
-    pub(crate) fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least `offsets.total` bytes (validated or created),
-        // page-aligned, and a `Header` is valid for any bit pattern and only holds
-        // atomics and a mutex (see `layout`).
-        unsafe { &*self.map.as_ptr().cast::<Header>() }
-    }
-
-    /// # Panics
-    ///
-    /// If `i` is not below the capacity: callers iterate `0..capacity`.
-    fn record<T>(&self, table: usize, count: u32, i: u32) -> &T {
-        assert!(i < count, "record index {i} out of 0..{count}");
-        let offset = table + i as usize * RECORD_SIZE;
-        debug_assert!(offset + RECORD_SIZE <= self.offsets.total);
-        // SAFETY: `offset + RECORD_SIZE` is within the mapping (checked against the
-        // capacities, which were validated against the file length); records are
-        // 128-byte aligned from a page-aligned base; every record type is valid for
-        // any bit pattern and made only of atomics and mutexes (see `layout`).
-        unsafe { &*self.map.as_ptr().add(offset).cast::<T>() }
-    }
-
-    pub(crate) fn generation(&self, i: u32) -> &GenerationRecord {
-        self.record(self.offsets.generations, self.caps.generations, i)
-    }
-
-    pub(crate) fn slot(&self, i: u32) -> &WorkerSlot {
-        self.record(self.offsets.workers, self.caps.workers, i)
-    }
-
-    pub(crate) fn event(&self, i: u32) -> &EventRecord {
-        self.record(self.offsets.events, self.caps.events, i)
-    }
-
     /// Whether dropping the region leaves the mapping in place for the rest of the
     /// process's life.
     pub(crate) fn keep_mapped(&self, keep: bool) {
@@ -356,7 +383,7 @@ impl Region {
     }
 }
 
-impl Drop for Region {
+impl<A> Drop for Region<A> {
     fn drop(&mut self) {
         if !self.keep_mapped.load(Relaxed) {
             // SAFETY: the map is dropped exactly once, here, and no reference into it

@@ -61,7 +61,7 @@ impl Drop for LockGuard<'_> {
             h.lock_holder_op.store(LockOp::None.code(), Relaxed);
             // An unlock can only fail if this thread does not hold the mutex, which the
             // depth count rules out; there is nothing better to do in a destructor.
-            let _ = h.lock.unlock();
+            let _ = self.reg.region.lock().unlock();
         }
     }
 }
@@ -97,9 +97,12 @@ impl Registry {
             )
         };
         let acquisition = if wait {
-            h.lock.lock(self.lock_timeout.get()).map_err(failed)?
+            self.region
+                .lock()
+                .lock(self.lock_timeout.get())
+                .map_err(failed)?
         } else {
-            match h.lock.lock_now().map_err(failed)? {
+            match self.region.lock().lock_now().map_err(failed)? {
                 Some(locked) => Acquisition {
                     locked,
                     waited_since: None,
@@ -162,11 +165,11 @@ impl Registry {
             Delivery::None => Vec::new(),
         };
         for i in 0..self.region.capacities().workers {
-            let slot = self.region.slot(i);
-            if slot.state.load(Relaxed) != WorkerState::Running.code()
-                && slot.mutex.try_lock()? != TryLocked::Busy
+            let mutex = self.region.slot_mutex(i);
+            if self.region.slot(i).state.load(Relaxed) != WorkerState::Running.code()
+                && mutex.try_lock()? != TryLocked::Busy
             {
-                slot.mutex.unlock()?;
+                mutex.unlock()?;
             }
         }
         let last = journal::last(&self.region);

@@ -255,7 +255,7 @@ impl Registry {
         state
             .present_slots()
             .map(|s| {
-                let mutex = &self.region.slot(s.slot).mutex;
+                let mutex = self.region.slot_mutex(s.slot);
                 let gone = match mutex.try_lock()? {
                     TryLocked::Busy => return Ok((s.slot, None)),
                     TryLocked::OwnerDied => Detection::OwnerDied,
@@ -356,7 +356,7 @@ impl Registry {
             for slot in candidates {
                 // A slot whose mutex someone holds is left alone (never expected: the
                 // holder would be a live registrant, and registrations hold the lock).
-                if self.region.slot(slot).mutex.try_lock()? != TryLocked::Busy {
+                if self.region.slot_mutex(slot).try_lock()? != TryLocked::Busy {
                     chosen = Some(slot);
                     break;
                 }
@@ -404,7 +404,7 @@ impl Registry {
             rules::may_exit(plan.state(), worker.slot, worker.id)?;
             // Before any change, so that a call from the wrong thread (EPERM)
             // changes nothing.
-            self.region.slot(worker.slot).mutex.unlock()?;
+            self.region.slot_mutex(worker.slot).unlock()?;
             rules::exit_worker(plan, worker.slot, worker.id, graceful, &System)?;
             self.region.keep_mapped(false);
             Ok(())
