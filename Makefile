@@ -7,7 +7,7 @@ CARGO ?= cargo
 all: build
 
 # Everything the tests, demos and benchmarks need (nginx, its Lua module, luacheck,
-# valgrind, ...): installed when missing, as root.
+# luarocks, valgrind, ...): installed when missing, as root.
 deps:
 	@scripts/install-deps.sh
 
@@ -48,7 +48,8 @@ LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
 
 install: install-lua install-cli
 
-# The Lua module alone: its two files in LUA_LIB_DIR, its library in LUA_CLIB_DIR.
+# The Lua module alone: its two files in LUA_LIB_DIR, its library in LUA_CLIB_DIR
+# (what the LuaRocks rock installs, into the rock's directories).
 install-lua: build-lib
 	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR)
 	install -m 0644 lib/resty/worker/manager.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager.lua

@@ -3,7 +3,7 @@
 #
 #   install-deps.sh          everything: the test suite, the demos, the benchmarks and
 #                            the reliability runs (nginx, its Lua module, luacheck,
-#                            valgrind, ...); as root, installs what is missing
+#                            luarocks, valgrind, ...); as root, installs what is missing
 #                            (idempotent), otherwise says exactly what is
 #   install-deps.sh --build  only what `make build` and `make install` need: cargo and
 #                            a C compiler to link with; checks, never installs, needs
@@ -47,6 +47,7 @@ declare -A packages=(
     [/usr/share/lua/5.1/resty/core.lua]=lua-resty-core
     [/usr/share/lua/5.1/resty/lrucache.lua]=lua-resty-lrucache
     [luacheck]=lua-check
+    [luarocks]=luarocks
     [setpriv]=util-linux
     [unshare]=util-linux
     [valgrind]=valgrind

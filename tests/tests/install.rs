@@ -1,5 +1,5 @@
 //! Installation: `make install` by an unprivileged user on a machine without the test
-//! suite's packages.
+//! suite's packages, and the LuaRocks rock in a real nginx that sees nothing else.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::nginx::serial;
+use common::nginx::{serial, signal, start, Config};
 
 /// Debian's `nobody` and `nogroup`.
 const NOBODY: u32 = 65534;
@@ -95,7 +95,8 @@ exec setpriv --reuid=65534 --regid=65534 --clear-groups env -i \
 /// checkout's.
 #[test]
 fn make_install_needs_neither_root_nor_the_test_packages() {
-    // Serialized with the nginx tests, which reap any child of this process.
+    // Serialized with the rock's nginx test, whose harness reaps any child of this
+    // process.
     let _serial = serial();
     let cargo = PathBuf::from(std::env::var_os("CARGO").expect("run by cargo"));
     let fetched = Command::new(&cargo)
@@ -189,4 +190,101 @@ fn make_install_needs_neither_root_nor_the_test_packages() {
     let abi_version =
         unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> u32>(symbol) };
     assert_eq!(abi_version(), worker_manager_ffi::WM_ABI_VERSION);
+}
+
+/// Reports what the module and its library are in this worker: `status()`'s generation
+/// and its running workers, the file the module was loaded from, the library mapped
+/// into the process.
+const INSTALLED: &str = r#"
+        location = /installed {
+            content_by_lua_block {
+                local wm = require("resty.worker.manager")
+                local status = assert(wm.status())
+                local running = 0
+                for _, w in ipairs(status.workers) do
+                    if w.generation == status.generation and w.state == "running" then
+                        running = running + 1
+                    end
+                end
+                local lib = "none"
+                for line in io.lines("/proc/self/maps") do
+                    lib = line:match("(/%S*libworker_manager_ffi%.so)$") or lib
+                end
+                ngx.say("generation=", status.generation, " running=", running,
+                        " module=", debug.getinfo(wm.status, "S").source:sub(2),
+                        " lib=", lib)
+            }
+        }
+"#;
+
+/// `luarocks make` of the rockspec into a new tree, then nginx with the synopsis's
+/// configuration whose `lua_package_path` and `lua_package_cpath` name that tree alone
+/// (and Debian's lua-resty-core, which the Lua module of nginx needs): nginx starts
+/// only if the rock installed the module and its library, and `/installed` shows they
+/// are the tree's and that the workers registered. The rock builds with cargo in the
+/// workspace's target directory (`make build-lib`, run in the checkout), so a fresh
+/// release build is reused.
+#[test]
+fn the_rock_installs_a_module_that_nginx_runs() {
+    let _serial = serial();
+    let rockspec = repo().join(format!(
+        "lua-resty-worker-manager-{}-1.rockspec",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(
+        rockspec.is_file(),
+        "{} is missing: the rock's version follows the workspace's",
+        rockspec.display()
+    );
+    let tree_dir = tempfile::Builder::new()
+        .prefix("wm-rock-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(tree_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let tree = tree_dir.path().canonicalize().unwrap();
+    // Under `make test`, make's flags would reach the rock's make: not its business.
+    let made = Command::new("luarocks")
+        .arg("make")
+        .arg("--tree")
+        .arg(&tree)
+        .arg(&rockspec)
+        .current_dir(repo())
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .output()
+        .expect("luarocks (installed by `make deps`)");
+    assert!(made.status.success(), "luarocks make: {}", report(&made));
+
+    let lua_dir = tree.join("share/lua/5.1");
+    let lib_dir = tree.join("lib/lua/5.1");
+    for file in ["resty/worker/manager.lua", "resty/worker/manager/cdefs.lua"] {
+        assert!(
+            same_file(&lua_dir.join(file), &repo().join("lib").join(file)),
+            "{file} is not the checkout's in the rock's tree"
+        );
+    }
+    let lib = lib_dir.join("libworker_manager_ffi.so");
+    assert!(lib.is_file(), "{} is missing", lib.display());
+
+    let (nginx, master) = start(&Config {
+        lua_paths: Some((
+            format!("{}/?.lua;/usr/share/lua/5.1/?.lua", lua_dir.display()),
+            format!("{}/?.so", lib_dir.display()),
+        )),
+        locations: INSTALLED.to_string(),
+        ..Config::synopsis()
+    });
+    nginx.wait_n("worker_start", 2);
+    let generation = nginx.named("master_start")[0].get("id").to_string();
+    assert_eq!(
+        nginx.get("/installed").trim(),
+        format!(
+            "generation={generation} running=2 module={} lib={}",
+            lua_dir.join("resty/worker/manager.lua").display(),
+            lib.display()
+        )
+    );
+    signal(master, libc::SIGQUIT);
+    nginx.wait_gone(master);
 }
