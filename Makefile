@@ -1,14 +1,22 @@
 # worker-manager: `make demo` runs the main job, `make test` the whole suite.
 CARGO ?= cargo
 
-.PHONY: all build deps demo demo-prefork install test lint stress fuzz valgrind bench clean
+.PHONY: all build build-deps build-lib build-cli deps demo demo-prefork install \
+	install-lua install-cli test lint stress fuzz valgrind bench clean
 
 all: build
 
+# Everything the tests, demos and benchmarks need (nginx, its Lua module, luacheck,
+# luarocks, valgrind, ...): installed when missing, as root.
 deps:
 	@scripts/install-deps.sh
 
-build: deps
+# What building and installing need (cargo, a C compiler): checked, never installed,
+# so that `make install` works without root.
+build-deps:
+	@scripts/install-deps.sh --build
+
+build: build-deps
 	$(CARGO) build --workspace --all-targets
 
 # A real nginx with resty.worker.manager, driven through start, reload, kill -9 of a
@@ -21,23 +29,40 @@ demo: deps
 demo-prefork: deps
 	$(CARGO) run --quiet -p prefork -- demo
 
-# Installs the CLI in $(PREFIX)/bin, and the Lua module and the library where
-# Debian's nginx (LuaJIT's default paths) finds them; for OpenResty: make install LUA_LIB_DIR=/usr/local/openresty/lualib
-# LUA_CLIB_DIR=/usr/local/openresty/lualib
+# Where cargo puts release builds (it honours CARGO_TARGET_DIR, and so does this).
+RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/release
+
+build-lib: build-deps
+	$(CARGO) build --release -p worker-manager-ffi
+
+build-cli: build-deps
+	$(CARGO) build --release -p worker-manager-cli
+
+# Installs the CLI in $(PREFIX)/bin, and the Lua module and its library where LuaJIT
+# looks by default (Debian's nginx, OpenResty). In OpenResty's own tree:
+#   make install LUA_LIB_DIR=/usr/local/openresty/site/lualib LUA_CLIB_DIR=/usr/local/openresty/site/lualib
+# Needs no root with a DESTDIR or a PREFIX the user can write.
 PREFIX ?= /usr/local
 LUA_LIB_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
 
-install: deps
-	$(CARGO) build --release -p worker-manager-ffi -p worker-manager-cli
-	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR) $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 target/release/worker-manager $(DESTDIR)$(PREFIX)/bin/worker-manager
+install: install-lua install-cli
+
+# The Lua module alone: its two files in LUA_LIB_DIR, its library in LUA_CLIB_DIR
+# (what the LuaRocks rock installs, into the rock's directories).
+install-lua: build-lib
+	install -d $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager $(DESTDIR)$(LUA_CLIB_DIR)
 	install -m 0644 lib/resty/worker/manager.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager.lua
 	install -m 0644 lib/resty/worker/manager/cdefs.lua $(DESTDIR)$(LUA_LIB_DIR)/resty/worker/manager/cdefs.lua
-	install -m 0755 target/release/libworker_manager_ffi.so $(DESTDIR)$(LUA_CLIB_DIR)/libworker_manager_ffi.so
+	install -m 0755 $(RELEASE_DIR)/libworker_manager_ffi.so $(DESTDIR)$(LUA_CLIB_DIR)/libworker_manager_ffi.so
+
+install-cli: build-cli
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(RELEASE_DIR)/worker-manager $(DESTDIR)$(PREFIX)/bin/worker-manager
 
 # Unit, process (real fork and kill -9), property and real-nginx tests. Runs as root:
-# some tests chown files to another user, mount a tiny tmpfs, start nginx.
+# some tests chown files to another user, mount a tiny tmpfs, start nginx, run
+# `make install` as nobody.
 test: deps lint
 	$(CARGO) test --workspace --no-fail-fast
 

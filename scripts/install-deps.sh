@@ -1,7 +1,40 @@
 #!/usr/bin/env bash
-# Installs what the build and the test suite need on a fresh Debian machine (as root),
-# or says exactly what is missing. Idempotent: installs only what is absent.
+# What the build and the test suite need on a Debian machine.
+#
+#   install-deps.sh          everything: the test suite, the demos, the benchmarks and
+#                            the reliability runs (nginx, its Lua module, luacheck,
+#                            luarocks, valgrind, ...); as root, installs what is missing
+#                            (idempotent), otherwise says exactly what is
+#   install-deps.sh --build  only what `make build` and `make install` need: cargo and
+#                            a C compiler to link with; checks, never installs, needs
+#                            no root
 set -euo pipefail
+
+build_only=false
+case "${1:-}" in
+    --build) build_only=true ;;
+    "") ;;
+    *)
+        echo "usage: $0 [--build]" >&2
+        exit 2
+        ;;
+esac
+
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo not found: install a stable Rust toolchain (rustup, Rust 1.75 or newer)" >&2
+        exit 1
+    fi
+}
+
+if $build_only; then
+    need_cargo
+    if ! command -v cc >/dev/null 2>&1; then
+        echo "cc not found: cargo links with it; install a C compiler (Debian: apt-get install gcc)" >&2
+        exit 1
+    fi
+    exit 0
+fi
 
 # command or file -> Debian package that provides it
 declare -A packages=(
@@ -14,7 +47,9 @@ declare -A packages=(
     [/usr/share/lua/5.1/resty/core.lua]=lua-resty-core
     [/usr/share/lua/5.1/resty/lrucache.lua]=lua-resty-lrucache
     [luacheck]=lua-check
+    [luarocks]=luarocks
     [setpriv]=util-linux
+    [unshare]=util-linux
     [valgrind]=valgrind
     [install]=coreutils
     [/usr/share/doc/lua-cjson/copyright]=lua-cjson
@@ -41,10 +76,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install a stable Rust toolchain (rustup, Rust 1.75 or newer)" >&2
-    exit 1
-fi
+need_cargo
 for component in clippy rustfmt; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         if command -v rustup >/dev/null 2>&1; then

@@ -65,6 +65,9 @@ pub struct Config {
     /// The whole `init_by_lua_block`/`init_worker_by_lua_block` pair, replacing the
     /// standard ones (for configurations written the original's way).
     pub lua_blocks: Option<String>,
+    /// `lua_package_path` and `lua_package_cpath`, as written, in place of the
+    /// repository's `lib/` and the library these tests built (then LuaJIT's defaults).
+    pub lua_paths: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             http: String::new(),
             locations: String::new(),
             lua_blocks: None,
+            lua_paths: None,
         }
     }
 }
@@ -339,6 +343,12 @@ impl Nginx {
         } else {
             ""
         };
+        let (path, cpath) = c.lua_paths.clone().unwrap_or_else(|| {
+            (
+                format!("{}/?.lua;;", repo().join("lib").display()),
+                format!("{}/?.so;;", lib_dir().display()),
+            )
+        });
         let conf = format!(
             r#"
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
@@ -351,8 +361,8 @@ error_log logs/error.log notice;
 events {{ worker_connections 64; }}
 http {{
     access_log off;
-    lua_package_path "{lib}/?.lua;;";
-    lua_package_cpath "{cpath}/?.so;;";
+    lua_package_path "{path}";
+    lua_package_cpath "{cpath}";
     {lua_blocks}
     {exit_hook}
     {http}
@@ -384,8 +394,6 @@ http {{
 "#,
             workers = c.workers,
             daemon = if c.daemon { "on" } else { "off" },
-            lib = repo().join("lib").display(),
-            cpath = lib_dir().display(),
             port = self.port,
             http = c.http,
             locations = c.locations,
