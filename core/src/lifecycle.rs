@@ -311,4 +311,66 @@ mod tests {
         assert_eq!(RunState::from_code(4), None);
         assert_eq!(ExitReason::FastStop.to_string(), "fast_stop");
     }
+
+    /// The rows `| from | to | by |` of the table after `title` in the design doc.
+    fn documented(title: &str) -> Vec<(String, String, String)> {
+        let doc = include_str!("../../docs/design.md");
+        let start = doc.find(title).expect("the table's title");
+        doc[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|row| {
+                let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+                (cells[0].into(), cells[1].into(), cells[2].into())
+            })
+            .collect()
+    }
+
+    fn table<S: Copy + fmt::Display>(rows: &[(S, S, &str)]) -> Vec<(String, String, String)> {
+        rows.iter()
+            .map(|&(from, to, by)| (from.to_string(), to.to_string(), by.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_design_doc_draws_exactly_the_transitions_of_the_code() {
+        assert_eq!(
+            documented("Generation records:"),
+            table(GenerationState::TRANSITIONS)
+        );
+        assert_eq!(documented("Worker slots:"), table(WorkerState::TRANSITIONS));
+    }
+
+    #[test]
+    fn transitions_are_the_tables() {
+        use GenerationState as G;
+        use WorkerState as W;
+        for (from, to, legal) in [
+            (G::Free, G::Starting, true),
+            (G::Starting, G::Running, true),
+            (G::Starting, G::Draining, false),
+            (G::Draining, G::Running, false),
+            (G::Exited, G::Draining, false),
+            (G::Running, G::Free, false),
+        ] {
+            assert_eq!(from.can_become(to), legal, "{from} -> {to}");
+        }
+        for (from, to, legal) in [
+            (W::Free, W::Running, true),
+            (W::Dead, W::Running, true),
+            (W::Exiting, W::Dead, false),
+            (W::Free, W::Dead, false),
+            (W::Dead, W::Exiting, false),
+        ] {
+            assert_eq!(from.can_become(to), legal, "{from} -> {to}");
+        }
+        let ended = RunState::Ended(RunEnd::Clean);
+        assert!(RunState::Never.can_become(RunState::Running));
+        assert!(ended.can_become(RunState::Running));
+        assert!(RunState::Running.can_become(ended));
+        assert!(!RunState::Never.can_become(ended));
+        assert!(!RunState::Running.can_become(RunState::Never));
+    }
 }
