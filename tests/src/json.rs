@@ -3,7 +3,13 @@
 //! `redelivered`, which the `info` table has and the journal (all the CLI prints)
 //! never needs. [`to_json`] writes it as the CLI does; [`from_json`] reads it back,
 //! from a probe or from a Lua callback's `cjson.encode` of its arguments, into the
-//! library's own [`Event`], checking that the keys agree with one another.
+//! library's own [`Event`], checking that the keys agree with one another, so that
+//! tests assert on fields, never on text.
+//!
+//! One source file, included by path where it is needed (no crate, so that nothing
+//! that includes it gets the core's test-only features): `wm-probe` writes with it,
+//! the nginx harness (`tests/tests/common/nginx.rs`, which the CLI's tests and the
+//! benchmarks include too) reads with it; `tests/tests/json.rs` tests it.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -260,6 +266,14 @@ pub fn from_json(value: Value) -> Result<Event, String> {
     Ok(event)
 }
 
+/// The reason of a `worker_exit` or `master_exit`; fails on another event.
+pub fn reason(e: &Event) -> ExitReason {
+    match e.detail {
+        Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => reason,
+        _ => panic!("not an exit: {e}"),
+    }
+}
+
 /// `e` as one line of JSON.
 pub fn to_line(e: &Event) -> String {
     to_json(e).to_string()
@@ -269,129 +283,4 @@ pub fn to_line(e: &Event) -> String {
 pub fn from_line(line: &str) -> Result<Event, String> {
     let value = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
     from_json(value).map_err(|e| format!("{e}: {line}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use super::*;
-
-    fn event(generation: u64, detail: Detail) -> Event {
-        Event {
-            seq: 7,
-            time: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-            generation,
-            counts: Counts {
-                prev: Some(2),
-                mine: 1,
-                next: None,
-            },
-            detail,
-            redelivered: true,
-        }
-    }
-
-    #[test]
-    fn every_detail_reads_back_as_written() {
-        let w = WorkerId {
-            generation: 3,
-            pid: 4242,
-            index: 1,
-        };
-        let details = [
-            Detail::MasterStart {
-                kind: StartKind::Restart,
-                previous_run: Some(RunEnd::Unclean),
-                master_pid: 17,
-            },
-            Detail::MasterStart {
-                kind: StartKind::Start,
-                previous_run: None,
-                master_pid: 17,
-            },
-            Detail::WorkerStart {
-                worker: w,
-                replaces: Some(WorkerId { pid: 99, ..w }),
-            },
-            Detail::WorkerStart {
-                worker: w,
-                replaces: None,
-            },
-            Detail::WorkerExit {
-                worker: w,
-                reason: ExitReason::FastStop,
-            },
-            Detail::MasterExit {
-                reason: ExitReason::Upgrade,
-            },
-            Detail::WorkerCrash {
-                worker: w,
-                detection: Detection::OwnerDied,
-                held_lock: true,
-                detected_by: 5,
-            },
-            Detail::GenerationAbort {
-                cause: AbortCause::TimedOut,
-            },
-            Detail::WorkerHang {
-                worker: w,
-                silent_for: Duration::from_millis(2500),
-            },
-            Detail::WorkerRecover {
-                worker: w,
-                hung_for: Duration::from_millis(125),
-            },
-            Detail::LockRecovered {
-                holder_pid: 8,
-                holder_op: LockOp::RegisterWorker,
-            },
-        ];
-        for detail in details {
-            let written = event(3, detail);
-            let read = from_line(&to_line(&written)).unwrap();
-            // The time is a float of seconds: exact to well within a microsecond.
-            let drift = |a: SystemTime, b: SystemTime| {
-                a.duration_since(b)
-                    .or_else(|_| b.duration_since(a))
-                    .unwrap()
-            };
-            assert!(drift(read.time, written.time) < Duration::from_micros(1));
-            assert_eq!(
-                Event {
-                    time: written.time,
-                    ..read
-                },
-                written
-            );
-        }
-    }
-
-    #[test]
-    fn keys_that_disagree_or_are_unknown_are_refused() {
-        let crash = event(
-            3,
-            Detail::WorkerCrash {
-                worker: WorkerId {
-                    generation: 3,
-                    pid: 10,
-                    index: 0,
-                },
-                detection: Detection::Abandoned,
-                held_lock: false,
-                detected_by: 1,
-            },
-        );
-        let with = |key: &str, value: Value| {
-            let mut v = to_json(&crash);
-            v[key] = value;
-            from_json(v)
-        };
-        assert!(with("id", "3-11".into()).is_err());
-        assert!(with("detection", "eaten".into()).is_err());
-        assert!(with("event", "worker_exit".into()).is_err(), "no reason");
-        assert!(with("held_lock", Value::Null).is_err());
-        assert!(with("redelivered", Value::Null).is_err());
-        assert!(with("n_prev", Value::Null).is_ok());
-    }
 }

@@ -2,7 +2,7 @@
 //! worker, driven line by line on stdin, so that tests can kill it at any moment.
 //!
 //! Every event handed to a callback is printed as one line of JSON, an object in the
-//! schema of `worker-manager events --json` ([`wm_tests::json`]); every command ends
+//! schema of `worker-manager events --json` (`json.rs`); every command ends
 //! with a line `ok ...` or `err <message>`.
 //!
 //! Commands:
@@ -27,8 +27,10 @@
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
 
-use wm_tests::json;
 use worker_manager::{Event, GenerationConfig, Options, Registry, Worker};
+
+#[allow(dead_code)] // The probe writes events; the tests read them back.
+mod json;
 
 fn print_event(event: &Event) {
     let mut out = io::stdout().lock();

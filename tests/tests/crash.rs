@@ -5,7 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{reason, shown, Probe, Scratch};
+use common::json::reason;
+use common::{shown, Probe, Scratch};
 use worker_manager::{Detail, Detection, Event, EventKind, ExitReason, LockOp, Registry, WorkerId};
 
 #[test]

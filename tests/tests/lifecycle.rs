@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{counts, reason, Probe, Scratch};
+use common::json::reason;
+use common::{counts, Probe, Scratch};
 use worker_manager::{
     Detail, EventKind, ExitReason, GenerationConfig, Registry, RunEnd, StartKind, WorkerId,
 };

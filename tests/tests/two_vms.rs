@@ -8,9 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
+use common::json::Named;
 use common::{kill9, Scratch};
 use serde::Deserialize;
-use wm_tests::json::Named;
 use worker_manager::{Detail, EventKind, GenerationConfig, Options, Registry};
 
 struct Both {

@@ -12,9 +12,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+pub use nginx::json;
 use tempfile::TempDir;
-use wm_tests::json;
-use worker_manager::{Counts, Detail, Event, EventKind, ExitReason, Options, Registry};
+use worker_manager::{Counts, Event, EventKind, Options, Registry};
 
 /// How long any single step may take before the test fails: generous (these are
 /// shared 2-core machines), and only a bound against hanging forever.
@@ -120,14 +120,6 @@ pub fn sweep_until(
 /// The counts of an event.
 pub fn counts(prev: Option<u32>, mine: u32, next: Option<u32>) -> Counts {
     Counts { prev, mine, next }
-}
-
-/// The reason of a `worker_exit` or `master_exit`.
-pub fn reason(e: &Event) -> ExitReason {
-    match e.detail {
-        Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => reason,
-        _ => panic!("not an exit: {e}"),
-    }
 }
 
 /// Events one a line, for a failure message.
