@@ -3,7 +3,6 @@
 //! disagree are refused.
 
 #[path = "../src/json.rs"]
-#[allow(dead_code)] // `reason` and `Named` serve the other tests.
 mod json;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +12,7 @@ use worker_manager::{
     AbortCause, Counts, Detail, Detection, Event, ExitReason, LockOp, RunEnd, StartKind, WorkerId,
 };
 
-use json::{from_json, from_line, to_json, to_line};
+use json::{from_json, from_line, reason, to_json, to_line};
 
 fn event(generation: u64, detail: Detail) -> Event {
     Event {
@@ -131,4 +130,26 @@ fn keys_that_disagree_or_are_unknown_are_refused() {
     assert!(with("held_lock", Value::Null).is_err());
     assert!(with("redelivered", Value::Null).is_err());
     assert!(with("n_prev", Value::Null).is_ok());
+}
+
+#[test]
+fn an_exit_has_a_reason() {
+    let exit = event(
+        3,
+        Detail::MasterExit {
+            reason: ExitReason::Upgrade,
+        },
+    );
+    assert_eq!(reason(&exit), ExitReason::Upgrade);
+}
+
+#[test]
+#[should_panic(expected = "not an exit")]
+fn nothing_else_has_one() {
+    reason(&event(
+        3,
+        Detail::GenerationAbort {
+            cause: AbortCause::Failed,
+        },
+    ));
 }
