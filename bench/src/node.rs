@@ -7,6 +7,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use worker_manager::EventKind;
+
 use crate::nginx::{Config, Ev, Nginx};
 
 /// Which library tracks the node.
@@ -80,7 +82,7 @@ pub fn cpu_ns(pid: u32) -> u64 {
 
 /// The nanosecond an event's callback ran at.
 pub fn at(e: &Ev) -> u64 {
-    e.num("t").expect("every recorded event has t=")
+    e.t
 }
 
 /// The generation (the original: master id) an event belongs to: the numeric id of
@@ -219,7 +221,7 @@ impl Node {
     /// The newest generation that started.
     pub fn generation(&self) -> u64 {
         self.nginx
-            .named("master_start")
+            .named(EventKind::MasterStart)
             .iter()
             .map(generation_of)
             .max()

@@ -138,7 +138,7 @@ fn reload_once(node: &Node) -> ReloadTimes {
     let old = node.generation();
     let old_workers: Vec<u32> = of(&node.events(), "worker_start", old)
         .iter()
-        .filter_map(|e| e.num("by").map(|p| p as u32))
+        .map(|e| e.by)
         .collect();
     let skip = node.events().len();
     let signal_at = now_ns();
@@ -353,7 +353,8 @@ pub fn stall(tracker: &Tracker) -> Stall {
     let node = Node::start(tracker, &settings);
     fs::write(&flag, "").unwrap();
     kill9(node.workers()[0]);
-    node.nginx.wait_n("stall_begin", 1);
+    node.nginx
+        .wait("the stall", |ev| ev.iter().any(|e| e.name == "stall_begin"));
     let old = node.generation();
     let (t0, cpu0) = (now_ns(), cpu_ns(node.master));
     signal(node.master, libc::SIGHUP);

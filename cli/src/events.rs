@@ -71,6 +71,8 @@ fn to_json(e: &Event) -> Value {
             holder_pid,
             holder_op,
         } => json!({ "holder_pid": holder_pid, "holder_op": holder_op.as_str() }),
+        // A detail newer than this table: the common keys only.
+        _ => json!({}),
     };
     if let Value::Object(fields) = detail {
         o.extend(fields);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::nginx::{serial, signal, start, Config, Ev, Nginx, RemoveOnDrop};
 use common::{cli, cli_on, parse_exposition, sample, STEP_TIMEOUT};
 use serde_json::Value;
-use worker_manager::naming;
+use worker_manager::{naming, EventKind};
 
 fn status(path: &Path) -> Value {
     let run = cli_on("status", path, &["--json"]);
@@ -24,10 +24,10 @@ fn status(path: &Path) -> Value {
     serde_json::from_str(&run.stdout).unwrap()
 }
 
-fn of_gen(events: &[Ev], name: &str, generation: u64) -> usize {
+fn of_gen(events: &[Ev], kind: EventKind, generation: u64) -> usize {
     events
         .iter()
-        .filter(|e| e.name == name && e.num("generation") == Some(generation))
+        .filter(|e| e.is(kind) && e.generation() == generation)
         .count()
 }
 
@@ -75,7 +75,7 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     let (nginx, master) = start(&Config::default());
     let path = nginx.registry();
 
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
     let s = status(&path);
     assert_eq!(s["consistent"], true);
     let g1 = generation(&s, 1);
@@ -102,7 +102,7 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     // Reload: generation 2 takes over, generation 1 ends.
     signal(master, libc::SIGHUP);
     nginx.wait("the reload", |ev| {
-        of_gen(ev, "worker_start", 2) == 2 && of_gen(ev, "master_exit", 1) == 1
+        of_gen(ev, EventKind::WorkerStart, 2) == 2 && of_gen(ev, EventKind::MasterExit, 1) == 1
     });
     let s = status(&path);
     let g2 = generation(&s, 2);
@@ -119,8 +119,8 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
     common::nginx::signal(victim, libc::SIGKILL);
     nginx.wait("the crash and the respawn", |ev| {
         ev.iter()
-            .any(|e| e.name == "worker_crash" && e.num("pid") == Some(u64::from(victim)))
-            && of_gen(ev, "worker_start", 2) == 3
+            .any(|e| e.is(EventKind::WorkerCrash) && e.pid() == Some(victim))
+            && of_gen(ev, EventKind::WorkerStart, 2) == 3
     });
     let s = status(&path);
     let pids = running(&s, 2);
@@ -166,7 +166,7 @@ fn events_follow_streams_a_reload_as_it_happens() {
     let prefix = nginx.prefix().to_str().unwrap().to_string();
     let _registry = RemoveOnDrop(naming::default_path(&format!("{prefix}/"), &shm, "http"));
     let master = nginx.start();
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
 
     let mut follower = Follower(
         Command::new(common::CLI)
@@ -223,7 +223,7 @@ fn events_follow_streams_a_reload_as_it_happens() {
 fn metrics_from_the_cli_and_from_lua_parse_and_agree() {
     let _serial = serial();
     let (nginx, _master) = start(&Config::default());
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
     let from_lua = nginx.get("/metrics");
     let run = cli_on("metrics", &nginx.registry(), &[]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -307,5 +307,5 @@ fn a_callback_holding_the_lock_for_seconds_never_holds_up_the_cli() {
     let samples = parse_exposition(&metrics.stdout);
     assert!(sample(&samples, "worker_manager_lock_held_seconds{}") > 0.5);
     assert!(nginx.workers(master).contains(&(holder as u32)), "{holder}");
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
 }

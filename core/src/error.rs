@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Everything that can go wrong, each variant naming its cause and, where there is
 /// one, what to do about it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A system call on the registry file failed.
     #[error("registry {path}: {op} failed: {source}")]

@@ -34,6 +34,7 @@ pub struct Counts {
 
 /// What an event says beyond its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Detail {
     MasterStart {
         kind: StartKind,

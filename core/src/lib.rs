@@ -30,6 +30,8 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations)]
+// Every public function that returns a `Result` says which errors, and when.
+#![warn(clippy::missing_errors_doc)]
 
 mod apply;
 mod change;

@@ -188,6 +188,7 @@ impl WorkerState {
 
 coded_enum! {
     /// The kind of an event.
+    #[non_exhaustive]
     EventKind {
         MasterStart = 1 => "master_start",
         WorkerStart = 2 => "worker_start",

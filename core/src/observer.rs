@@ -35,8 +35,27 @@ impl std::fmt::Debug for Observer {
 
 impl Observer {
     /// Maps the existing registry at `path` read-only, after validating its header.
-    /// A missing file is [`Error::Io`](crate::Error::Io) with
-    /// [`std::io::ErrorKind::NotFound`].
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Io`](crate::Error::Io) when opening, `fstat` or mapping the file
+    ///   fails: a missing file is [`std::io::ErrorKind::NotFound`], one this user may
+    ///   not read [`std::io::ErrorKind::PermissionDenied`];
+    /// - [`Error::Symlink`](crate::Error::Symlink) and
+    ///   [`Error::NotRegularFile`](crate::Error::NotRegularFile) for a path that is
+    ///   not the registry file itself;
+    /// - [`Error::NotInitialised`](crate::Error::NotInitialised) for an empty or
+    ///   zero-filled file (one being created),
+    ///   [`Error::Truncated`](crate::Error::Truncated) for one shorter than a header,
+    ///   or than its header says;
+    /// - [`Error::ForeignMagic`](crate::Error::ForeignMagic) for a file that is not a
+    ///   registry, [`Error::NewerLayout`](crate::Error::NewerLayout) and
+    ///   [`Error::OlderLayout`](crate::Error::OlderLayout) for one written by another
+    ///   build, [`Error::Incompatible`](crate::Error::Incompatible) for one written on
+    ///   another architecture or with capacities out of range.
+    ///
+    /// Unlike [`Registry::open`](crate::Registry::open) it creates nothing, takes no
+    /// lock and does not check the file's owner: reading is all it does.
     pub fn open(path: impl AsRef<Path>) -> Result<Observer> {
         let path = path.as_ref();
         let (region, previous_boot) = Region::open_read_only(path)?;

@@ -74,6 +74,7 @@ impl Identity {
     /// Whether this very process is still alive: the pid exists (`kill(pid, 0)`
     /// succeeds or fails with EPERM), it is not a zombie, and it started when this
     /// identity says (a different start time means the pid was recycled).
+    #[must_use = "is_alive only reads /proc; it checks nothing by itself"]
     pub fn is_alive(&self) -> bool {
         if !sys::pid_exists(self.pid) {
             return false;

@@ -224,6 +224,8 @@ impl From<Error> for Failure {
             Error::InvalidArgument { .. } => WM_ERR_INVALID_ARGUMENT,
             Error::UnknownGeneration(_) => WM_ERR_UNKNOWN_GENERATION,
             Error::NotRegistered(_) => WM_ERR_NOT_REGISTERED,
+            // A variant newer than this table; its message still says what failed.
+            _ => WM_ERR_OS,
         };
         Failure(code, e.to_string())
     }

@@ -62,7 +62,8 @@ pub fn worker_dies(path: &Path, generation: u64, index: u32) {
     let path = path.to_path_buf();
     std::thread::spawn(move || {
         let registry = Box::leak(Box::new(Registry::open(&path, &impatient()).unwrap()));
-        registry
+        // Dropped unused on purpose: this worker never heartbeats or exits.
+        let _dies = registry
             .register_worker(generation, index, |_| {})
             .expect("registering the worker that dies");
     })

@@ -2,13 +2,18 @@
 //! is a worker of two subsystems at once, as an nginx worker with http and stream
 //! Lua is: two handles through the C ABI, one per registry, each registering this
 //! process as worker 0 of its generation. Prints `ready <pid>`, then on stdin:
-//! `exit` (both handles report a graceful exit and close, each printing its events
-//! as `event <handle> <kind code>`, then `ok`), or nothing until it is killed.
+//! `exit` (both handles report a graceful exit and close, each printing its events,
+//! then `ok`), or nothing until it is killed. An event is one line of JSON: the
+//! handle's subsystem as `handle`, the event's name as `event`, and the fields of
+//! its `wm_event` (`seq`, `generation`, `pid`, `index`, `n_mine`) under their C
+//! names.
 
 use std::ffi::{c_char, CString};
 use std::io::{self, BufRead, Write};
 use std::ptr;
 
+use serde_json::json;
+use worker_manager::EventKind;
 use worker_manager_ffi::*;
 
 fn fail(what: &str, rc: i32, buf: &[c_char]) -> ! {
@@ -85,7 +90,16 @@ fn main() {
                 for i in 0..wm_events_count(h) {
                     let mut e = wm_event::default();
                     wm_event_get(h, i, &mut e, ptr::null_mut(), ptr::null_mut());
-                    println!("event {name} {}", e.kind);
+                    let line = json!({
+                        "handle": name,
+                        "event": EventKind::from_code(e.kind).map(EventKind::as_str),
+                        "seq": e.seq,
+                        "generation": e.generation,
+                        "pid": e.pid,
+                        "index": e.index,
+                        "n_mine": e.n_mine,
+                    });
+                    println!("{line}");
                 }
                 wm_close(h);
             }

@@ -1,8 +1,9 @@
 //! `wm-probe REGISTRY [LOCK_TIMEOUT_MS]`: one real process acting as a master or a
 //! worker, driven line by line on stdin, so that tests can kill it at any moment.
 //!
-//! Every event handed to a callback is printed as `event <kind> <Display>`; every
-//! command ends with a line `ok ...` or `err <message>`.
+//! Every event handed to a callback is printed as one line of JSON, an object in the
+//! schema of `worker-manager events --json` (`json.rs`); every command ends
+//! with a line `ok ...` or `err <message>`.
 //!
 //! Commands:
 //! - `gen [INTERVAL_MS FAILED_MS START_TIMEOUT_MS]`: register a generation (this
@@ -28,9 +29,12 @@ use std::time::Duration;
 
 use worker_manager::{Event, GenerationConfig, Options, Registry, Worker};
 
+#[allow(dead_code)] // The probe writes events; the tests read them back.
+mod json;
+
 fn print_event(event: &Event) {
     let mut out = io::stdout().lock();
-    let _ = writeln!(out, "event {} {event}", event.kind());
+    let _ = writeln!(out, "{}", json::to_line(event));
     let _ = out.flush();
 }
 

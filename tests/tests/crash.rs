@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Probe, Scratch};
-use worker_manager::{Detail, Detection, EventKind, Registry};
+use common::json::reason;
+use common::{shown, Probe, Scratch};
+use worker_manager::{Detail, Detection, Event, EventKind, ExitReason, LockOp, Registry, WorkerId};
 
 #[test]
 fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognised() {
@@ -20,31 +21,44 @@ fn a_worker_killed_outside_the_lock_is_reported_once_and_its_respawn_is_recognis
     // The respawn (same generation, same index) detects the death as it registers.
     let mut respawn = Probe::spawn(&scratch.registry());
     respawn.worker(g, 1);
-    let crash = respawn.events_of("worker_crash");
-    assert_eq!(crash.len(), 1, "{:?}", respawn.events);
-    assert!(
-        crash[0].contains(&format!("id={g}-{dead_pid} ")),
-        "{}",
-        crash[0]
+    let dead = WorkerId {
+        generation: g,
+        pid: dead_pid,
+        index: 1,
+    };
+    let crash = respawn.one(EventKind::WorkerCrash);
+    assert_eq!(
+        crash.detail,
+        Detail::WorkerCrash {
+            worker: dead,
+            detection: Detection::OwnerDied,
+            held_lock: false,
+            detected_by: respawn.pid
+        },
+        "{crash}"
     );
-    assert!(crash[0].contains("detection=owner_died") && crash[0].contains("held_lock=false"));
-    assert!(
-        crash[0].contains("n_mine=1 "),
-        "the dead one no longer counts: {}",
-        crash[0]
+    assert_eq!(
+        crash.counts.mine, 1,
+        "the dead one no longer counts: {crash}"
     );
-    let start = respawn.events_of("worker_start")[0];
-    assert!(start.contains("respawn=true"), "{start}");
-    assert!(
-        start.contains(&format!("replaces={g}-{dead_pid}")),
+    let start = respawn.one(EventKind::WorkerStart);
+    assert_eq!(
+        start.detail,
+        Detail::WorkerStart {
+            worker: WorkerId {
+                pid: respawn.pid,
+                ..dead
+            },
+            replaces: Some(dead)
+        },
         "{start}"
     );
-    assert!(
-        start.contains("n_mine=2 "),
+    assert_eq!(
+        start.counts.mine, 2,
         "never more than the real workers: {start}"
     );
     // No master_exit: the master is alive and respawned the worker.
-    assert!(respawn.events_of("master_exit").is_empty());
+    assert!(respawn.events_of(EventKind::MasterExit).is_empty());
 
     // Exactly once: later sweeps by anyone report nothing more.
     w[0].ok("sweep");
@@ -74,26 +88,24 @@ fn the_last_worker_killed_while_draining_still_fires_master_exit() {
     let mut new = Probe::spawn(&scratch.registry());
     new.worker(g2, 0);
     old[1].ok("exit graceful");
-    let all: Vec<String> = master
+    let all: Vec<&Event> = master
         .events
         .iter()
         .chain(&new.events)
         .chain(&old[1].events)
-        .cloned()
         .collect();
+    let of = |kind| -> Vec<&Event> { all.iter().copied().filter(|e| e.kind() == kind).collect() };
+    let crashes = of(EventKind::WorkerCrash);
+    assert_eq!(crashes.len(), 1, "{}", shown(all.iter().copied()));
+    assert_eq!(crashes[0].worker().map(|w| w.pid), Some(old[0].pid));
+    let exits = of(EventKind::MasterExit);
+    assert_eq!(exits.len(), 1, "{}", shown(all.iter().copied()));
     assert_eq!(
-        all.iter()
-            .filter(|e| e.starts_with("event worker_crash"))
-            .count(),
-        1,
-        "{all:?}"
+        (exits[0].generation, reason(exits[0])),
+        (g1, ExitReason::Reload),
+        "{}",
+        exits[0]
     );
-    let exits: Vec<&String> = all
-        .iter()
-        .filter(|e| e.starts_with("event master_exit"))
-        .collect();
-    assert_eq!(exits.len(), 1, "{all:?}");
-    assert!(exits[0].contains(&format!("id={g1} ")) && exits[0].contains("reason=reload"));
 }
 
 #[test]
@@ -117,15 +129,28 @@ fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
     holder.kill9();
     waiter.wait_for("ok");
 
-    let recovered = waiter.events_of("lock_recovered");
-    assert_eq!(recovered.len(), 1, "{:?}", waiter.events);
-    assert!(recovered[0].contains(&format!("dead_holder={holder_pid} during=register_worker")));
-    let crash = waiter.events_of("worker_crash");
-    assert_eq!(crash.len(), 1, "{:?}", waiter.events);
-    assert!(
-        crash[0].contains(&format!("pid={holder_pid} ")) && crash[0].contains("held_lock=true")
+    let recovered = waiter.one(EventKind::LockRecovered);
+    assert_eq!(
+        recovered.detail,
+        Detail::LockRecovered {
+            holder_pid,
+            holder_op: LockOp::RegisterWorker
+        },
+        "{recovered}"
     );
-    assert!(crash[0].contains("n_mine=1 "), "{}", crash[0]);
+    let crash = waiter.one(EventKind::WorkerCrash);
+    assert!(
+        matches!(
+            crash.detail,
+            Detail::WorkerCrash {
+                worker,
+                held_lock: true,
+                ..
+            } if worker.pid == holder_pid
+        ),
+        "{crash}"
+    );
+    assert_eq!(crash.counts.mine, 1, "{crash}");
 
     // The lock works again for everyone, and counts are right.
     other.ok("beat");
@@ -134,9 +159,8 @@ fn a_holder_killed_inside_a_callback_is_recovered_by_the_next_locker() {
     assert_eq!(snapshot.stats.lock_recoveries, 1);
     other.ok("exit graceful");
     // It was the last live worker: the generation ends with it.
-    let exit = other.events_of("master_exit");
-    assert_eq!(exit.len(), 1, "{:?}", other.events);
-    assert!(exit[0].contains("reason=stop"), "{}", exit[0]);
+    let exit = other.one(EventKind::MasterExit);
+    assert_eq!(reason(exit), ExitReason::Stop, "{exit}");
     let journal = registry.events_since(0);
     let crashes: Vec<_> = journal
         .iter()
@@ -223,14 +247,7 @@ fn many_workers_starting_at_once_all_count_exactly() {
     let mut seen_mine = Vec::new();
     for p in workers.iter_mut() {
         p.wait_for("ok");
-        let start = p.events_of("worker_start")[0].clone();
-        let mine: u32 = start
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("n_mine="))
-            .unwrap()
-            .parse()
-            .unwrap();
-        seen_mine.push(mine);
+        seen_mine.push(p.one(EventKind::WorkerStart).counts.mine);
     }
     // Serialized by the lock: each start saw a distinct count, 1..=N.
     seen_mine.sort_unstable();

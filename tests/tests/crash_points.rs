@@ -8,7 +8,7 @@
 mod common;
 
 use common::{kill9, Probe, Scratch};
-use worker_manager::{Detail, Event, EventKind, Registry, RunEnd, RunState, Snapshot};
+use worker_manager::{Detail, Event, EventKind, Registry, RunEnd, RunState, Snapshot, StartKind};
 
 /// Every counter of the header and of the generations, recounted from the journal.
 fn assert_counters_agree(registry: &Registry) {
@@ -23,12 +23,10 @@ fn assert_counters_agree(registry: &Registry) {
     for tally in &s.events {
         assert_eq!(tally.total, of(tally.kind), "total of {}", tally.kind);
     }
-    let started = |kind: &str| {
+    let started = |kind: StartKind| {
         journal
             .iter()
-            .filter(
-                |e| matches!(e.detail, Detail::MasterStart { kind: k, .. } if k.as_str() == kind),
-            )
+            .filter(|e| matches!(e.detail, Detail::MasterStart { kind: k, .. } if k == kind))
             .count() as u64
     };
     let respawns = journal
@@ -53,10 +51,10 @@ fn assert_counters_agree(registry: &Registry) {
             stats.lock_recoveries,
             of(EventKind::LockRecovered),
         ),
-        ("starts", stats.starts, started("start")),
-        ("reloads", stats.reloads, started("reload")),
-        ("restarts", stats.restarts, started("restart")),
-        ("upgrades", stats.upgrades, started("upgrade")),
+        ("starts", stats.starts, started(StartKind::Start)),
+        ("reloads", stats.reloads, started(StartKind::Reload)),
+        ("restarts", stats.restarts, started(StartKind::Restart)),
+        ("upgrades", stats.upgrades, started(StartKind::Upgrade)),
         ("respawns", stats.respawns, respawns),
     ];
     for (name, counted, journalled) in expected {
@@ -132,12 +130,8 @@ fn a_recoverer_killed_while_journalling_the_recovery_leaves_counters_exact() {
         assert_eq!(crashes.len(), 1, "{point}: {crashes:?}");
         // The recoverer died before running a callback: the next locker runs the
         // first recovery's callbacks, flagged, then its own.
-        let redelivered = next
-            .events
-            .iter()
-            .filter(|e| e.ends_with(" redelivered"))
-            .count();
-        assert!(redelivered >= 1, "{point}: {:?}", next.events);
+        let redelivered = next.events.iter().filter(|e| e.redelivered).count();
+        assert!(redelivered >= 1, "{point}:\n{}", next.shown());
         assert!(
             registry.observe().lock.is_none(),
             "{point}: the lock is free"
@@ -175,12 +169,13 @@ fn a_sweeper_killed_after_journalling_a_crash_reports_it_once() {
             "{point}: the dead one is not counted"
         );
         // Its callback never ran in the sweeper: the next locker runs it, flagged.
-        let redelivered: Vec<&String> = workers[0]
-            .events
-            .iter()
-            .filter(|e| e.starts_with("event worker_crash") && e.ends_with(" redelivered"))
+        let redelivered: Vec<&Event> = workers[0]
+            .events_of(EventKind::WorkerCrash)
+            .into_iter()
+            .filter(|e| e.redelivered)
             .collect();
-        assert_eq!(redelivered.len(), 1, "{point}: {:?}", workers[0].events);
+        assert_eq!(redelivered.len(), 1, "{point}:\n{}", workers[0].shown());
+        assert_eq!(redelivered[0].seq, crashes[0].seq, "{point}");
         assert_eq!(registry.snapshot().unwrap().live(g), 1);
     }
 }
@@ -213,10 +208,14 @@ fn a_sweeper_killed_after_journalling_a_master_exit_ends_the_generation_once() {
             "{point}: the ended generation is retired: {:?}",
             s.generations
         );
-        assert!(new[0]
-            .events
-            .iter()
-            .any(|e| e.starts_with("event master_exit") && e.ends_with(" redelivered")));
+        assert!(
+            new[0]
+                .events_of(EventKind::MasterExit)
+                .iter()
+                .any(|e| e.redelivered && e.generation == g1),
+            "{point}:\n{}",
+            new[0].shown()
+        );
     }
 }
 
@@ -357,16 +356,15 @@ fn events_a_snapshot_takes_over_go_to_the_next_operation_s_callbacks() {
     scratch.open().snapshot().unwrap();
     let mut next = Probe::spawn(&scratch.registry());
     next.ok("sweep");
-    for kind in ["lock_recovered", "worker_crash"] {
-        let delivered = next.events_of(kind);
-        assert_eq!(delivered.len(), 1, "{kind}: {:?}", next.events);
-        assert!(delivered[0].ends_with(" redelivered"), "{}", delivered[0]);
+    for kind in [EventKind::LockRecovered, EventKind::WorkerCrash] {
+        let delivered = next.one(kind);
+        assert!(delivered.redelivered, "{delivered}");
     }
     // Delivered now: not again.
     master.ok("sweep");
     assert!(
-        master.events_of("worker_crash").is_empty(),
-        "{:?}",
-        master.events
+        master.events_of(EventKind::WorkerCrash).is_empty(),
+        "{}",
+        master.shown()
     );
 }

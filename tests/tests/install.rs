@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::nginx::{serial, signal, start, Config};
+use worker_manager::EventKind;
 
 /// Debian's `nobody` and `nogroup`.
 const NOBODY: u32 = 65534;
@@ -275,8 +276,8 @@ fn the_rock_installs_a_module_that_nginx_runs() {
         locations: INSTALLED.to_string(),
         ..Config::synopsis()
     });
-    nginx.wait_n("worker_start", 2);
-    let generation = nginx.named("master_start")[0].get("id").to_string();
+    nginx.wait_n(EventKind::WorkerStart, 2);
+    let generation = nginx.named(EventKind::MasterStart)[0].event().generation;
     assert_eq!(
         nginx.get("/installed").trim(),
         format!(

@@ -5,9 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Probe, Scratch};
+use common::json::reason;
+use common::{counts, Probe, Scratch};
 use worker_manager::{
-    Detail, EventKind, ExitReason, GenerationConfig, Registry, RunEnd, StartKind,
+    Detail, EventKind, ExitReason, GenerationConfig, Registry, RunEnd, StartKind, WorkerId,
 };
 
 fn kinds(registry: &Registry) -> Vec<EventKind> {
@@ -19,67 +20,92 @@ fn start_workers_reload_and_graceful_stop() {
     let scratch = Scratch::new();
     let mut master = Probe::spawn(&scratch.registry());
     let g1 = master.generation();
+    let [start] = master.events[..] else {
+        panic!("not one event:\n{}", master.shown());
+    };
+    assert_eq!(start.generation, g1);
     assert!(
-        master.events[0].contains("kind=start"),
-        "{:?}",
-        master.events
+        matches!(
+            start.detail,
+            Detail::MasterStart {
+                kind: StartKind::Start,
+                previous_run: None,
+                master_pid,
+            } if master_pid == master.pid
+        ),
+        "{start}"
     );
-    assert!(master.events[0].contains("n_prev=nil n_mine=0 n_next=nil"));
+    assert_eq!(start.counts, counts(None, 0, None), "{start}");
 
     let mut w: Vec<Probe> = (0..3).map(|_| Probe::spawn(&scratch.registry())).collect();
     for (i, p) in w.iter_mut().enumerate() {
-        p.worker(g1, i as u32);
-        let start = p.events_of("worker_start")[0];
-        assert!(start.contains(&format!("n_mine={}", i + 1)), "{start}");
-        assert!(start.contains("respawn=false"), "{start}");
+        let index = i as u32;
+        p.worker(g1, index);
+        let start = p.one(EventKind::WorkerStart);
+        let worker = WorkerId {
+            generation: g1,
+            pid: p.pid,
+            index,
+        };
+        assert_eq!(
+            start.detail,
+            Detail::WorkerStart {
+                worker,
+                replaces: None
+            },
+            "{start}"
+        );
+        assert_eq!(start.counts, counts(None, index + 1, None), "{start}");
     }
 
     // Reload: the same master registers again; new workers start before old ones exit.
     let g2 = master.generation();
     assert!(g2 > g1);
-    let reload = master.events_of("master_start")[1].clone();
-    assert!(reload.contains("kind=reload"), "{reload}");
-    assert!(reload.contains("n_prev=3 n_mine=0 n_next=nil"), "{reload}");
+    let reload = master.events_of(EventKind::MasterStart)[1];
+    assert_eq!(reload.generation, g2);
+    assert!(
+        matches!(
+            reload.detail,
+            Detail::MasterStart {
+                kind: StartKind::Reload,
+                ..
+            }
+        ),
+        "{reload}"
+    );
+    assert_eq!(reload.counts, counts(Some(3), 0, None), "{reload}");
     let mut n: Vec<Probe> = (0..2).map(|_| Probe::spawn(&scratch.registry())).collect();
     for (i, p) in n.iter_mut().enumerate() {
         p.worker(g2, i as u32);
-        assert!(p.events_of("worker_start")[0]
-            .contains(&format!("n_prev=3 n_mine={} n_next=nil", i + 1)));
+        let start = p.one(EventKind::WorkerStart);
+        assert_eq!(start.counts, counts(Some(3), i as u32 + 1, None), "{start}");
     }
     let snapshot = scratch.open().snapshot().unwrap();
-    let counts = |prev, mine, next| worker_manager::Counts { prev, mine, next };
     assert_eq!(snapshot.counts(g1), counts(None, 3, Some(2)));
     assert_eq!(snapshot.counts(g2), counts(Some(3), 2, None));
     for (i, p) in w.iter_mut().enumerate() {
         p.ok("exit graceful");
-        let exit = p.events_of("worker_exit")[0];
-        assert!(exit.contains("reason=reload"), "{exit}");
-        assert!(
-            exit.contains(&format!("n_mine={} n_next=2", 3 - i)),
-            "{exit}"
-        );
+        let exit = p.one(EventKind::WorkerExit);
+        assert_eq!(reason(exit), ExitReason::Reload, "{exit}");
+        assert_eq!(exit.counts, counts(None, 3 - i as u32, Some(2)), "{exit}");
     }
     // The last old worker fired the old generation's master_exit.
-    let last = w[2].events_of("master_exit");
-    assert_eq!(last.len(), 1);
-    assert!(last[0].contains(&format!("id={g1} ")) && last[0].contains("reason=reload"));
-    assert!(
-        last[0].contains("n_prev=nil n_mine=0 n_next=2"),
-        "{}",
-        last[0]
-    );
-    assert!(w[0].events_of("master_exit").is_empty());
+    let last = w[2].one(EventKind::MasterExit);
+    assert_eq!(last.generation, g1, "{last}");
+    assert_eq!(reason(last), ExitReason::Reload, "{last}");
+    assert_eq!(last.counts, counts(None, 0, Some(2)), "{last}");
+    assert!(w[0].events_of(EventKind::MasterExit).is_empty());
 
     // Graceful stop: nothing replaces generation 2.
     for p in n.iter_mut() {
         p.ok("exit graceful");
-        assert!(p.events_of("worker_exit")[0].contains("reason=stop"));
+        assert_eq!(reason(p.one(EventKind::WorkerExit)), ExitReason::Stop);
     }
-    let stop = n[1].events_of("master_exit");
-    assert!(
-        stop[0].contains("reason=stop") && stop[0].contains("n_next=nil"),
-        "{}",
-        stop[0]
+    let stop = n[1].one(EventKind::MasterExit);
+    assert_eq!(
+        (stop.generation, reason(stop), stop.counts.next),
+        (g2, ExitReason::Stop, None),
+        "{stop}"
     );
 
     let registry = scratch.open();
@@ -98,12 +124,19 @@ fn start_workers_reload_and_graceful_stop() {
     let mut again = Probe::spawn(&scratch.registry());
     let g3 = again.generation();
     assert!(g3 > g2);
-    let restart = again.events_of("master_start")[0];
+    let restart = again.one(EventKind::MasterStart);
     assert!(
-        restart.contains("kind=restart") && restart.contains("previous_run=clean"),
+        matches!(
+            restart.detail,
+            Detail::MasterStart {
+                kind: StartKind::Restart,
+                previous_run: Some(RunEnd::Clean),
+                ..
+            }
+        ),
         "{restart}"
     );
-    assert!(restart.contains("n_prev=nil"), "{restart}");
+    assert_eq!(restart.counts.prev, None, "{restart}");
     assert_eq!(registry.snapshot().unwrap().generations.len(), 1);
 }
 
@@ -115,9 +148,12 @@ fn fast_stop_reports_fast_stop_and_ends_the_generation() {
     let mut w = scratch.workers(g, 2);
     for p in w.iter_mut() {
         p.ok("exit fast");
-        assert!(p.events_of("worker_exit")[0].contains("reason=fast_stop"));
+        assert_eq!(reason(p.one(EventKind::WorkerExit)), ExitReason::FastStop);
     }
-    assert!(w[1].events_of("master_exit")[0].contains("reason=fast_stop"));
+    assert_eq!(
+        reason(w[1].one(EventKind::MasterExit)),
+        ExitReason::FastStop
+    );
 }
 
 #[test]
@@ -133,20 +169,35 @@ fn kill_of_everything_then_restart_is_unclean_and_reports_each_death() {
     let mut next = Probe::spawn(&scratch.registry());
     let g2 = next.generation();
     assert!(g2 > g);
-    assert_eq!(next.events_of("worker_crash").len(), 3, "{:?}", next.events);
-    let exit = next.events_of("master_exit");
-    assert_eq!(exit.len(), 1);
-    assert!(
-        exit[0].contains("reason=stop") && exit[0].contains("n_next=nil"),
-        "{}",
-        exit[0]
+    let mut crashed: Vec<u32> = next
+        .events_of(EventKind::WorkerCrash)
+        .iter()
+        .filter_map(|e| e.worker())
+        .map(|w| w.pid)
+        .collect();
+    crashed.sort_unstable();
+    let mut killed: Vec<u32> = w.iter().map(|p| p.pid).collect();
+    killed.sort_unstable();
+    assert_eq!(crashed, killed, "{}", next.shown());
+    let exit = next.one(EventKind::MasterExit);
+    assert_eq!(
+        (exit.generation, reason(exit), exit.counts.next),
+        (g, ExitReason::Stop, None),
+        "{exit}"
     );
-    let start = next.events_of("master_start")[0];
+    let start = next.one(EventKind::MasterStart);
     assert!(
-        start.contains("kind=restart") && start.contains("previous_run=unclean"),
+        matches!(
+            start.detail,
+            Detail::MasterStart {
+                kind: StartKind::Restart,
+                previous_run: Some(RunEnd::Unclean),
+                ..
+            }
+        ),
         "{start}"
     );
-    assert!(start.contains("n_prev=nil"), "{start}");
+    assert_eq!(start.counts.prev, None, "{start}");
 }
 
 #[test]
@@ -159,20 +210,27 @@ fn binary_upgrade_continues_ids_and_old_exit_sees_the_new_generation() {
 
     let (g2, new_master) = old_master.upgrade();
     assert!(g2 > g1);
-    let start = old_master.events_of("master_start")[1];
-    assert!(
-        start.contains("kind=upgrade") && start.contains(&format!("master_pid={new_master}")),
+    let start = old_master.events_of(EventKind::MasterStart)[1];
+    assert_eq!(start.generation, g2, "{start}");
+    assert_eq!(
+        start.detail,
+        Detail::MasterStart {
+            kind: StartKind::Upgrade,
+            previous_run: None,
+            master_pid: new_master
+        },
         "{start}"
     );
-    assert!(start.contains("n_prev=1 n_mine=0 n_next=nil"), "{start}");
+    assert_eq!(start.counts, counts(Some(1), 0, None), "{start}");
 
     let mut new = Probe::spawn(&scratch.registry());
     new.worker(g2, 0);
     old.ok("exit graceful");
-    assert!(old.events_of("worker_exit")[0].contains("reason=upgrade"));
-    let exit = old.events_of("master_exit")[0];
-    assert!(
-        exit.contains("reason=upgrade") && exit.contains("n_next=1"),
+    assert_eq!(reason(old.one(EventKind::WorkerExit)), ExitReason::Upgrade);
+    let exit = old.one(EventKind::MasterExit);
+    assert_eq!(
+        (reason(exit), exit.counts.next),
+        (ExitReason::Upgrade, Some(1)),
         "{exit}"
     );
 }
@@ -212,7 +270,7 @@ fn a_generation_without_workers_is_aborted_when_superseded_or_timed_out() {
     ));
     // The old worker now stops: nothing replaced it.
     w.ok("exit graceful");
-    assert!(w.events_of("worker_exit")[0].contains("reason=stop"));
+    assert_eq!(reason(w.one(EventKind::WorkerExit)), ExitReason::Stop);
 
     // Superseded: a newer generation registered while this one still waited for
     // workers, and the grace (SUPERSEDED_GRACE, shorter than its 10 s start timeout)
@@ -407,13 +465,22 @@ fn the_old_master_reloading_during_an_upgrade_is_a_reload() {
     new.worker(g2, 0);
     let g3 = old_master.generation();
     assert!(g3 > g2);
-    let start = old_master
-        .events_of("master_start")
-        .last()
-        .unwrap()
-        .to_string();
-    assert!(start.contains("kind=reload"), "{start}");
-    assert!(start.contains("n_prev=1 n_mine=0 n_next=nil"), "{start}");
+    // Its own two, and its child's (the upgrade).
+    let [_, _, start] = old_master.events_of(EventKind::MasterStart)[..] else {
+        panic!("not three master_start:\n{}", old_master.shown());
+    };
+    assert_eq!(start.generation, g3, "{start}");
+    assert!(
+        matches!(
+            start.detail,
+            Detail::MasterStart {
+                kind: StartKind::Reload,
+                ..
+            }
+        ),
+        "{start}"
+    );
+    assert_eq!(start.counts, counts(Some(1), 0, None), "{start}");
 }
 
 #[test]
@@ -428,14 +495,11 @@ fn an_announced_exit_reports_at_shutdown_start_and_ends_the_generation_when_the_
     // Shutdown starts in every old worker: worker_exit at once, counting down.
     for (i, p) in old.iter_mut().enumerate() {
         p.ok("announce");
-        let exit = p.events_of("worker_exit")[0];
-        assert!(exit.contains("reason=reload"), "{exit}");
+        let exit = p.one(EventKind::WorkerExit);
+        assert_eq!(reason(exit), ExitReason::Reload, "{exit}");
+        assert_eq!(exit.counts, counts(None, 3 - i as u32, Some(1)), "{exit}");
         assert!(
-            exit.contains(&format!("n_mine={} n_next=1", 3 - i)),
-            "{exit}"
-        );
-        assert!(
-            p.events_of("master_exit").is_empty(),
+            p.events_of(EventKind::MasterExit).is_empty(),
             "the processes still run"
         );
     }
@@ -444,24 +508,26 @@ fn an_announced_exit_reports_at_shutdown_start_and_ends_the_generation_when_the_
     // One finishes through the exit hook, one just ends (no hook): neither is a crash,
     // and neither is the last.
     old[0].ok("exit graceful");
-    assert!(
-        old[0].events_of("worker_exit").len() == 1 && old[0].events_of("master_exit").is_empty()
-    );
+    assert_eq!(old[0].events_of(EventKind::WorkerExit).len(), 1);
+    assert!(old[0].events_of(EventKind::MasterExit).is_empty());
     old[1].kill9();
     new[0].ok("sweep");
     assert!(
-        new[0].events_of("worker_crash").is_empty(),
-        "{:?}",
-        new[0].events
+        new[0].events_of(EventKind::WorkerCrash).is_empty(),
+        "{}",
+        new[0].shown()
     );
-    assert!(new[0].events_of("master_exit").is_empty());
+    assert!(new[0].events_of(EventKind::MasterExit).is_empty());
     // The last one's process ends: whoever sweeps next fires master_exit.
     old[2].kill9();
     new[0].ok("sweep");
-    let exit = new[0].events_of("master_exit");
-    assert_eq!(exit.len(), 1, "{:?}", new[0].events);
-    assert!(exit[0].contains(&format!("id={g1} ")) && exit[0].contains("reason=reload"));
-    assert!(new[0].events_of("worker_crash").is_empty());
+    let exit = new[0].one(EventKind::MasterExit);
+    assert_eq!(
+        (exit.generation, reason(exit)),
+        (g1, ExitReason::Reload),
+        "{exit}"
+    );
+    assert!(new[0].events_of(EventKind::WorkerCrash).is_empty());
     let crashes = registry
         .events_since(0)
         .iter()

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Probe, Scratch};
 use proptest::prelude::*;
-use worker_manager::{Capacities, EventKind, Options, Registry};
+use worker_manager::{Capacities, Detail, EventKind, Options, Registry};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -78,9 +78,12 @@ impl World {
     fn start(&mut self, generation: u64, index: u32) -> Probe {
         let mut probe = Probe::spawn(&self.scratch.registry());
         probe.worker(generation, index);
-        let start = probe.events_of("worker_start")[0].clone();
-        let expected = format!("n_mine={} ", self.live_in(generation) + 1);
-        assert!(start.contains(&expected), "expected {expected} in {start}");
+        let start = probe.one(EventKind::WorkerStart);
+        assert_eq!(
+            start.counts.mine,
+            self.live_in(generation) + 1,
+            "n_mine of {start}"
+        );
         probe
     }
 
@@ -140,8 +143,15 @@ impl World {
                 self.killed.push(l.probe.pid);
                 l.probe.kill9();
                 let probe = self.start(newest, l.index);
-                let start = probe.events_of("worker_start")[0].clone();
-                assert!(start.contains("respawn=true"), "{start}");
+                let start = probe.one(EventKind::WorkerStart);
+                assert!(
+                    matches!(
+                        start.detail,
+                        Detail::WorkerStart { replaces: Some(dead), .. } if dead.pid == l.probe.pid
+                    ),
+                    "a respawn of {}: {start}",
+                    l.probe.pid
+                );
                 self.live.push(Live {
                     probe,
                     generation: newest,

@@ -7,19 +7,34 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::counts;
 use common::nginx::{
     alive, reap, serial, signal, slowdown, start, Config, Ev, Nginx, RemoveOnDrop,
 };
-use worker_manager::Observer;
+use worker_manager::{
+    AbortCause, Detail, Detection, EventKind, ExitReason, Observer, RunEnd, StartKind,
+};
 
-fn gen_of(e: &Ev) -> u64 {
-    e.num("generation").unwrap()
+/// The worker a `worker_start` replaces, by pid.
+fn replaced(e: &Ev) -> Option<u32> {
+    match e.event().detail {
+        Detail::WorkerStart { replaces, .. } => replaces.map(|dead| dead.pid),
+        _ => None,
+    }
 }
 
-fn of_gen(events: &[Ev], name: &str, generation: u64) -> Vec<Ev> {
+/// Why a generation was aborted.
+fn cause(e: &Ev) -> AbortCause {
+    match e.event().detail {
+        Detail::GenerationAbort { cause } => cause,
+        _ => panic!("not a generation_abort: {}", e.event()),
+    }
+}
+
+fn of_gen(events: &[Ev], kind: EventKind, generation: u64) -> Vec<Ev> {
     events
         .iter()
-        .filter(|e| e.name == name && gen_of(e) == generation)
+        .filter(|e| e.is(kind) && e.generation() == generation)
         .cloned()
         .collect()
 }
@@ -45,20 +60,16 @@ fn start_with_one_and_four_workers_then_graceful_quit() {
                 daemon,
                 ..base.clone()
             });
-            let starts = nginx.wait_n("worker_start", workers as usize);
-            let ms = nginx.named("master_start");
+            let starts = nginx.wait_n(EventKind::WorkerStart, workers as usize);
+            let ms = nginx.named(EventKind::MasterStart);
             assert_eq!(ms.len(), 1);
-            assert_eq!(ms[0].get("kind"), "start");
-            assert_eq!(ms[0].get("n_prev"), "nil");
-            assert_eq!(ms[0].get("n_mine"), "0");
-            let mut mine: Vec<u64> = starts.iter().map(|e| e.num("n_mine").unwrap()).collect();
+            assert_eq!(ms[0].started(), (StartKind::Start, None));
+            assert_eq!(ms[0].event().counts, counts(None, 0, None));
+            let mut mine: Vec<u32> = starts.iter().map(|e| e.event().counts.mine).collect();
             mine.sort_unstable();
-            assert_eq!(mine, (1..=workers as u64).collect::<Vec<_>>());
+            assert_eq!(mine, (1..=workers).collect::<Vec<_>>());
             // The workers that registered are the master's children, running as nobody.
-            let registered: BTreeSet<u32> = starts
-                .iter()
-                .map(|e| e.num("pid").unwrap() as u32)
-                .collect();
+            let registered: BTreeSet<u32> = starts.iter().map(|e| e.pid().unwrap()).collect();
             let real: BTreeSet<u32> = nginx.workers(master).into_iter().collect();
             assert_eq!(registered, real, "daemon {daemon}");
             for pid in &real {
@@ -69,16 +80,16 @@ fn start_with_one_and_four_workers_then_graceful_quit() {
                 .starts_with(&format!("live={workers} ")));
 
             quit(&nginx, master);
-            let exits = nginx.named("worker_exit");
+            let exits = nginx.named(EventKind::WorkerExit);
             assert_eq!(exits.len(), workers as usize, "{base:?}");
-            assert!(exits.iter().all(|e| e.get("reason") == "stop"));
-            let me = nginx.named("master_exit");
+            assert!(exits.iter().all(|e| e.reason() == ExitReason::Stop));
+            let me = nginx.named(EventKind::MasterExit);
             assert_eq!(me.len(), 1);
-            assert_eq!(me[0].get("reason"), "stop");
-            assert_eq!(me[0].get("n_next"), "nil");
+            assert_eq!(me[0].reason(), ExitReason::Stop);
+            assert_eq!(me[0].event().counts.next, None);
             // Fired by the last worker, at its real exit.
-            let last = exits.iter().max_by_key(|e| e.num("t")).unwrap();
-            assert_eq!(me[0].get("by"), last.get("by"));
+            let last = exits.iter().max_by_key(|e| e.t).unwrap();
+            assert_eq!(me[0].by, last.by);
         }
     }
 }
@@ -88,24 +99,24 @@ fn reloads_including_two_in_a_row_and_a_new_worker_count() {
     let _serial = serial();
     for mut config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         signal(master, libc::SIGHUP);
         let events = nginx.wait("the first generation's master_exit", |ev| {
-            ev.iter().any(|e| e.name == "master_exit")
+            ev.iter().any(|e| e.is(EventKind::MasterExit))
         });
-        let reload = &of_gen(&events, "master_start", 2)[0];
-        assert_eq!(reload.get("kind"), "reload");
-        assert_eq!(reload.get("n_prev"), "2");
-        let exit1 = &events.iter().find(|e| e.name == "master_exit").unwrap();
-        assert_eq!(gen_of(exit1), 1);
-        assert_eq!(exit1.get("reason"), "reload");
-        assert_eq!(exit1.get("n_next"), "2");
-        let old_exits = of_gen(&events, "worker_exit", 1);
-        assert!(old_exits.iter().all(|e| e.get("reason") == "reload"));
+        let reload = &of_gen(&events, EventKind::MasterStart, 2)[0];
+        assert_eq!(reload.started(), (StartKind::Reload, None));
+        assert_eq!(reload.event().counts.prev, Some(2));
+        let exit1 = &events.iter().find(|e| e.is(EventKind::MasterExit)).unwrap();
+        assert_eq!(exit1.generation(), 1);
+        assert_eq!(exit1.reason(), ExitReason::Reload);
+        assert_eq!(exit1.event().counts.next, Some(2));
+        let old_exits = of_gen(&events, EventKind::WorkerExit, 1);
+        assert!(old_exits.iter().all(|e| e.reason() == ExitReason::Reload));
         // The last old worker fires it at its real exit, whatever the interval.
-        let last = old_exits.iter().max_by_key(|e| e.num("t")).unwrap();
-        assert_eq!(exit1.get("by"), last.get("by"), "{config:?}");
-        let after = exit1.num("t").unwrap() - last.num("t").unwrap();
+        let last = old_exits.iter().max_by_key(|e| e.t).unwrap();
+        assert_eq!(exit1.by, last.by, "{config:?}");
+        let after = exit1.t - last.t;
         assert!(
             after < 1_000_000_000 * u64::from(slowdown()),
             "master_exit {after} ns after the last exit"
@@ -119,25 +130,25 @@ fn reloads_including_two_in_a_row_and_a_new_worker_count() {
         let events = nginx.wait("three workers of the newest generation", |ev| {
             let newest = ev
                 .iter()
-                .filter(|e| e.name == "master_start")
-                .map(gen_of)
+                .filter(|e| e.is(EventKind::MasterStart))
+                .map(Ev::generation)
                 .max()
                 .unwrap();
             let ended = ev
                 .iter()
-                .filter(|e| e.name == "master_exit" || e.name == "generation_abort")
+                .filter(|e| e.is(EventKind::MasterExit) || e.is(EventKind::GenerationAbort))
                 .count() as u64;
-            of_gen(ev, "worker_start", newest).len() == 3 && ended == newest - 1
+            of_gen(ev, EventKind::WorkerStart, newest).len() == 3 && ended == newest - 1
         });
         let newest = events
             .iter()
-            .filter(|e| e.name == "master_start")
-            .map(gen_of)
+            .filter(|e| e.is(EventKind::MasterStart))
+            .map(Ev::generation)
             .max()
             .unwrap();
         for g in 1..newest {
-            let exits = of_gen(&events, "master_exit", g);
-            let aborts = of_gen(&events, "generation_abort", g);
+            let exits = of_gen(&events, EventKind::MasterExit, g);
+            let aborts = of_gen(&events, EventKind::GenerationAbort, g);
             assert_eq!(
                 exits.len() + aborts.len(),
                 1,
@@ -156,7 +167,7 @@ fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
     let _serial = serial();
     for mut config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         // The new workers register a second after nginx tells the old ones to quit
         // (as a heavy init_worker does): the old ones begin to exit first.
         config.before_worker = r#"
@@ -168,16 +179,17 @@ fn a_reload_whose_workers_start_slowly_is_still_a_reload() {
         nginx.write_config(&config);
         signal(master, libc::SIGHUP);
         let events = nginx.wait("the old generation's end", |ev| {
-            !of_gen(ev, "master_exit", 1).is_empty() && of_gen(ev, "worker_start", 2).len() == 2
+            !of_gen(ev, EventKind::MasterExit, 1).is_empty()
+                && of_gen(ev, EventKind::WorkerStart, 2).len() == 2
         });
-        let exits = of_gen(&events, "worker_exit", 1);
+        let exits = of_gen(&events, EventKind::WorkerExit, 1);
         assert_eq!(exits.len(), 2);
         assert!(
-            exits.iter().all(|e| e.get("reason") == "reload"),
+            exits.iter().all(|e| e.reason() == ExitReason::Reload),
             "{exits:?}"
         );
-        let end = &of_gen(&events, "master_exit", 1)[0];
-        assert_eq!(end.get("reason"), "reload", "{config:?}");
+        let end = &of_gen(&events, EventKind::MasterExit, 1)[0];
+        assert_eq!(end.reason(), ExitReason::Reload, "{config:?}");
         assert!(
             !nginx.stderr().contains("[worker-manager]"),
             "{}",
@@ -192,27 +204,38 @@ fn kill_9_of_a_worker_is_one_crash_and_a_recognised_respawn() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         let victim = nginx.workers(master)[0];
         signal(victim, libc::SIGKILL);
         let events = nginx.wait("the respawn", |ev| {
             ev.iter()
-                .any(|e| e.name == "worker_start" && e.get("respawn") == "true")
+                .any(|e| e.is(EventKind::WorkerStart) && replaced(e).is_some())
         });
-        let crashes = nginx.named("worker_crash");
+        let crashes = nginx.named(EventKind::WorkerCrash);
         assert_eq!(crashes.len(), 1);
-        assert_eq!(crashes[0].num("pid"), Some(victim as u64));
-        assert_eq!(crashes[0].get("detection"), "owner_died");
-        let respawn = events.iter().find(|e| e.get("respawn") == "true").unwrap();
-        assert!(respawn.get("replaces").ends_with(&format!("-{victim}")));
+        assert!(
+            matches!(
+                crashes[0].event().detail,
+                Detail::WorkerCrash {
+                    worker,
+                    detection: Detection::OwnerDied,
+                    held_lock: false,
+                    ..
+                } if worker.pid == victim
+            ),
+            "{}",
+            crashes[0].event()
+        );
+        let respawns: Vec<u32> = events.iter().filter_map(replaced).collect();
+        assert_eq!(respawns, [victim]);
         assert!(events
             .iter()
-            .filter(|e| e.name == "worker_start")
-            .all(|e| e.num("n_mine").unwrap() <= 2));
+            .filter(|e| e.is(EventKind::WorkerStart))
+            .all(|e| e.event().counts.mine <= 2));
         // Later ticks report nothing more.
         std::thread::sleep(Duration::from_millis(600));
-        assert_eq!(nginx.named("worker_crash").len(), 1);
-        assert!(nginx.named("master_exit").is_empty());
+        assert_eq!(nginx.named(EventKind::WorkerCrash).len(), 1);
+        assert!(nginx.named(EventKind::MasterExit).is_empty());
         quit(&nginx, master);
     }
 }
@@ -222,15 +245,15 @@ fn kill_9_then_an_immediate_reload_still_ends_the_old_generation() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         let victim = nginx.workers(master)[0];
         signal(victim, libc::SIGKILL);
         signal(master, libc::SIGHUP);
         let events = nginx.wait("the old generation's master_exit", |ev| {
-            !of_gen(ev, "master_exit", 1).is_empty()
+            !of_gen(ev, EventKind::MasterExit, 1).is_empty()
         });
-        assert_eq!(of_gen(&events, "master_exit", 1).len(), 1);
-        assert_eq!(of_gen(&events, "worker_crash", 1).len(), 1);
+        assert_eq!(of_gen(&events, EventKind::MasterExit, 1).len(), 1);
+        assert_eq!(of_gen(&events, EventKind::WorkerCrash, 1).len(), 1);
         quit(&nginx, master);
     }
 }
@@ -240,25 +263,24 @@ fn fast_stop_is_reported_at_the_real_exit_with_or_without_the_exit_hook() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (mut nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         signal(master, libc::SIGTERM);
         nginx.wait_gone(master);
-        let exits = nginx.named("worker_exit");
+        let exits = nginx.named(EventKind::WorkerExit);
         assert_eq!(exits.len(), 2, "{config:?}");
-        assert!(exits.iter().all(|e| e.get("reason") == "fast_stop"));
-        let me = nginx.named("master_exit");
+        assert!(exits.iter().all(|e| e.reason() == ExitReason::FastStop));
+        let me = nginx.named(EventKind::MasterExit);
         assert_eq!(me.len(), 1);
-        assert_eq!(me[0].get("reason"), "fast_stop");
-        assert_eq!(me[0].get("n_next"), "nil");
+        assert_eq!(me[0].reason(), ExitReason::FastStop);
+        assert_eq!(me[0].event().counts.next, None);
         // The run ended cleanly: the next start says so, and reports no crash.
         let master = nginx.start();
         let events = nginx.wait("the restart", |ev| {
-            ev.iter().filter(|e| e.name == "worker_start").count() == 4
+            ev.iter().filter(|e| e.is(EventKind::WorkerStart)).count() == 4
         });
-        let restart = &of_gen(&events, "master_start", 2)[0];
-        assert_eq!(restart.get("kind"), "restart");
-        assert_eq!(restart.get("previous_run"), "clean");
-        assert!(nginx.named("worker_crash").is_empty());
+        let restart = &of_gen(&events, EventKind::MasterStart, 2)[0];
+        assert_eq!(restart.started(), (StartKind::Restart, Some(RunEnd::Clean)));
+        assert!(nginx.named(EventKind::WorkerCrash).is_empty());
         quit(&nginx, master);
     }
 }
@@ -268,33 +290,39 @@ fn binary_upgrade_continues_ids_and_the_old_generation_sees_the_new() {
     let _serial = serial();
     for config in Config::both(|c| c.daemon = true) {
         let (mut nginx, old) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         signal(old, libc::SIGUSR2);
         let new = nginx.wait_for_pid(Some(old));
         nginx.adopt(new);
         let events = nginx.wait("the new workers", |ev| {
-            of_gen(ev, "worker_start", 2).len() == 2
+            of_gen(ev, EventKind::WorkerStart, 2).len() == 2
         });
-        let up = &of_gen(&events, "master_start", 2)[0];
-        assert_eq!(up.get("kind"), "upgrade");
-        assert_eq!(up.get("n_prev"), "2");
-        assert_eq!(up.num("master_pid"), Some(new as u64));
+        let up = &of_gen(&events, EventKind::MasterStart, 2)[0];
+        assert_eq!(
+            up.event().detail,
+            Detail::MasterStart {
+                kind: StartKind::Upgrade,
+                previous_run: None,
+                master_pid: new
+            }
+        );
+        assert_eq!(up.event().counts.prev, Some(2));
         signal(old, libc::SIGWINCH);
         let events = nginx.wait("the old generation's exit", |ev| {
-            !of_gen(ev, "master_exit", 1).is_empty()
+            !of_gen(ev, EventKind::MasterExit, 1).is_empty()
         });
-        let exit = &of_gen(&events, "master_exit", 1)[0];
-        assert_eq!(exit.get("reason"), "upgrade");
-        assert_eq!(exit.get("n_next"), "2");
-        assert!(of_gen(&events, "worker_exit", 1)
+        let exit = &of_gen(&events, EventKind::MasterExit, 1)[0];
+        assert_eq!(exit.reason(), ExitReason::Upgrade);
+        assert_eq!(exit.event().counts.next, Some(2));
+        assert!(of_gen(&events, EventKind::WorkerExit, 1)
             .iter()
-            .all(|e| e.get("reason") == "upgrade"));
+            .all(|e| e.reason() == ExitReason::Upgrade));
         signal(old, libc::SIGQUIT);
         nginx.wait_gone(old);
         assert!(alive(new));
         quit(&nginx, new);
-        let exit = &of_gen(&nginx.events(), "master_exit", 2)[0];
-        assert_eq!(exit.get("reason"), "stop");
+        let exit = &of_gen(&nginx.events(), EventKind::MasterExit, 2)[0];
+        assert_eq!(exit.reason(), ExitReason::Stop);
     }
 }
 
@@ -305,7 +333,7 @@ fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_st
     let _serial = serial();
     for mut config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         // The new configuration listens on a port that is taken.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         config.http = format!(
@@ -324,29 +352,37 @@ fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_st
             std::thread::sleep(Duration::from_millis(10));
         };
         let events = nginx.wait("the abort", |ev| {
-            ev.iter().any(|e| e.name == "generation_abort")
+            ev.iter().any(|e| e.is(EventKind::GenerationAbort))
         });
         let abort = events
             .iter()
-            .find(|e| e.name == "generation_abort")
+            .find(|e| e.is(EventKind::GenerationAbort))
             .unwrap();
-        assert_eq!(gen_of(abort), 2);
-        assert_eq!(abort.get("cause"), "failed");
-        assert_eq!(abort.num("by"), Some(master as u64), "the master aborts it");
-        let at = UNIX_EPOCH + Duration::from_nanos(abort.num("t").unwrap());
+        assert_eq!(abort.generation(), 2);
+        assert_eq!(
+            abort.event().detail,
+            Detail::GenerationAbort {
+                cause: AbortCause::Failed
+            }
+        );
+        assert_eq!(abort.by, master, "the master aborts it");
+        let at = UNIX_EPOCH + Duration::from_nanos(abort.t);
         assert!(
             at < gave_up + Duration::from_secs(1) * slowdown(),
             "aborted {:?} after nginx gave up",
             at.duration_since(gave_up)
         );
-        assert!(of_gen(&events, "worker_start", 2).is_empty());
+        assert!(of_gen(&events, EventKind::WorkerStart, 2).is_empty());
         assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
         quit(&nginx, master);
-        let exits = of_gen(&nginx.events(), "worker_exit", 1);
+        let exits = of_gen(&nginx.events(), EventKind::WorkerExit, 1);
         assert_eq!(exits.len(), 2);
-        assert!(exits.iter().all(|e| e.get("reason") == "stop"), "{exits:?}");
         assert!(
-            exits.iter().all(|e| e.get("n_next") == "nil"),
+            exits.iter().all(|e| e.reason() == ExitReason::Stop),
+            "{exits:?}"
+        );
+        assert!(
+            exits.iter().all(|e| e.event().counts.next.is_none()),
             "a failed reload is no successor: {exits:?}"
         );
     }
@@ -359,7 +395,7 @@ fn a_reload_whose_init_by_lua_raises_after_registering_is_aborted() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         let conf = nginx.prefix().join("conf/nginx.conf");
         nginx.write_config(&config);
         // The error comes after the registration, at the end of init_by_lua.
@@ -371,18 +407,21 @@ fn a_reload_whose_init_by_lua_raises_after_registering_is_aborted() {
         std::fs::write(&conf, text).unwrap();
         signal(master, libc::SIGHUP);
         let events = nginx.wait("the abort", |ev| {
-            ev.iter().any(|e| e.name == "generation_abort")
+            ev.iter().any(|e| e.is(EventKind::GenerationAbort))
         });
         let abort = events
             .iter()
-            .find(|e| e.name == "generation_abort")
+            .find(|e| e.is(EventKind::GenerationAbort))
             .unwrap();
-        assert_eq!((gen_of(abort), abort.get("cause")), (2, "failed"));
+        assert_eq!((abort.generation(), cause(abort)), (2, AbortCause::Failed));
         assert!(nginx.stderr().contains("a later error"));
         assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
         quit(&nginx, master);
-        let end = &of_gen(&nginx.events(), "master_exit", 1)[0];
-        assert_eq!((end.get("reason"), end.get("n_next")), ("stop", "nil"));
+        let end = &of_gen(&nginx.events(), EventKind::MasterExit, 1)[0];
+        assert_eq!(
+            (end.reason(), end.event().counts.next),
+            (ExitReason::Stop, None)
+        );
     }
 }
 
@@ -391,16 +430,15 @@ fn restart_after_a_clean_stop_and_after_kill_9_of_everything() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (mut nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         quit(&nginx, master);
         let master = nginx.start();
         let events = nginx.wait("the clean restart", |ev| {
-            of_gen(ev, "worker_start", 2).len() == 2
+            of_gen(ev, EventKind::WorkerStart, 2).len() == 2
         });
-        let restart = &of_gen(&events, "master_start", 2)[0];
-        assert_eq!(restart.get("kind"), "restart");
-        assert_eq!(restart.get("previous_run"), "clean");
-        assert_eq!(restart.get("n_prev"), "nil");
+        let restart = &of_gen(&events, EventKind::MasterStart, 2)[0];
+        assert_eq!(restart.started(), (StartKind::Restart, Some(RunEnd::Clean)));
+        assert_eq!(restart.event().counts.prev, None);
 
         let workers = nginx.workers(master);
         signal(master, libc::SIGKILL);
@@ -414,13 +452,22 @@ fn restart_after_a_clean_stop_and_after_kill_9_of_everything() {
         }
         let master = nginx.start();
         let events = nginx.wait("the unclean restart", |ev| {
-            of_gen(ev, "worker_start", 3).len() == 2
+            of_gen(ev, EventKind::WorkerStart, 3).len() == 2
         });
-        let restart = &of_gen(&events, "master_start", 3)[0];
-        assert_eq!(restart.get("kind"), "restart");
-        assert_eq!(restart.get("previous_run"), "unclean");
-        assert_eq!(of_gen(&events, "worker_crash", 2).len(), 2);
-        assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+        let restart = &of_gen(&events, EventKind::MasterStart, 3)[0];
+        assert_eq!(
+            restart.started(),
+            (StartKind::Restart, Some(RunEnd::Unclean))
+        );
+        let mut crashed: Vec<u32> = of_gen(&events, EventKind::WorkerCrash, 2)
+            .iter()
+            .filter_map(Ev::pid)
+            .collect();
+        crashed.sort_unstable();
+        let mut killed = workers.clone();
+        killed.sort_unstable();
+        assert_eq!(crashed, killed);
+        assert_eq!(of_gen(&events, EventKind::MasterExit, 2).len(), 1);
         quit(&nginx, master);
     }
 }
@@ -434,7 +481,7 @@ fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
     let _serial = serial();
     for config in Config::both(|_| {}) {
         let (mut nginx, master) = start(&config);
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         let orphans = nginx.workers(master);
         for &w in &orphans {
             // Killed on drop with the masters, however the test ends.
@@ -462,13 +509,13 @@ fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
             .unwrap();
         assert!(!failed.success(), "the start could not bind");
         let events = nginx.wait("the failed start's abort", |ev| {
-            ev.iter().any(|e| e.name == "generation_abort")
+            ev.iter().any(|e| e.is(EventKind::GenerationAbort))
         });
         let abort = events
             .iter()
-            .find(|e| e.name == "generation_abort")
+            .find(|e| e.is(EventKind::GenerationAbort))
             .unwrap();
-        assert_eq!((gen_of(abort), abort.get("cause")), (2, "failed"));
+        assert_eq!((abort.generation(), cause(abort)), (2, AbortCause::Failed));
         assert!(nginx.get("/status").starts_with("live=2 "));
 
         // The orphans are stopped.
@@ -476,12 +523,21 @@ fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
             signal(w, libc::SIGTERM);
         }
         let events = nginx.wait("the orphans' end", |ev| {
-            !of_gen(ev, "master_exit", 1).is_empty()
+            !of_gen(ev, EventKind::MasterExit, 1).is_empty()
         });
-        let exits = of_gen(&events, "worker_exit", 1);
+        let exits = of_gen(&events, EventKind::WorkerExit, 1);
         assert_eq!(exits.len(), 2, "{events:?}");
-        assert!(exits.iter().all(|e| e.get("n_next") == "nil"), "{exits:?}");
-        assert_eq!(of_gen(&events, "master_exit", 1)[0].get("n_next"), "nil");
+        assert!(
+            exits.iter().all(|e| e.event().counts.next.is_none()),
+            "{exits:?}"
+        );
+        assert_eq!(
+            of_gen(&events, EventKind::MasterExit, 1)[0]
+                .event()
+                .counts
+                .next,
+            None
+        );
         while orphans.iter().any(|&w| alive(w)) {
             reap();
             std::thread::yield_now();
@@ -489,22 +545,21 @@ fn the_master_killed_alone_leaves_orphans_that_are_tracked_to_their_end() {
 
         let master = nginx.start();
         let events = nginx.wait("the next start", |ev| {
-            of_gen(ev, "worker_start", 3).len() == 2
+            of_gen(ev, EventKind::WorkerStart, 3).len() == 2
         });
-        let restart = &of_gen(&events, "master_start", 3)[0];
-        assert_eq!(restart.get("kind"), "restart");
+        let restart = &of_gen(&events, EventKind::MasterStart, 3)[0];
         assert_eq!(
-            restart.get("previous_run"),
-            "unclean",
+            restart.started(),
+            (StartKind::Restart, Some(RunEnd::Unclean)),
             "the master was killed"
         );
         quit(&nginx, master);
         let master = nginx.start();
         let events = nginx.wait("the start after a clean stop", |ev| {
-            of_gen(ev, "worker_start", 4).len() == 2
+            of_gen(ev, EventKind::WorkerStart, 4).len() == 2
         });
-        let restart = &of_gen(&events, "master_start", 4)[0];
-        assert_eq!(restart.get("previous_run"), "clean");
+        let restart = &of_gen(&events, EventKind::MasterStart, 4)[0];
+        assert_eq!(restart.started().1, Some(RunEnd::Clean));
         quit(&nginx, master);
     }
 }
@@ -562,9 +617,9 @@ fn a_library_call_that_raises_under_the_lock_leaves_no_lock_held() {
     // The lock was released: the next configuration's worker 0 registers in time.
     signal(master, libc::SIGHUP);
     let events = nginx.wait("the reload's worker", |ev| {
-        !of_gen(ev, "worker_start", 2).is_empty()
+        !of_gen(ev, EventKind::WorkerStart, 2).is_empty()
     });
-    assert_eq!(of_gen(&events, "worker_start", 2).len(), 1);
+    assert_eq!(of_gen(&events, EventKind::WorkerStart, 2).len(), 1);
     assert!(
         !nginx.stderr().contains("lock not acquired"),
         "{}",
@@ -580,7 +635,7 @@ fn a_throwing_callback_is_logged_and_leaves_no_lock_held() {
         in_callback: r#"if name == "worker_start" then error("boom in " .. name) end"#.into(),
         ..Config::default()
     });
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
     nginx.wait("the logged error", |_| {
         nginx
             .stderr()
@@ -593,7 +648,9 @@ fn a_throwing_callback_is_logged_and_leaves_no_lock_held() {
     assert!(log.contains("stack traceback"), "logged with its traceback");
     // The lock is free: a reload goes through.
     signal(master, libc::SIGHUP);
-    nginx.wait("the reload", |ev| !of_gen(ev, "master_exit", 1).is_empty());
+    nginx.wait("the reload", |ev| {
+        !of_gen(ev, EventKind::MasterExit, 1).is_empty()
+    });
     quit(&nginx, master);
 }
 
@@ -613,13 +670,13 @@ fn a_callback_that_yields_keeps_its_worker_s_other_threads_out_of_the_lock() {
             .into(),
         ..Config::default()
     });
-    nginx.wait_n("worker_start", 3);
+    nginx.wait_n(EventKind::WorkerStart, 3);
     // No respawns: the deaths are found by the survivors' ticks.
     signal(master, libc::SIGSTOP);
     let workers = nginx.workers(master);
     signal(workers[0], libc::SIGKILL);
-    let first = nginx.wait_n("worker_crash", 1)[0].clone();
-    let detector = first.num("by").unwrap() as u32;
+    let first = nginx.wait_n(EventKind::WorkerCrash, 1)[0].clone();
+    let detector = first.by;
     let second = *workers
         .iter()
         .find(|&&w| w != workers[0] && w != detector)
@@ -632,17 +689,15 @@ fn a_callback_that_yields_keeps_its_worker_s_other_threads_out_of_the_lock() {
     let done = |pid: u32| {
         events
             .iter()
-            .find(|e| e.name == "crash_done" && e.num("pid") == Some(u64::from(pid)))
+            .find(|e| e.name == "crash_done" && e.pid() == Some(pid))
             .unwrap()
-            .num("t")
-            .unwrap()
+            .t
     };
     let started = events
         .iter()
-        .find(|e| e.name == "worker_crash" && e.num("pid") == Some(u64::from(second)))
+        .find(|e| e.is(EventKind::WorkerCrash) && e.pid() == Some(second))
         .unwrap()
-        .num("t")
-        .unwrap();
+        .t;
     assert!(
         started >= done(workers[0]),
         "the second crash's callback ran while the first one's slept"
@@ -670,7 +725,7 @@ fn status_answers_at_once_while_a_callback_holds_the_lock() {
             .into(),
         ..Config::default()
     });
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
     let observer = Observer::open(nginx.registry()).unwrap();
     signal(nginx.workers(master)[1], libc::SIGKILL);
     let deadline = Instant::now() + common::STEP_TIMEOUT;
@@ -691,7 +746,7 @@ fn status_answers_at_once_while_a_callback_holds_the_lock() {
         observer.snapshot().lock.is_some(),
         "the callback still held the lock when status answered"
     );
-    nginx.wait_n("worker_start", 3);
+    nginx.wait_n(EventKind::WorkerStart, 3);
     nginx.wait_status("live=2 ");
     quit(&nginx, master);
 }
@@ -719,7 +774,7 @@ fn a_callback_holding_the_lock_past_lock_timeout_fails_the_waiter_cleanly() {
         log.contains("for register_worker") || log.contains("for user"),
         "the holder is named"
     );
-    nginx.wait_n("worker_start", 1);
+    nginx.wait_n(EventKind::WorkerStart, 1);
     // While the lock is held, requests are still served, and status() answers
     // without waiting for the lock.
     let during = nginx.get("/status");
@@ -884,20 +939,20 @@ fn the_exit_hook_option_is_accepted_and_exits_are_reported_once() {
             opts: format!("exit_hook = {option},"),
             ..Config::default()
         });
-        nginx.wait_n("worker_start", 2);
+        nginx.wait_n(EventKind::WorkerStart, 2);
         signal(master, libc::SIGHUP);
         let events = nginx.wait("the old generation's end", |ev| {
-            !of_gen(ev, "master_exit", 1).is_empty()
+            !of_gen(ev, EventKind::MasterExit, 1).is_empty()
         });
-        let exits = of_gen(&events, "worker_exit", 1);
+        let exits = of_gen(&events, EventKind::WorkerExit, 1);
         assert_eq!(exits.len(), 2);
-        assert!(exits.iter().all(|e| e.get("reason") == "reload"));
+        assert!(exits.iter().all(|e| e.reason() == ExitReason::Reload));
         quit(&nginx, master);
         let events = nginx.events();
-        let exits = of_gen(&events, "worker_exit", 2);
+        let exits = of_gen(&events, EventKind::WorkerExit, 2);
         assert_eq!(exits.len(), 2, "once each: {exits:?}");
-        assert!(exits.iter().all(|e| e.get("reason") == "stop"));
-        assert_eq!(of_gen(&events, "master_exit", 2).len(), 1);
+        assert!(exits.iter().all(|e| e.reason() == ExitReason::Stop));
+        assert_eq!(of_gen(&events, EventKind::MasterExit, 2).len(), 1);
     }
 }
 
@@ -925,7 +980,7 @@ fn callbacks_at_the_real_exit_can_use_nginx_s_api() {
             .into(),
         ..Config::synopsis()
     });
-    nginx.wait_n("worker_start", 2);
+    nginx.wait_n(EventKind::WorkerStart, 2);
     for _ in 0..4 {
         assert!(nginx.get("/status").starts_with("live=2 "));
     }
@@ -948,7 +1003,7 @@ fn callbacks_at_the_real_exit_can_use_nginx_s_api() {
     assert!(log.contains("attempt to yield"), "{log}");
     assert!(!log.contains("signal 11"), "{log}");
     assert!(!log.contains("exited on signal"), "{log}");
-    assert_eq!(nginx.named("master_exit").len(), 1);
+    assert_eq!(nginx.named(EventKind::MasterExit).len(), 1);
 }
 
 #[test]
@@ -987,7 +1042,7 @@ fn the_heartbeat_path_is_jit_compiled() {
         ..Config::default()
     });
     let master = nginx.start();
-    nginx.wait_n("worker_start", 1);
+    nginx.wait_n(EventKind::WorkerStart, 1);
     let body = {
         use std::io::{Read, Write};
         let mut s =

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::nginx::{serial, signal, start, Config, Nginx};
 use common::Tmpfs;
-use worker_manager::{Observer, Options, Registry};
+use worker_manager::{EventKind, Observer, Options, Registry, StartKind};
 
 /// One misuse: a Lua call (with `init`, `P`, a valid path, in scope) and a fragment
 /// of the error it must raise.
@@ -381,12 +381,12 @@ fn a_registry_replaced_while_in_use_is_warned_about_and_tracking_goes_on() {
 
     // The reload goes on with the registry the master has mapped, and says so.
     signal(master, libc::SIGHUP);
-    let events = nginx.wait_n("master_start", 2);
-    assert_eq!(events[1].get("kind"), "reload");
-    assert_eq!(events[1].num("id"), Some(2));
+    let events = nginx.wait_n(EventKind::MasterStart, 2);
+    assert_eq!(events[1].started(), (StartKind::Reload, None));
+    assert_eq!(events[1].generation(), 2);
     nginx.wait("the old generation's end", |ev| {
         ev.iter()
-            .any(|e| e.name == "master_exit" && e.num("id") == Some(1))
+            .any(|e| e.is(EventKind::MasterExit) && e.generation() == 1)
     });
     nginx.wait_status("live=2 ");
     assert_eq!(
@@ -404,7 +404,7 @@ fn a_registry_replaced_while_in_use_is_warned_about_and_tracking_goes_on() {
     // The file back in place, the next reload has nothing to say.
     fs::rename(&kept, &registry).unwrap();
     signal(master, libc::SIGHUP);
-    nginx.wait_n("master_start", 3);
+    nginx.wait_n(EventKind::MasterStart, 3);
     nginx.wait_status("live=2 ");
     assert_eq!(nginx.stderr().matches(WARNING).count(), 1);
     let seen = Observer::open(&registry).unwrap().snapshot();

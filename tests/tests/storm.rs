@@ -173,13 +173,13 @@ fn check_deliveries(nginx: &Nginx, journal: &Journal) -> usize {
         EventKind::WorkerHang,
         EventKind::WorkerRecover,
     ] {
-        for e in nginx.named(kind.as_str()) {
-            let seq = e.num("seq").expect("a callback line names its event");
-            match e.get("redelivered") {
-                "true" => *again.entry(seq).or_default() += 1,
-                "false" => *first.entry(seq).or_default() += 1,
-                other => panic!("redelivered={other:?} in {e:?}"),
-            }
+        for e in nginx.named(kind) {
+            let runs = if e.event().redelivered {
+                &mut again
+            } else {
+                &mut first
+            };
+            *runs.entry(e.event().seq).or_default() += 1;
         }
     }
     let twice: Vec<_> = first.iter().filter(|(_, &n)| n > 1).collect();

@@ -8,7 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
+use common::json::Named;
 use common::{kill9, Scratch};
+use serde::Deserialize;
 use worker_manager::{Detail, EventKind, GenerationConfig, Options, Registry};
 
 struct Both {
@@ -50,6 +52,25 @@ fn worker_of_both(
     (Both { child, pid }, out)
 }
 
+/// An event as `wm-abi-probe` prints it.
+#[derive(Debug, Deserialize)]
+struct AbiEvent {
+    handle: String,
+    event: String,
+    seq: u64,
+    generation: u64,
+    pid: u32,
+    index: i32,
+    n_mine: i32,
+}
+
+impl AbiEvent {
+    fn kind(&self) -> EventKind {
+        EventKind::from_name(&self.event)
+            .unwrap_or_else(|| panic!("an event of no known kind: {self:?}"))
+    }
+}
+
 fn kinds(registry: &Registry) -> Vec<EventKind> {
     registry.events_since(1).iter().map(|e| e.kind()).collect()
 }
@@ -83,19 +104,46 @@ fn http_and_stream_workers_of_one_process_are_tracked_apart() {
     // Its respawn is a worker of both again, and exits from both.
     let (mut respawn, mut out) = worker_of_both(&scratch, g_http, g_stream);
     writeln!(respawn.child.stdin.as_mut().unwrap(), "exit").unwrap();
-    let mut lines = Vec::new();
+    let mut events: Vec<AbiEvent> = Vec::new();
+    let mut last = String::new();
     for line in (&mut out).lines() {
-        let line = line.unwrap();
-        let done = line == "ok" || line.starts_with("err");
-        lines.push(line);
-        if done {
-            break;
+        last = line.unwrap();
+        match serde_json::from_str(&last) {
+            Ok(event) => events.push(event),
+            Err(_) => break,
         }
     }
-    let exit = EventKind::WorkerExit.code();
-    assert!(lines.contains(&format!("event http {exit}")), "{lines:?}");
-    assert!(lines.contains(&format!("event stream {exit}")), "{lines:?}");
-    assert_eq!(lines.last().map(String::as_str), Some("ok"), "{lines:?}");
+    assert_eq!(last, "ok", "{events:?}");
+    // Each handle still holds its registration's event, then reports the worker's
+    // exit, and the generation's end with it: the worker was the last of each.
+    for (handle, generation, registry) in [("http", g_http, &http), ("stream", g_stream, &stream)] {
+        let of_handle: Vec<&AbiEvent> = events.iter().filter(|e| e.handle == handle).collect();
+        let seen: Vec<EventKind> = of_handle.iter().map(|e| e.kind()).collect();
+        assert_eq!(
+            seen,
+            [
+                EventKind::WorkerStart,
+                EventKind::WorkerExit,
+                EventKind::MasterExit
+            ],
+            "{handle}: {events:?}"
+        );
+        for e in &of_handle[..2] {
+            assert_eq!(
+                (e.generation, e.pid, e.index, e.n_mine),
+                (generation, respawn.pid, 0, 1),
+                "{handle}: {e:?}"
+            );
+        }
+        assert_eq!(of_handle[2].generation, generation, "{handle}");
+        // The journal's last three entries, as journalled.
+        let journalled: Vec<u64> = registry.events_since(1)[3..]
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let reported: Vec<u64> = of_handle.iter().map(|e| e.seq).collect();
+        assert_eq!(reported, journalled, "{handle}");
+    }
     for registry in [&http, &stream] {
         assert_eq!(
             kinds(registry),

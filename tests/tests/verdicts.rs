@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Probe, Scratch};
-use worker_manager::{AbortCause, Detail, EventKind, Registry, RunEnd, RunState};
+use worker_manager::{AbortCause, Detail, EventKind, ExitReason, Registry, RunEnd, RunState};
 
 fn of_kind(registry: &Registry, kind: EventKind) -> Vec<worker_manager::Event> {
     registry
@@ -54,7 +54,10 @@ fn a_failed_reload_is_aborted_at_once_and_replaces_nothing() {
     assert!(exits.iter().all(|e| e.counts.next.is_none()), "{exits:?}");
     assert!(exits.iter().all(|e| matches!(
         e.detail,
-        Detail::WorkerExit { reason, .. } if reason.as_str() == "stop"
+        Detail::WorkerExit {
+            reason: ExitReason::Stop,
+            ..
+        }
     )));
     let end = of_kind(&registry, EventKind::MasterExit);
     assert_eq!(end.len(), 1);
@@ -94,7 +97,13 @@ fn closing_the_previous_configuration_commits_the_next() {
     old[0].ok("exit graceful");
     let exit = &of_kind(&registry, EventKind::WorkerExit)[0];
     assert!(
-        matches!(exit.detail, Detail::WorkerExit { reason, .. } if reason.as_str() == "reload"),
+        matches!(
+            exit.detail,
+            Detail::WorkerExit {
+                reason: ExitReason::Reload,
+                ..
+            }
+        ),
         "{exit}"
     );
     assert_eq!(
@@ -212,6 +221,13 @@ fn a_reload_before_the_first_workers_registered_commits_both() {
     late[0].ok("exit graceful");
     let exit = &of_kind(&registry, EventKind::WorkerExit)[0];
     assert!(
-        matches!(exit.detail, Detail::WorkerExit { reason, .. } if reason.as_str() == "reload")
+        matches!(
+            exit.detail,
+            Detail::WorkerExit {
+                reason: ExitReason::Reload,
+                ..
+            }
+        ),
+        "{exit}"
     );
 }

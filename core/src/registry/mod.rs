@@ -105,6 +105,7 @@ impl GenerationConfig {
 /// A registered worker of this process. Heartbeats and the exit go through it; it
 /// must stay with the thread that registered (see `docs/design.md` 3.2).
 #[derive(Debug)]
+#[must_use = "a registered worker must heartbeat and exit through its Worker"]
 pub struct Worker {
     slot: u32,
     id: WorkerId,
@@ -143,6 +144,7 @@ impl std::fmt::Debug for Registry {
 }
 
 /// The registry lock held by [`Registry::hold_lock`] until dropped.
+#[must_use = "the registry lock is released as soon as the LockHold is dropped"]
 pub struct LockHold<'r> {
     _guard: LockGuard<'r>,
 }

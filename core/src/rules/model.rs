@@ -278,6 +278,10 @@ impl Model {
     }
 
     /// `pid` registers a generation, as a master's `init_by_lua` does.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Registry::register_generation`].
     pub fn register_generation(&mut self, pid: u32, config: &GenerationConfig) -> Result<u64> {
         let settings = config.settings();
         let caller = self.caller(pid);
@@ -293,6 +297,10 @@ impl Model {
     }
 
     /// `pid` registers as worker `index` of `generation`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Registry::register_worker`].
     pub fn register_worker(&mut self, pid: u32, generation: u64, index: u32) -> Result<WorkerId> {
         let caller = self.caller(pid);
         self.operation(pid, LockOp::RegisterWorker, None, |m, plan| {
@@ -316,12 +324,21 @@ impl Model {
     }
 
     /// The worker `pid` exits (graceful or fast).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] for a process that is not a registered worker, and
+    /// as [`crate::Registry::exit_worker`].
     pub fn exit_worker(&mut self, pid: u32, graceful: bool) -> Result<()> {
         self.exit(pid, graceful, None)
     }
 
     /// The worker `pid` exits, but is killed holding the lock once `steps` steps of
     /// its exit (after its own sweep's) are written.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::exit_worker`].
     pub fn exit_worker_dies_after(&mut self, pid: u32, graceful: bool, steps: usize) -> Result<()> {
         self.exit(pid, graceful, Some(steps))
     }

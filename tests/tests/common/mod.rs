@@ -12,8 +12,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+pub use nginx::json;
 use tempfile::TempDir;
-use worker_manager::{Options, Registry};
+use worker_manager::{Counts, Event, EventKind, Options, Registry};
 
 /// How long any single step may take before the test fails: generous (these are
 /// shared 2-core machines), and only a bound against hanging forever.
@@ -116,6 +117,16 @@ pub fn sweep_until(
     seen
 }
 
+/// The counts of an event.
+pub fn counts(prev: Option<u32>, mine: u32, next: Option<u32>) -> Counts {
+    Counts { prev, mine, next }
+}
+
+/// Events one a line, for a failure message.
+pub fn shown<'a>(events: impl IntoIterator<Item = &'a Event>) -> String {
+    events.into_iter().map(|e| format!("{e}\n")).collect()
+}
+
 /// A child process killed (and reaped) when dropped, so that a failing test leaves
 /// nothing running.
 pub struct KillOnDrop(pub Child);
@@ -133,8 +144,8 @@ pub struct Probe {
     stdin: ChildStdin,
     lines: Receiver<String>,
     pub pid: u32,
-    /// Every `event ...` line seen so far.
-    pub events: Vec<String>,
+    /// Every event handed to the probe's callbacks so far, in order.
+    pub events: Vec<Event>,
     /// Processes the probe forked (an upgrade's new master), killed with it.
     adopted: Vec<u32>,
 }
@@ -200,8 +211,10 @@ impl Probe {
             .lines
             .recv_timeout(STEP_TIMEOUT)
             .unwrap_or_else(|e| panic!("probe {} said nothing in {STEP_TIMEOUT:?}: {e}", self.pid));
-        if line.starts_with("event ") {
-            self.events.push(line.clone());
+        if line.starts_with('{') {
+            let event = json::from_line(&line)
+                .unwrap_or_else(|e| panic!("probe {} printed a bad event: {e}", self.pid));
+            self.events.push(event);
         }
         line
     }
@@ -263,12 +276,25 @@ impl Probe {
     }
 
     /// The events seen so far whose kind is `kind`.
-    pub fn events_of(&self, kind: &str) -> Vec<&String> {
-        let prefix = format!("event {kind} ");
-        self.events
-            .iter()
-            .filter(|e| e.starts_with(&prefix))
-            .collect()
+    pub fn events_of(&self, kind: EventKind) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.kind() == kind).collect()
+    }
+
+    /// The only event of `kind` seen so far; fails if there is none, or more.
+    pub fn one(&self, kind: EventKind) -> &Event {
+        match self.events_of(kind)[..] {
+            [e] => e,
+            _ => panic!(
+                "probe {}: not one {kind}:\n{}",
+                self.pid,
+                shown(&self.events)
+            ),
+        }
+    }
+
+    /// The events seen so far, one a line, for a failure message.
+    pub fn shown(&self) -> String {
+        shown(&self.events)
     }
 
     /// Runs a command during which the probe must die by SIGKILL (a crash point);

@@ -1,8 +1,8 @@
 //! A real nginx (Debian's, with the real Lua module) in a temporary prefix, driven
-//! with real signals. Callbacks of the test configuration append one line per event
-//! to `events.log` in the prefix; tests wait for the lines they expect.
+//! with real signals. Callbacks of the test configuration append one JSON object per
+//! event to `events.log` in the prefix, which the harness reads back into typed
+//! events; tests wait for the events they expect.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,37 +10,123 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde_json::{Map, Value};
 use tempfile::TempDir;
+use worker_manager::{Detail, Event, EventKind, ExitReason, RunEnd, StartKind};
 
 use super::STEP_TIMEOUT;
 
+#[path = "../../src/json.rs"]
+pub mod json;
+
+use json::Named;
+
 pub const NGINX: &str = "/usr/sbin/nginx";
 
-/// One line of `events.log`: the event name and its `key=value` fields.
+/// One line of `events.log`: what a callback was handed, and who ran it when.
 #[derive(Debug, Clone)]
 pub struct Ev {
+    /// What `WM_RECORD` was made with: the name of the event whose callback this is,
+    /// or a test's own label (`crash_done`).
     pub name: String,
-    pub fields: BTreeMap<String, String>,
+    /// The process that ran the callback.
+    pub by: u32,
+    /// Wall-clock nanoseconds when the callback ran.
+    pub t: u64,
+    /// The rest of the record as written: the callback's `id` and counts, and the
+    /// keys of its `info`.
+    pub fields: Map<String, Value>,
+    /// The same, read as this library's event once; an error for a record that is
+    /// not one (the benchmarks record the original library's callbacks too).
+    event: Result<Event, String>,
 }
 
 impl Ev {
-    pub fn get(&self, key: &str) -> &str {
-        self.fields.get(key).map_or("", String::as_str)
+    /// The library's event the callback was handed; fails for a record that is not
+    /// one.
+    pub fn event(&self) -> &Event {
+        self.event
+            .as_ref()
+            .unwrap_or_else(|e| panic!("the {} record is not an event: {e}", self.name))
     }
 
+    /// Whether the callback of `kind` recorded it.
+    pub fn is(&self, kind: EventKind) -> bool {
+        self.name == kind.as_str()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.event().generation
+    }
+
+    /// The pid of the worker it is about.
+    pub fn pid(&self) -> Option<u32> {
+        self.event().worker().map(|w| w.pid)
+    }
+
+    /// The reason of a `worker_exit` or `master_exit`.
+    pub fn reason(&self) -> ExitReason {
+        json::reason(self.event())
+    }
+
+    /// Why a `master_start`'s generation started, and how the run before ended.
+    pub fn started(&self) -> (StartKind, Option<RunEnd>) {
+        match self.event().detail {
+            Detail::MasterStart {
+                kind, previous_run, ..
+            } => (kind, previous_run),
+            _ => panic!("not a master_start: {}", self.event()),
+        }
+    }
+
+    /// A string of the record as written, "" if it has none: for what is not this
+    /// library's event (another tracker's callbacks, in the benchmarks).
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// A number of the record as written, as `get`.
     pub fn num(&self, key: &str) -> Option<u64> {
-        self.get(key).parse().ok()
+        self.fields.get(key).and_then(Value::as_u64)
     }
 }
 
-fn parse(line: &str) -> Option<Ev> {
-    let mut words = line.split_whitespace();
-    let name = words.next()?.to_string();
-    let fields = words
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Some(Ev { name, fields })
+/// A line of `events.log`: the callback's `info` and arguments, in the schema of
+/// `json.rs` when this library ran it, with the record's own keys `callback`, `by`
+/// and `t` (a string: a double would round the nanoseconds).
+fn parse(line: &str) -> Result<Ev, String> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_str(line) else {
+        return Err("not a JSON object".into());
+    };
+    let mut take = |key: &str| fields.remove(key).ok_or_else(|| format!("no {key:?}"));
+    let name = take("callback")?
+        .as_str()
+        .ok_or("\"callback\" is not a string")?
+        .to_string();
+    let by = take("by")?
+        .as_u64()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or("\"by\" is not a pid")?;
+    let t = take("t")?
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .ok_or("\"t\" is not a count of nanoseconds")?;
+    let event =
+        json::from_json(Value::Object(fields.clone())).and_then(
+            |event| match EventKind::from_name(&name) {
+                Some(kind) if kind != event.kind() => {
+                    Err(format!("the {name} callback was handed {event}"))
+                }
+                _ => Ok(event),
+            },
+        );
+    Ok(Ev {
+        name,
+        by,
+        t,
+        fields,
+        event,
+    })
 }
 
 /// What goes into the test configuration.
@@ -266,13 +352,15 @@ impl Nginx {
     }
 
     /// Lua for `init_by_lua` that defines the global `WM_RECORD(name)`: a callback
-    /// that appends `name id=.. n_prev=.. n_mine=.. n_next=.. by=<pid> t=<ns> info..`
-    /// to `events.log` (`t`: wall-clock nanoseconds when the callback ran), then runs
-    /// `in_callback` (`name` and `info` in scope).
+    /// that appends its `info` and arguments as one JSON object to `events.log`,
+    /// with `callback` (`name`), `by` (the pid running it) and `t` (wall-clock
+    /// nanoseconds when it ran), then runs `in_callback` (`name` and `info` in
+    /// scope).
     pub fn record_lua(&self, in_callback: &str) -> String {
         format!(
             r#"
         local ffi = require("ffi")
+        local cjson = require("cjson")
         ffi.cdef[[
             typedef struct {{ long sec; long nsec; }} wm_test_timespec;
             int clock_gettime(int clock, wm_test_timespec *ts);
@@ -281,17 +369,20 @@ impl Nginx {
         function WM_RECORD(name)
             return function(id, n_prev, n_mine, n_next, info)
                 ffi.C.clock_gettime(0, ts)
-                local t = string.format("%d%09d", tonumber(ts.sec), tonumber(ts.nsec))
-                local fields = {{}}
+                local record = {{}}
                 for k, v in pairs(info or {{}}) do
-                    fields[#fields + 1] = k .. "=" .. tostring(v)
+                    record[k] = v
                 end
-                table.sort(fields)
+                record.callback = name
+                record.id = tostring(id)
+                record.n_prev = n_prev
+                record.n_mine = n_mine
+                record.n_next = n_next
+                record.by = ngx.worker.pid()
+                record.t = string.format("%d%09d", tonumber(ts.sec), tonumber(ts.nsec))
+                -- The whole line in one write: it is appended whole.
                 local f = assert(io.open("{events}", "a"))
-                f:write(name, " id=", tostring(id), " n_prev=", tostring(n_prev),
-                        " n_mine=", tostring(n_mine), " n_next=", tostring(n_next),
-                        " by=", tostring(ngx.worker.pid()), " t=", t, " ",
-                        table.concat(fields, " "), "\n")
+                f:write(cjson.encode(record) .. "\n")
                 f:close()
                 {in_callback}
             end
@@ -470,19 +561,20 @@ http {{
         children(master).into_iter().filter(|&p| alive(p)).collect()
     }
 
+    /// Every event recorded so far; fails on a line that is not one.
     pub fn events(&self) -> Vec<Ev> {
-        fs::read_to_string(self.prefix().join("events.log"))
-            .unwrap_or_default()
+        let text = fs::read_to_string(self.prefix().join("events.log")).unwrap_or_default();
+        // Only whole lines: a callback may be appending one as this reads.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
             .lines()
-            .filter_map(parse)
+            .map(|line| parse(line).unwrap_or_else(|e| panic!("events.log: {e}: {line}")))
             .collect()
     }
 
-    pub fn named(&self, name: &str) -> Vec<Ev> {
-        self.events()
-            .into_iter()
-            .filter(|e| e.name == name)
-            .collect()
+    /// The events recorded by the callback of `kind`.
+    pub fn named(&self, kind: EventKind) -> Vec<Ev> {
+        self.events().into_iter().filter(|e| e.is(kind)).collect()
     }
 
     /// Waits until `done` holds of the events so far; returns them.
@@ -503,12 +595,12 @@ http {{
         }
     }
 
-    /// Waits until at least `n` events named `name` were recorded.
-    pub fn wait_n(&self, name: &str, n: usize) -> Vec<Ev> {
-        self.wait(&format!("{n} x {name}"), |events| {
-            events.iter().filter(|e| e.name == name).count() >= n
+    /// Waits until the callback of `kind` recorded at least `n` events.
+    pub fn wait_n(&self, kind: EventKind, n: usize) -> Vec<Ev> {
+        self.wait(&format!("{n} x {kind}"), |events| {
+            events.iter().filter(|e| e.is(kind)).count() >= n
         });
-        self.named(name)
+        self.named(kind)
     }
 
     /// Waits until `master` and its workers are gone.
