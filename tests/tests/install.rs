@@ -268,10 +268,16 @@ fn the_rock_installs_a_module_that_nginx_runs() {
     let lib = lib_dir.join("libworker_manager_ffi.so");
     assert!(lib.is_file(), "{} is missing", lib.display());
 
+    // Besides the tree: Debian's resty.core, and its cjson, with which the harness's
+    // callbacks record events. Neither path holds the module or its library.
     let (nginx, master) = start(&Config {
         lua_paths: Some((
             format!("{}/?.lua;/usr/share/lua/5.1/?.lua", lua_dir.display()),
-            format!("{}/?.so", lib_dir.display()),
+            format!(
+                "{}/?.so;/usr/lib/{}-linux-gnu/lua/5.1/?.so",
+                lib_dir.display(),
+                std::env::consts::ARCH
+            ),
         )),
         locations: INSTALLED.to_string(),
         ..Config::synopsis()
