@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use crate::crash::crash_point;
 use crate::event::Event;
 use crate::journal;
+use crate::lifecycle::WorkerState;
 use crate::region::layout::{GenerationRecord, Header, WorkerSlot};
 use crate::region::map::Region;
 use crate::rules::{Generation, Node, Slot, Step};
@@ -39,32 +40,36 @@ pub(crate) fn apply(region: &Region, steps: Vec<Step>) -> Vec<Event> {
     events
 }
 
-fn set_u32(field: &AtomicU32, before: u32, after: u32) {
-    if before != after {
+/// Stores a field if the step changes it, or if `whole` (a record taking a new
+/// generation or worker, whose old values were not decoded).
+fn set_u32(field: &AtomicU32, before: u32, after: u32, whole: bool) {
+    if whole || before != after {
         field.store(after, Relaxed);
     }
 }
 
-fn set_u64(field: &AtomicU64, before: u64, after: u64) {
-    if before != after {
+/// [`set_u32`] for a 64-bit field.
+fn set_u64(field: &AtomicU64, before: u64, after: u64, whole: bool) {
+    if whole || before != after {
         field.store(after, Relaxed);
     }
 }
 
 fn node(h: &Header, before: &Node, after: &Node) {
-    set_u64(&h.run_id, before.run_id, after.run_id);
+    set_u64(&h.run_id, before.run_id, after.run_id, false);
     if let (true, Some(run)) = (before.run != after.run, after.run) {
         h.run_state.store(run.code(), Relaxed);
     }
     if after.slot_high_water > before.slot_high_water {
         h.slot_high_water.fetch_max(after.slot_high_water, Relaxed);
     }
-    set_u32(&h.verdict, before.verdict, after.verdict);
-    set_u64(&h.verdict_ns, before.verdict_ns, after.verdict_ns);
+    set_u32(&h.verdict, before.verdict, after.verdict, false);
+    set_u64(&h.verdict_ns, before.verdict_ns, after.verdict_ns, false);
     set_u64(
         &h.verdict_generation,
         before.verdict_generation,
         after.verdict_generation,
+        false,
     );
     if before.next_generation != after.next_generation {
         h.next_generation.store(after.next_generation, Release);
@@ -72,42 +77,63 @@ fn node(h: &Header, before: &Node, after: &Node) {
 }
 
 fn generation(g: &GenerationRecord, before: &Generation, after: &Generation) {
-    set_u32(&g.kind, before.kind, after.kind);
-    set_u32(&g.master_pid, before.master.pid, after.master.pid);
+    let whole = before.id == 0 && after.id != 0;
+    set_u32(&g.kind, before.kind, after.kind, whole);
+    set_u32(&g.master_pid, before.master.pid, after.master.pid, whole);
     set_u64(
         &g.master_start_time,
         before.master.start_time,
         after.master.start_time,
+        whole,
     );
     set_u32(
         &g.expected_workers,
         before.expected_workers,
         after.expected_workers,
+        whole,
     );
-    set_u64(&g.registered_ns, before.registered_ns, after.registered_ns);
+    set_u64(
+        &g.registered_ns,
+        before.registered_ns,
+        after.registered_ns,
+        whole,
+    );
     set_u64(
         &g.registered_mono_ns,
         before.registered_mono_ns,
         after.registered_mono_ns,
+        whole,
     );
-    set_u64(&g.interval_ms, before.interval_ms, after.interval_ms);
-    set_u64(&g.failed_ms, before.failed_ms, after.failed_ms);
+    set_u64(&g.interval_ms, before.interval_ms, after.interval_ms, whole);
+    set_u64(&g.failed_ms, before.failed_ms, after.failed_ms, whole);
     set_u64(
         &g.start_timeout_ms,
         before.start_timeout_ms,
         after.start_timeout_ms,
+        whole,
     );
     set_u64(
         &g.workers_started,
         before.workers_started,
         after.workers_started,
+        whole,
     );
-    set_u64(&g.respawns, before.respawns, after.respawns);
-    set_u64(&g.crashes, before.crashes, after.crashes);
-    set_u32(&g.exit_reason, before.exit_reason, after.exit_reason);
-    set_u32(&g.previous_run, before.previous_run, after.previous_run);
-    set_u64(&g.exited_ns, before.exited_ns, after.exited_ns);
-    set_u64(&g.committed_ns, before.committed_ns, after.committed_ns);
+    set_u64(&g.respawns, before.respawns, after.respawns, whole);
+    set_u64(&g.crashes, before.crashes, after.crashes, whole);
+    set_u32(&g.exit_reason, before.exit_reason, after.exit_reason, whole);
+    set_u32(
+        &g.previous_run,
+        before.previous_run,
+        after.previous_run,
+        whole,
+    );
+    set_u64(&g.exited_ns, before.exited_ns, after.exited_ns, whole);
+    set_u64(
+        &g.committed_ns,
+        before.committed_ns,
+        after.committed_ns,
+        whole,
+    );
     if let (true, Some(state)) = (before.state != after.state, after.state) {
         g.state.store(state.code(), Release);
     }
@@ -117,25 +143,43 @@ fn generation(g: &GenerationRecord, before: &Generation, after: &Generation) {
 }
 
 fn slot(s: &WorkerSlot, before: &Slot, after: &Slot) {
-    set_u32(&s.pid, before.pid, after.pid);
-    set_u64(&s.generation, before.generation, after.generation);
-    set_u32(&s.index, before.index, after.index);
-    set_u32(&s.hung, u32::from(before.hung), u32::from(after.hung));
-    set_u64(&s.start_time, before.start_time, after.start_time);
-    set_u64(&s.registered_ns, before.registered_ns, after.registered_ns);
+    let whole = before.is(WorkerState::Free) && !after.is(WorkerState::Free);
+    set_u32(&s.pid, before.pid, after.pid, whole);
+    set_u64(&s.generation, before.generation, after.generation, whole);
+    set_u32(&s.index, before.index, after.index, whole);
+    set_u32(
+        &s.hung,
+        u32::from(before.hung),
+        u32::from(after.hung),
+        whole,
+    );
+    set_u64(&s.start_time, before.start_time, after.start_time, whole);
+    set_u64(
+        &s.registered_ns,
+        before.registered_ns,
+        after.registered_ns,
+        whole,
+    );
     set_u64(
         &s.heartbeat_mono_ns,
         before.heartbeat_mono_ns,
         after.heartbeat_mono_ns,
+        whole,
     );
     set_u64(
         &s.hung_since_mono_ns,
         before.hung_since_mono_ns,
         after.hung_since_mono_ns,
+        whole,
     );
-    set_u32(&s.replaced_pid, before.replaced_pid, after.replaced_pid);
-    set_u32(&s.ppid, before.ppid, after.ppid);
-    set_u32(&s.respawns, before.respawns, after.respawns);
+    set_u32(
+        &s.replaced_pid,
+        before.replaced_pid,
+        after.replaced_pid,
+        whole,
+    );
+    set_u32(&s.ppid, before.ppid, after.ppid, whole);
+    set_u32(&s.respawns, before.respawns, after.respawns, whole);
     if let (true, Some(state)) = (before.state != after.state, after.state) {
         s.state.store(state.code(), Release);
     }

@@ -24,10 +24,12 @@ pub(crate) fn worker_id(slot: &WorkerSlot) -> WorkerId {
     }
 }
 
-fn generation(record: u32, g: &GenerationRecord) -> Generation {
+/// A record in use, decoded whole (a free one is only listed as free: a
+/// registration into it writes every field, see `apply`).
+fn generation(record: u32, id: u64, g: &GenerationRecord) -> Generation {
     Generation {
         record,
-        id: g.id.load(Acquire),
+        id,
         state: load_state(g),
         kind: g.kind.load(Relaxed),
         master: Identity {
@@ -50,10 +52,20 @@ fn generation(record: u32, g: &GenerationRecord) -> Generation {
     }
 }
 
+/// A slot in use (or a tombstone), decoded whole; a free one only as free: a
+/// registration into it writes every field (see `apply`).
 fn slot(i: u32, s: &WorkerSlot) -> Slot {
+    let state = WorkerState::from_code(s.state.load(Acquire));
+    if state == Some(WorkerState::Free) {
+        return Slot {
+            slot: i,
+            state,
+            ..Slot::default()
+        };
+    }
     Slot {
         slot: i,
-        state: WorkerState::from_code(s.state.load(Acquire)),
+        state,
         pid: s.pid.load(Relaxed),
         generation: s.generation.load(Relaxed),
         index: s.index.load(Relaxed),
@@ -75,6 +87,15 @@ pub(crate) fn decode<A>(region: &Region<A>) -> State {
     let h = region.header();
     let caps = region.capacities();
     let high_water = h.slot_high_water.load(Relaxed).min(caps.workers);
+    let mut generations = Vec::new();
+    let mut free = Vec::new();
+    for i in 0..caps.generations {
+        let g = region.generation(i);
+        match g.id.load(Acquire) {
+            0 => free.push(i),
+            id => generations.push(generation(i, id, g)),
+        }
+    }
     State {
         node: Node {
             run: RunState::from_code(h.run_state.load(Relaxed)),
@@ -85,9 +106,8 @@ pub(crate) fn decode<A>(region: &Region<A>) -> State {
             verdict: h.verdict.load(Relaxed),
             verdict_ns: h.verdict_ns.load(Relaxed),
         },
-        generations: (0..caps.generations)
-            .map(|i| generation(i, region.generation(i)))
-            .collect(),
+        generations,
+        free,
         slots: (0..(high_water + 1).min(caps.workers))
             .map(|i| slot(i, region.slot(i)))
             .collect(),

@@ -96,7 +96,7 @@ fn record_of(state: &State, id: u64) -> Option<u32> {
 }
 
 fn generation_at(plan: &Plan, record: u32) -> Generation {
-    plan.state().generations[record as usize]
+    plan.state().record(record)
 }
 
 // ----- effects shared by several rules -----------------------------------------------
@@ -273,20 +273,21 @@ pub(crate) fn sweep(
     procs: &dyn Processes,
 ) {
     for &(i, gone) in slots {
-        let Some(slot) = plan.state().slots.get(i as usize).copied() else {
+        // Read in place: a sweep looks at every live worker, most of them quiet.
+        let Some(slot) = plan.state().slots.get(i as usize).filter(|s| s.present()) else {
             continue;
         };
-        if !slot.present() {
-            continue;
-        }
+        let (worker, exiting) = (slot.worker(), slot.is(WorkerState::Exiting));
         match gone {
-            None => age_heartbeat(plan, &slot),
-            // It announced its exit and is now gone, as announced.
-            Some(_) if slot.is(WorkerState::Exiting) => {
-                plan.slot(i, |s| s.state = Some(WorkerState::Free));
+            None => {
+                if let Some(detail) = heartbeat_news(plan, i) {
+                    let hung = matches!(detail, Detail::WorkerHang { .. });
+                    plan.event(worker.generation, detail, |plan| set_hung(plan, i, hung));
+                }
             }
+            // It announced its exit and is now gone, as announced.
+            Some(_) if exiting => plan.slot(i, |s| s.state = Some(WorkerState::Free)),
             Some(detection) => {
-                let worker = slot.worker();
                 let detail = Detail::WorkerCrash {
                     worker,
                     detection,
@@ -303,11 +304,13 @@ pub(crate) fn sweep(
     abort_stalled(plan);
 }
 
-fn age_heartbeat(plan: &mut Plan, slot: &Slot) {
+/// What the heartbeat of the live worker in `slot` says: it went silent past its
+/// generation's limit (`worker_hang`), or beats again after that (`worker_recover`).
+fn heartbeat_news(plan: &Plan, slot: u32) -> Option<Detail> {
+    let state = plan.state();
+    let slot = &state.slots[slot as usize];
     let worker = slot.worker();
-    let Some(g) = plan.state().generation(worker.generation) else {
-        return;
-    };
+    let g = state.generation(worker.generation)?;
     // Saturating: a file may hold any numbers.
     let limit = g
         .interval_ms
@@ -316,21 +319,17 @@ fn age_heartbeat(plan: &mut Plan, slot: &Slot) {
     let now = plan.now().mono;
     let silent = now.saturating_sub(slot.heartbeat_mono_ns);
     if !slot.hung && silent > limit {
-        let detail = Detail::WorkerHang {
+        Some(Detail::WorkerHang {
             worker,
             silent_for: Duration::from_nanos(silent),
-        };
-        plan.event(worker.generation, detail, |plan| {
-            set_hung(plan, slot.slot, true)
-        });
+        })
     } else if slot.hung && silent <= limit {
-        let detail = Detail::WorkerRecover {
+        Some(Detail::WorkerRecover {
             worker,
             hung_for: Duration::from_nanos(now.saturating_sub(slot.hung_since_mono_ns)),
-        };
-        plan.event(worker.generation, detail, |plan| {
-            set_hung(plan, slot.slot, false)
-        });
+        })
+    } else {
+        None
     }
 }
 
@@ -454,8 +453,7 @@ pub(crate) fn register_generation(
         .filter(|g| g.is(GenerationState::Exited))
         .map(|g| g.record)
         .collect();
-    let full = state.generations.iter().all(|g| g.id != 0);
-    if full && ended.is_empty() {
+    if state.free.is_empty() && ended.is_empty() {
         return Err(Error::CapacityExhausted {
             what: "generation",
             capacity: state.generations.len() as u32,
@@ -464,7 +462,7 @@ pub(crate) fn register_generation(
     for record in ended {
         retire(plan, record);
     }
-    let Some(record) = plan.state().generations.iter().position(|g| g.id == 0) else {
+    let Some(&record) = plan.state().free.first() else {
         unreachable!("a record is free, or was just freed");
     };
     if matches!(kind, StartKind::Start | StartKind::Restart) {
@@ -475,7 +473,7 @@ pub(crate) fn register_generation(
     }
     let id = plan.state().node.next_generation.max(1);
     let now = plan.now();
-    plan.generation(record as u32, |g| {
+    plan.generation(record, |g| {
         *g = Generation {
             record: g.record,
             id,

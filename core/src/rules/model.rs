@@ -16,7 +16,7 @@ use crate::process::Identity;
 use crate::region::Capacities;
 use crate::registry::GenerationConfig;
 
-use super::state::{Generation, Node, Slot, State};
+use super::state::{Node, Slot, State};
 use super::{Caller, Now, Plan, Processes, SlotProbe, Step};
 
 #[derive(Debug, Clone, Copy)]
@@ -69,13 +69,8 @@ impl Model {
                 next_generation: 1,
                 ..Node::default()
             },
-            generations: (0..capacities.generations)
-                .map(|record| Generation {
-                    record,
-                    state: Some(GenerationState::Free),
-                    ..Generation::default()
-                })
-                .collect(),
+            generations: Vec::new(),
+            free: (0..capacities.generations).collect(),
             slots: (0..capacities.workers)
                 .map(|slot| Slot {
                     slot,
@@ -213,9 +208,7 @@ impl Model {
                     self.journal.push(event);
                 }
                 Step::Node { after, .. } => self.state.node = after,
-                Step::Generation { after, .. } => {
-                    self.state.generations[after.record as usize] = after
-                }
+                Step::Generation { after, .. } => self.state.set_record(after),
                 Step::Slot { after, .. } => self.state.slots[after.slot as usize] = after,
             }
         }

@@ -87,15 +87,12 @@ impl Plan {
 
     /// Changes the generation record `record` (free or not).
     pub(crate) fn generation(&mut self, record: u32, change: impl FnOnce(&mut Generation)) {
-        let Some(g) = self.state.generations.get_mut(record as usize) else {
-            debug_assert!(false, "record {record} was not decoded");
-            return;
-        };
-        let before = *g;
-        change(g);
-        let after = *g;
+        let before = self.state.record(record);
+        let mut after = before;
+        change(&mut after);
         if before != after {
             check(before.state, after.state, GenerationState::can_become);
+            self.state.set_record(after);
             self.steps.push(Step::Generation { before, after });
         }
     }

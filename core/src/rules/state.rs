@@ -108,14 +108,16 @@ pub(crate) struct Node {
     pub verdict_ns: u64,
 }
 
-/// The registry as the rules see it: the node, every generation record (free ones
-/// too), and the slots up to the high-water mark and the first one past it (free,
-/// unless the table is full).
+/// The registry as the rules see it: the node, the generation records in use and
+/// the free ones, and the slots up to the high-water mark and the first one past it
+/// (free, unless the table is full).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct State {
     pub node: Node,
-    /// In table order: `generations[i].record == i`.
+    /// The records in use (`id != 0`), in table order.
     pub generations: Vec<Generation>,
+    /// The free records, in table order.
+    pub free: Vec<u32>,
     /// In table order: `slots[i].slot == i`.
     pub slots: Vec<Slot>,
     /// The slot table's capacity (only its beginning is decoded).
@@ -125,7 +127,33 @@ pub(crate) struct State {
 impl State {
     /// The generation records in use.
     pub(crate) fn records(&self) -> impl Iterator<Item = &Generation> {
-        self.generations.iter().filter(|g| g.id != 0)
+        self.generations.iter()
+    }
+
+    /// The record at `record`, free or not.
+    pub(crate) fn record(&self, record: u32) -> Generation {
+        self.generations
+            .iter()
+            .find(|g| g.record == record)
+            .copied()
+            .unwrap_or(Generation {
+                record,
+                state: Some(GenerationState::Free),
+                ..Generation::default()
+            })
+    }
+
+    /// Stores `g` at its record: in use, or free when its id is 0.
+    pub(crate) fn set_record(&mut self, g: Generation) {
+        self.generations.retain(|x| x.record != g.record);
+        self.free.retain(|&r| r != g.record);
+        if g.id == 0 {
+            let at = self.free.partition_point(|&r| r < g.record);
+            self.free.insert(at, g.record);
+        } else {
+            let at = self.generations.partition_point(|x| x.record < g.record);
+            self.generations.insert(at, g);
+        }
     }
 
     pub(crate) fn generation(&self, id: u64) -> Option<&Generation> {
