@@ -244,7 +244,7 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn counts_follow_the_real_processes(ops in proptest::collection::vec(op(), 1..14)) {
