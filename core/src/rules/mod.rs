@@ -166,7 +166,9 @@ fn end_run_if_idle(plan: &mut Plan, clean: bool) {
         .state()
         .records()
         .any(|g| g.is(GenerationState::Starting) || census.live(g.id) > 0);
-    if !anything_left {
+    // (A run never begun has nothing to end: only a damaged file has generations
+    // then.)
+    if !anything_left && plan.state().node.run != Some(RunState::Never) {
         plan.node(|n| n.run = Some(RunState::Ended(run_end(clean))));
     }
 }
@@ -250,7 +252,9 @@ fn report_exit(plan: &mut Plan, worker: WorkerId, record: u32, graceful: bool) {
         if g.exit_reason == 0 {
             g.exit_reason = reason.code();
         }
-        g.state = Some(GenerationState::Draining);
+        if g.is(GenerationState::Running) {
+            g.state = Some(GenerationState::Draining);
+        }
     });
     plan.event(
         worker.generation,
@@ -794,7 +798,10 @@ pub(crate) fn settle(plan: &mut Plan, last: &Event) {
             }
         }
         Detail::GenerationAbort { .. } => match record {
-            Some(record) => withdraw(plan, record),
+            Some(record) if generation_at(plan, record).is(GenerationState::Starting) => {
+                withdraw(plan, record)
+            }
+            Some(_) => {}
             None => end_unfinished_run(plan, true),
         },
         Detail::WorkerHang { worker, .. } | Detail::WorkerRecover { worker, .. } => {
