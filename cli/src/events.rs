@@ -8,9 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use worker_manager::clock::unix_seconds;
 use worker_manager::{Detail, Event, Observer};
 
-use crate::text::{timestamp, unix};
+use crate::text::timestamp;
 use crate::{exit, written, Failure};
 
 /// How often a follower wakes without an event, to check the file.
@@ -21,7 +22,7 @@ fn to_json(e: &Event) -> Value {
     let count = |c: Option<u32>| c.map_or(Value::Null, Value::from);
     let mut o = Map::new();
     o.insert("seq".into(), e.seq.into());
-    o.insert("time".into(), unix(e.time).into());
+    o.insert("time".into(), unix_seconds(e.time).into());
     o.insert("event".into(), e.kind().as_str().into());
     o.insert("generation".into(), e.generation.into());
     o.insert("id".into(), e.id().into());

@@ -6,9 +6,10 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use worker_manager::clock::unix_seconds;
 use worker_manager::{Identity, Observer, Snapshot, WorkerState};
 
-use crate::text::{age, since, timestamp, unix};
+use crate::text::{age, since, timestamp};
 
 /// Bumped when a field changes meaning or goes away.
 const SCHEMA: u32 = 1;
@@ -144,7 +145,7 @@ fn generations(s: &Snapshot) -> Vec<Generation> {
                 start_time: g.master_start_time,
             }
             .is_alive(),
-            started: unix(g.registered),
+            started: unix_seconds(g.registered),
             age_seconds: since(g.registered).as_secs_f64(),
             live_workers: g.live_workers,
             expected_workers: g.expected_workers,
@@ -152,8 +153,8 @@ fn generations(s: &Snapshot) -> Vec<Generation> {
             respawns: g.respawns,
             crashes: g.crashes,
             exit_reason: g.exit_reason.map(|r| r.as_str()),
-            exited: g.exited.map(unix),
-            committed: g.committed.map(unix),
+            exited: g.exited.map(unix_seconds),
+            committed: g.committed.map(unix_seconds),
             interval_seconds: g.interval.as_secs_f64(),
             failed_seconds: g.failed.as_secs_f64(),
         })
@@ -175,7 +176,7 @@ fn workers(s: &Snapshot) -> Vec<Worker> {
                     start_time: w.start_time,
                 }
                 .is_alive(),
-            started: unix(w.registered),
+            started: unix_seconds(w.registered),
             age_seconds: since(w.registered).as_secs_f64(),
             heartbeat_age_seconds: w.heartbeat_age.as_secs_f64(),
             hung: w.hung,
@@ -216,7 +217,7 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
         registry: Registry {
             path: observer.path(),
             size_bytes: observer.size(),
-            created: unix(s.created),
+            created: unix_seconds(s.created),
             capacities: Capacities {
                 generations: caps.generations,
                 workers: caps.workers,
@@ -238,7 +239,7 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
         last_verdict: s.verdict.map(|v| Verdict {
             generation: v.generation,
             verdict: verdict_name(v.committed),
-            time: unix(v.time),
+            time: unix_seconds(v.time),
         }),
         generations: generations(s),
         workers: workers(s),
@@ -263,7 +264,7 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
             .map(|e| EventTally {
                 event: e.kind.as_str(),
                 total: e.total,
-                last: e.last.map(unix),
+                last: e.last.map(unix_seconds),
             })
             .collect(),
     };

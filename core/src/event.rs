@@ -1,8 +1,9 @@
 //! Events: what happened, to whom, and the counts at that moment.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::clock;
 use crate::lifecycle::{AbortCause, Detection, EventKind, ExitReason, LockOp, RunEnd, StartKind};
 
 /// A worker, as the original library names it: `"<generation>-<pid>"`.
@@ -228,17 +229,10 @@ fn decode_count(c: i32) -> Option<u32> {
     u32::try_from(c).ok()
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Event {
     /// The event as fixed fields.
     pub fn encode(&self) -> Encoded {
-        let time_ns = self
-            .time
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, crate::clock::nanos);
+        let time_ns = clock::unix_nanos(self.time);
         let mut e = Encoded {
             time_ns,
             kind: self.kind().code(),
@@ -281,8 +275,8 @@ impl Event {
                 e.other_pid = detected_by;
             }
             Detail::GenerationAbort { cause } => e.detail = cause.code(),
-            Detail::WorkerHang { silent_for, .. } => e.value = millis(silent_for),
-            Detail::WorkerRecover { hung_for, .. } => e.value = millis(hung_for),
+            Detail::WorkerHang { silent_for, .. } => e.value = clock::millis(silent_for),
+            Detail::WorkerRecover { hung_for, .. } => e.value = clock::millis(hung_for),
             Detail::LockRecovered {
                 holder_pid,
                 holder_op,
@@ -332,11 +326,11 @@ impl Event {
             },
             EventKind::WorkerHang => Detail::WorkerHang {
                 worker,
-                silent_for: Duration::from_millis(e.value),
+                silent_for: clock::from_millis(e.value),
             },
             EventKind::WorkerRecover => Detail::WorkerRecover {
                 worker,
-                hung_for: Duration::from_millis(e.value),
+                hung_for: clock::from_millis(e.value),
             },
             EventKind::LockRecovered => Detail::LockRecovered {
                 holder_pid: e.other_pid,
@@ -345,7 +339,7 @@ impl Event {
         };
         Some(Event {
             seq,
-            time: UNIX_EPOCH + Duration::from_nanos(e.time_ns),
+            time: clock::from_unix_nanos(e.time_ns),
             generation: e.generation,
             counts: Counts {
                 prev: decode_count(e.n_prev),

@@ -5,8 +5,8 @@
 
 use std::fmt::{Display, Write};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::unix_seconds;
 use crate::lifecycle::{StartKind, WorkerState};
 use crate::region::layout::LAYOUT_VERSION;
 use crate::snapshot::Snapshot;
@@ -83,7 +83,7 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
             "gauge",
             "When nginx gave its verdict on the last configuration it loaded.",
         );
-        out.sample("last_reload_timestamp_seconds", &[], unix(v.time));
+        out.sample("last_reload_timestamp_seconds", &[], unix_seconds(v.time));
     }
 
     out.family(
@@ -113,7 +113,7 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         out.sample(
             "generation_start_timestamp_seconds",
             &[("generation", &g.id.to_string())],
-            unix(g.registered),
+            unix_seconds(g.registered),
         );
     }
     out.family(
@@ -273,16 +273,11 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
             out.sample(
                 "last_event_timestamp_seconds",
                 &[("event", e.kind.as_str())],
-                unix(last),
+                unix_seconds(last),
             );
         }
     }
     out.0
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 struct Exposition(String);

@@ -32,7 +32,7 @@
 #![warn(missing_debug_implementations)]
 
 mod change;
-mod clock;
+pub mod clock;
 mod crash;
 mod error;
 mod event;

@@ -1,10 +1,10 @@
 //! A picture of the registry at one moment, taken under the lock or read outside it.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::change;
-use crate::clock::monotonic_ns;
+use crate::clock::{self, monotonic_ns};
 use crate::event::{Counts, WorkerId};
 use crate::lifecycle::{
     EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind, WorkerState,
@@ -190,10 +190,6 @@ impl Snapshot {
     }
 }
 
-fn time(ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(ns)
-}
-
 /// Copies the registry. The caller holds the lock, or reads inside
 /// [`change::read`].
 pub(crate) fn capture(region: &Region) -> Snapshot {
@@ -211,9 +207,9 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                 previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
                 master_pid: g.master_pid.load(Relaxed),
                 master_start_time: g.master_start_time.load(Relaxed),
-                registered: time(g.registered_ns.load(Relaxed)),
-                interval: Duration::from_millis(g.interval_ms.load(Relaxed)),
-                failed: Duration::from_millis(g.failed_ms.load(Relaxed)),
+                registered: clock::from_unix_nanos(g.registered_ns.load(Relaxed)),
+                interval: clock::from_millis(g.interval_ms.load(Relaxed)),
+                failed: clock::from_millis(g.failed_ms.load(Relaxed)),
                 expected_workers: g.expected_workers.load(Relaxed),
                 live_workers: census.live(id),
                 workers_started: g.workers_started.load(Relaxed),
@@ -222,10 +218,10 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                 exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
                 exited: Some(g.exited_ns.load(Relaxed))
                     .filter(|&ns| ns != 0)
-                    .map(time),
+                    .map(clock::from_unix_nanos),
                 committed: Some(g.committed_ns.load(Relaxed))
                     .filter(|&ns| ns != 0)
-                    .map(time),
+                    .map(clock::from_unix_nanos),
             }
         })
         .collect();
@@ -238,7 +234,7 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                 id: worker_id(s),
                 state,
                 start_time: s.start_time.load(Relaxed),
-                registered: time(s.registered_ns.load(Relaxed)),
+                registered: clock::from_unix_nanos(s.registered_ns.load(Relaxed)),
                 heartbeat_age: Duration::from_nanos(
                     now.saturating_sub(s.heartbeat_mono_ns.load(Acquire)),
                 ),
@@ -253,7 +249,7 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
     Snapshot {
         consistent: true,
         previous_boot: false,
-        created: time(h.created_ns.load(Relaxed)),
+        created: clock::from_unix_nanos(h.created_ns.load(Relaxed)),
         lock: (holder != 0).then(|| LockHolder {
             pid: holder,
             op: LockOp::from_code(h.lock_holder_op.load(Relaxed)),
@@ -291,7 +287,7 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
                     total: h.event_totals[i].load(Relaxed),
                     last: Some(h.event_last_ns[i].load(Relaxed))
                         .filter(|&ns| ns != 0)
-                        .map(time),
+                        .map(clock::from_unix_nanos),
                 }
             })
             .collect(),
@@ -300,7 +296,7 @@ pub(crate) fn capture(region: &Region) -> Snapshot {
             (generation, code) => Some(Verdict {
                 generation,
                 committed: code == VERDICT_COMMITTED,
-                time: time(h.verdict_ns.load(Relaxed)),
+                time: clock::from_unix_nanos(h.verdict_ns.load(Relaxed)),
             }),
         },
     }

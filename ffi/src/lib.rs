@@ -30,10 +30,9 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, UNIX_EPOCH};
 
 use worker_manager::{
-    exposition, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
+    clock, exposition, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
@@ -336,10 +335,6 @@ fn encode(event: &Event) -> wm_event {
     }
 }
 
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
 /// A C string argument as UTF-8.
 ///
 /// # Safety
@@ -389,7 +384,7 @@ fn map(
                 ));
             }
             // A reloaded configuration may wait for the lock longer or shorter.
-            registry.set_lock_timeout(ms(lock_timeout_ms))?;
+            registry.set_lock_timeout(clock::from_millis(lock_timeout_ms))?;
             let warning = (!registry.is_at_path()).then(|| {
                 Failure(
                     WM_ERR_REPLACED,
@@ -404,7 +399,7 @@ fn map(
             return Ok((registry, warning));
         }
         let options = Options {
-            lock_timeout: ms(lock_timeout_ms),
+            lock_timeout: clock::from_millis(lock_timeout_ms),
             ..Options::default()
         };
         let registry = Rc::new(Registry::open(&path, &options)?);
@@ -598,9 +593,9 @@ pub unsafe extern "C" fn wm_register_generation(
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
             let config = GenerationConfig {
-                interval: ms(interval_ms),
-                failed: ms(failed_ms),
-                start_timeout: ms(start_timeout_ms),
+                interval: clock::from_millis(interval_ms),
+                failed: clock::from_millis(failed_ms),
+                start_timeout: clock::from_millis(start_timeout_ms),
                 expected_workers,
             };
             let events = &mut handle.events;
@@ -857,11 +852,6 @@ pub unsafe extern "C" fn wm_events_clear(h: *mut wm_handle) {
     }
 }
 
-fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Takes a snapshot of the registry without waiting for the lock: read lock-free
 /// (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
 /// a callback), then under it. `*out` receives the registry as a whole; the entries
@@ -898,7 +888,7 @@ pub unsafe extern "C" fn wm_snapshot(
                         WM_VERDICT_FAILED
                     }
                 }),
-                verdict_ns: verdict.map_or(0, |v| nanos_since_epoch(v.time)),
+                verdict_ns: verdict.map_or(0, |v| clock::unix_nanos(v.time)),
             };
             handle.snapshot = Some(snapshot);
             Ok(())
@@ -998,8 +988,8 @@ pub unsafe extern "C" fn wm_snapshot_generation(
                 workers_started: g.workers_started,
                 respawns: g.respawns,
                 crashes: g.crashes,
-                registered_ns: nanos_since_epoch(g.registered),
-                committed_ns: g.committed.map_or(0, nanos_since_epoch),
+                registered_ns: clock::unix_nanos(g.registered),
+                committed_ns: g.committed.map_or(0, clock::unix_nanos),
             })
         })
     }
@@ -1031,8 +1021,8 @@ pub unsafe extern "C" fn wm_snapshot_worker(
                 hung: w.hung as u32,
                 replaces_pid: w.replaces_pid.unwrap_or(0),
                 respawns: w.respawns,
-                heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
-                registered_ns: nanos_since_epoch(w.registered),
+                heartbeat_age_ms: clock::millis(w.heartbeat_age),
+                registered_ns: clock::unix_nanos(w.registered),
             })
         })
     }
