@@ -5,9 +5,10 @@
 
 use std::io::{self, Write};
 
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use worker_manager::clock::unix_seconds;
-use worker_manager::{Identity, Observer, Snapshot, WorkerState};
+use worker_manager::{Counter, CounterValue, Identity, Observer, Snapshot, WorkerState};
 
 use crate::text::{age, since, timestamp};
 
@@ -107,21 +108,20 @@ struct Worker {
     replaces_pid: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Stats {
-    starts: u64,
-    restarts: u64,
-    reloads: u64,
-    upgrades: u64,
-    crashes: u64,
-    respawns: u64,
-    aborts: u64,
-    hangs: u64,
-    lock_acquisitions: u64,
-    lock_contended: u64,
-    lock_wait_seconds: f64,
-    lock_hold_seconds: f64,
-    lock_recoveries: u64,
+/// The registry's counters, as the core lists them: times in seconds.
+struct Stats(Vec<Counter>);
+
+impl Serialize for Stats {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for c in &self.0 {
+            match c.value {
+                CounterValue::Count(n) => map.serialize_entry(c.name, &n)?,
+                CounterValue::Time(d) => map.serialize_entry(c.name, &d.as_secs_f64())?,
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -211,7 +211,6 @@ fn lock(s: &Snapshot) -> String {
 
 pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Result<()> {
     let caps = s.capacities;
-    let st = &s.stats;
     let status = Status {
         schema: SCHEMA,
         registry: Registry {
@@ -243,21 +242,7 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
         }),
         generations: generations(s),
         workers: workers(s),
-        stats: Stats {
-            starts: st.starts,
-            restarts: st.restarts,
-            reloads: st.reloads,
-            upgrades: st.upgrades,
-            crashes: st.crashes,
-            respawns: st.respawns,
-            aborts: st.aborts,
-            hangs: st.hangs,
-            lock_acquisitions: st.lock_acquisitions,
-            lock_contended: st.lock_contended,
-            lock_wait_seconds: st.lock_wait.as_secs_f64(),
-            lock_hold_seconds: st.lock_hold.as_secs_f64(),
-            lock_recoveries: st.lock_recoveries,
-        },
+        stats: Stats(s.stats.counters()),
         events: s
             .events
             .iter()

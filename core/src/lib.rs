@@ -62,4 +62,7 @@ pub use observer::Observer;
 pub use process::Identity;
 pub use region::{Capacities, Opened};
 pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker, SUPERSEDED_GRACE};
-pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict, WorkerInfo};
+pub use snapshot::{
+    Counter, CounterValue, EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict,
+    WorkerInfo,
+};
