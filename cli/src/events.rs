@@ -4,7 +4,6 @@
 //! file is still the one mapped.
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -108,10 +107,6 @@ fn drain(out: &mut impl Write, observer: &Observer, next: u64, json: bool) -> Re
     Ok(next)
 }
 
-fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 pub fn print(
     out: &mut impl Write,
     observer: &Observer,
@@ -126,11 +121,10 @@ pub fn print(
     if !follow {
         return Ok(());
     }
-    let mapped = identity(observer.path());
     loop {
         if observer.wait_for_event(next, RECHECK) {
             next = drain(out, observer, next, json)?;
-        } else if identity(observer.path()) != mapped {
+        } else if !observer.is_at_path() {
             return Err(Failure {
                 code: exit::FAILURE,
                 message: format!(
