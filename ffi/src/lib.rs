@@ -31,12 +31,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 
+use worker_manager::lifecycle::{
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
+    StartKind, WorkerState,
+};
 use worker_manager::{
-    clock, exposition, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
+    clock, exposition, Encoded, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 4;
+pub const WM_ABI_VERSION: u32 = 5;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -82,37 +86,34 @@ pub const WM_VERDICT_COMMITTED: u32 = 1;
 /// `wm_status.verdict`: the server gave the configuration up.
 pub const WM_VERDICT_FAILED: u32 = 2;
 
-/// `wm_event.flags`: the event is delivered again, because the process that had it
-/// delivered to its callbacks died before they all returned.
-pub const WM_EVENT_REDELIVERED: u32 = 2;
+/// `wm_name`: the event kinds (`wm_event.kind`).
+pub const WM_NAMES_EVENT_KIND: u32 = 1;
+/// `wm_name`: why a generation started (`wm_event.detail` of master_start,
+/// `wm_generation.kind`).
+pub const WM_NAMES_START_KIND: u32 = 2;
+/// `wm_name`: how a node run ended (`wm_event.value` of master_start,
+/// `wm_generation.previous_run`).
+pub const WM_NAMES_RUN_END: u32 = 3;
+/// `wm_name`: why workers exit (`wm_event.detail` of worker_exit and master_exit,
+/// `wm_generation.exit_reason`).
+pub const WM_NAMES_EXIT_REASON: u32 = 4;
+/// `wm_name`: how a death was noticed (`wm_event.detail` of worker_crash).
+pub const WM_NAMES_DETECTION: u32 = 5;
+/// `wm_name`: why a generation was given up (`wm_event.detail` of generation_abort).
+pub const WM_NAMES_ABORT_CAUSE: u32 = 6;
+/// `wm_name`: what the lock's holder was doing (`wm_event.detail` of lock_recovered).
+pub const WM_NAMES_LOCK_OP: u32 = 7;
+/// `wm_name`: the states of a generation (`wm_generation.state`).
+pub const WM_NAMES_GENERATION_STATE: u32 = 8;
+/// `wm_name`: the states of a worker slot (`wm_worker.state`).
+pub const WM_NAMES_WORKER_STATE: u32 = 9;
+/// `wm_name`: the states of a node run (`wm_status.run_state`).
+pub const WM_NAMES_RUN_STATE: u32 = 10;
 
-/// One event, as the library's `Encoded` fields plus its sequence number: counts of
-/// `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
-/// abort cause or lock operation, by `kind`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+/// One event: the core's fixed fields (`worker_manager::Encoded`), which the header
+/// declares as `struct wm_event`.
 #[allow(non_camel_case_types)]
-pub struct wm_event {
-    pub seq: u64,
-    pub time_ns: u64,
-    pub kind: u32,
-    pub detail: u32,
-    pub generation: u64,
-    pub pid: u32,
-    pub index: i32,
-    pub n_prev: i32,
-    pub n_mine: i32,
-    pub n_next: i32,
-    /// The replaced worker of a respawn, the detecting process of a crash, the dead
-    /// holder of a lock recovery.
-    pub other_pid: u32,
-    /// Bit 0: a respawn (worker_start) or a death while holding the lock (crash);
-    /// `WM_EVENT_REDELIVERED`: delivered again.
-    pub flags: u32,
-    /// For master_start: the previous run's end (0 none, 1 clean, 2 unclean); for
-    /// hang and recover: milliseconds.
-    pub value: u64,
-}
+pub type wm_event = Encoded;
 
 /// A tracked generation of a snapshot.
 #[repr(C)]
@@ -181,7 +182,7 @@ pub struct wm_handle {
     holds: u32,
     /// The worker registered through this handle.
     worker: Option<Worker>,
-    events: Vec<wm_event>,
+    events: Vec<Encoded>,
     snapshot: Option<Snapshot>,
     /// The last metrics text.
     metrics: String,
@@ -311,30 +312,6 @@ fn no_worker() -> Failure {
     Failure(WM_ERR_WORKER, "this handle has no registered worker".into())
 }
 
-fn encode(event: &Event) -> wm_event {
-    let e = event.encode();
-    let redelivered = if event.redelivered {
-        WM_EVENT_REDELIVERED
-    } else {
-        0
-    };
-    wm_event {
-        seq: event.seq,
-        time_ns: e.time_ns,
-        kind: e.kind,
-        detail: e.detail,
-        generation: e.generation,
-        pid: e.pid,
-        index: e.index,
-        n_prev: e.n_prev,
-        n_mine: e.n_mine,
-        n_next: e.n_next,
-        other_pid: e.other_pid,
-        flags: e.flags | redelivered,
-        value: e.value,
-    }
-}
-
 /// A C string argument as UTF-8.
 ///
 /// # Safety
@@ -415,6 +392,72 @@ fn map(
 #[no_mangle]
 pub extern "C" fn wm_abi_version() -> u32 {
     WM_ABI_VERSION
+}
+
+/// The code and name of entry `i` of a list of variants, as `wm_name` hands them out.
+fn nth<T: Copy>(
+    all: &[T],
+    i: usize,
+    code: fn(T) -> u32,
+    name: fn(T) -> &'static str,
+) -> Option<(u32, &'static str)> {
+    all.get(i).map(|&v| (code(v), name(v)))
+}
+
+/// Entry `i` of the codes and names of `names` (a `WM_NAMES_*`).
+fn name(names: u32, i: usize) -> Option<(u32, &'static str)> {
+    match names {
+        WM_NAMES_EVENT_KIND => nth(EventKind::ALL, i, EventKind::code, EventKind::as_str),
+        WM_NAMES_START_KIND => nth(StartKind::ALL, i, StartKind::code, StartKind::as_str),
+        WM_NAMES_RUN_END => nth(RunEnd::ALL, i, RunEnd::code, RunEnd::as_str),
+        WM_NAMES_EXIT_REASON => nth(ExitReason::ALL, i, ExitReason::code, ExitReason::as_str),
+        WM_NAMES_DETECTION => nth(Detection::ALL, i, Detection::code, Detection::as_str),
+        WM_NAMES_ABORT_CAUSE => nth(AbortCause::ALL, i, AbortCause::code, AbortCause::as_str),
+        WM_NAMES_LOCK_OP => nth(LockOp::ALL, i, LockOp::code, LockOp::as_str),
+        WM_NAMES_GENERATION_STATE => nth(
+            GenerationState::ALL,
+            i,
+            GenerationState::code,
+            GenerationState::as_str,
+        ),
+        WM_NAMES_WORKER_STATE => nth(WorkerState::ALL, i, WorkerState::code, WorkerState::as_str),
+        // The run states' codes run from 0 without a gap.
+        WM_NAMES_RUN_STATE => u32::try_from(i)
+            .ok()
+            .and_then(RunState::from_code)
+            .map(|r| (r.code(), r.as_str())),
+        _ => None,
+    }
+}
+
+/// Entry `i` (from 0) of the codes of `names` (a `WM_NAMES_*`) and their names, the
+/// library's own: `*code` receives the code, `*len` the length of the name, which is
+/// returned: static text, not NUL-terminated. NULL past the last entry, or for
+/// unknown `names`. The Lua module builds its tables of names with it.
+///
+/// # Safety
+///
+/// `code` and `len` are NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_name(
+    names: u32,
+    i: u32,
+    code: *mut u32,
+    len: *mut usize,
+) -> *const c_char {
+    let Some((c, text)) = name(names, i as usize) else {
+        return std::ptr::null();
+    };
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if let Some(code) = code.as_mut() {
+            *code = c;
+        }
+        if let Some(len) = len.as_mut() {
+            *len = text.len();
+        }
+    }
+    text.as_ptr().cast()
 }
 
 /// Opens (creating it if needed) the registry at `path` for `subsystem` (a name:
@@ -506,7 +549,7 @@ pub unsafe extern "C" fn wm_lock(
                 .acquire_lock(true)?
                 .expect("a waiting acquisition holds the lock or fails");
             handle.holds += 1;
-            handle.events.extend(recovered.iter().map(encode));
+            handle.events.extend(recovered.iter().map(Event::encode));
             Ok(())
         })
     }
@@ -536,7 +579,7 @@ pub unsafe extern "C" fn wm_try_lock(
             *acquired = c_int::from(taken.is_some());
             if let Some(recovered) = taken {
                 handle.holds += 1;
-                handle.events.extend(recovered.iter().map(encode));
+                handle.events.extend(recovered.iter().map(Event::encode));
             }
             Ok(())
         })
@@ -601,7 +644,7 @@ pub unsafe extern "C" fn wm_register_generation(
             let events = &mut handle.events;
             let generation = handle
                 .registry
-                .register_generation(&config, |e| events.push(encode(e)))?;
+                .register_generation(&config, |e| events.push(e.encode()))?;
             if !id.is_null() {
                 // SAFETY: guaranteed by the caller.
                 *id = generation;
@@ -632,7 +675,7 @@ pub unsafe extern "C" fn wm_configuration_closed(
             let events = &mut handle.events;
             handle
                 .registry
-                .configuration_closed(generation, |e| events.push(encode(e)))?;
+                .configuration_closed(generation, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -664,7 +707,7 @@ pub unsafe extern "C" fn wm_register_worker(
             let events = &mut handle.events;
             let worker = handle
                 .registry
-                .register_worker(generation, index, |e| events.push(encode(e)))?;
+                .register_worker(generation, index, |e| events.push(e.encode()))?;
             handle.worker = Some(worker);
             Ok(())
         })
@@ -713,7 +756,7 @@ pub unsafe extern "C" fn wm_announce_exit(
             let events = &mut handle.events;
             handle
                 .registry
-                .announce_exit(worker, |e| events.push(encode(e)))?;
+                .announce_exit(worker, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -740,7 +783,7 @@ pub unsafe extern "C" fn wm_exit_worker(
             let events = &mut handle.events;
             handle
                 .registry
-                .exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
+                .exit_worker(worker, graceful != 0, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -762,7 +805,7 @@ pub unsafe extern "C" fn wm_sweep(
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
             let events = &mut handle.events;
-            handle.registry.sweep(|e| events.push(encode(e)))?;
+            handle.registry.sweep(|e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -789,7 +832,7 @@ pub unsafe extern "C" fn wm_events_count(h: *const wm_handle) -> u32 {
 pub unsafe extern "C" fn wm_event_get(
     h: *mut wm_handle,
     i: u32,
-    out: *mut wm_event,
+    out: *mut Encoded,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {

@@ -327,3 +327,96 @@ fn two_handles_in_one_process_track_independently() {
         .chain(&stream_events)
         .all(|e| e.kind() != EventKind::WorkerCrash));
 }
+
+/// The names of `names` (a `WM_NAMES_*`) by code, as the Lua module reads them.
+fn names_of(names: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for i in 0.. {
+        let (mut code, mut len) = (0, 0);
+        // SAFETY: valid out-parameters.
+        let name = unsafe { wm_name(names, i, &mut code, &mut len) };
+        if name.is_null() {
+            break;
+        }
+        // SAFETY: the library's static text of `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) };
+        all.push((code, String::from_utf8(bytes.to_vec()).unwrap()));
+    }
+    all
+}
+
+/// Every variant of every coded enum, as `wm_name` gives it to the Lua module.
+#[test]
+fn the_library_names_every_code() {
+    use worker_manager::lifecycle::*;
+
+    fn names<T: Copy>(
+        all: &[T],
+        code: impl Fn(T) -> u32,
+        name: impl Fn(T) -> &'static str,
+    ) -> Vec<(u32, String)> {
+        all.iter()
+            .map(|&v| (code(v), name(v).to_string()))
+            .collect()
+    }
+    let run_states = [
+        RunState::Never,
+        RunState::Running,
+        RunState::Ended(RunEnd::Clean),
+        RunState::Ended(RunEnd::Unclean),
+    ];
+    let expected = [
+        (
+            WM_NAMES_EVENT_KIND,
+            names(EventKind::ALL, EventKind::code, EventKind::as_str),
+        ),
+        (
+            WM_NAMES_START_KIND,
+            names(StartKind::ALL, StartKind::code, StartKind::as_str),
+        ),
+        (
+            WM_NAMES_RUN_END,
+            names(RunEnd::ALL, RunEnd::code, RunEnd::as_str),
+        ),
+        (
+            WM_NAMES_EXIT_REASON,
+            names(ExitReason::ALL, ExitReason::code, ExitReason::as_str),
+        ),
+        (
+            WM_NAMES_DETECTION,
+            names(Detection::ALL, Detection::code, Detection::as_str),
+        ),
+        (
+            WM_NAMES_ABORT_CAUSE,
+            names(AbortCause::ALL, AbortCause::code, AbortCause::as_str),
+        ),
+        (
+            WM_NAMES_LOCK_OP,
+            names(LockOp::ALL, LockOp::code, LockOp::as_str),
+        ),
+        (
+            WM_NAMES_GENERATION_STATE,
+            names(
+                GenerationState::ALL,
+                GenerationState::code,
+                GenerationState::as_str,
+            ),
+        ),
+        (
+            WM_NAMES_WORKER_STATE,
+            names(WorkerState::ALL, WorkerState::code, WorkerState::as_str),
+        ),
+        (
+            WM_NAMES_RUN_STATE,
+            names(&run_states, RunState::code, RunState::as_str),
+        ),
+    ];
+    for (set, codes) in expected {
+        assert_eq!(names_of(set), codes, "WM_NAMES_* {set}");
+    }
+    assert_eq!(names_of(0), [], "an unknown set has no names");
+    assert_eq!(names_of(99), []);
+    // SAFETY: NULL out-parameters are allowed.
+    let name = unsafe { wm_name(WM_NAMES_EVENT_KIND, 0, ptr::null_mut(), ptr::null_mut()) };
+    assert!(!name.is_null());
+}

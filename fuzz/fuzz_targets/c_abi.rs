@@ -7,9 +7,9 @@
 //! buffer, its last snapshot and metrics text) must behave as the header says.
 //!
 //! Pointers are NULL only where the header allows it (`errbuf`, a handle, `path`
-//! and `subsystem`, which `wm_open` checks); every other one is valid, as the
-//! contract requires. Paths are names inside the scratch directory or a few fixed
-//! bad ones, so the library never creates a file anywhere else.
+//! and `subsystem`, which `wm_open` checks); every other one is
+//! valid, as the contract requires. Paths are names inside the scratch directory or a
+//! few fixed bad ones, so the library never creates a file anywhere else.
 //!
 //! Each input ends by letting every worker exit, releasing the lock holdings and
 //! closing every handle, so that a finding depends on one input and the registry
@@ -217,6 +217,11 @@ enum GenerationArg {
 #[derive(Arbitrary, Debug)]
 enum Call {
     AbiVersion,
+    /// `wm_name` of any set and entry.
+    Name {
+        names: u8,
+        i: u8,
+    },
     Open {
         path: PathArg,
         subsystem: SubsystemArg,
@@ -462,6 +467,24 @@ fn pick(model: &Model, h: HandleArg) -> Option<usize> {
     }
 }
 
+/// The code and name of entry `i` of `names`: any name is the library's, in lower
+/// case, and there are fewer than 256 entries in a set.
+fn name(names: u8, i: u8) {
+    let (mut code, mut len) = (u32::MAX, usize::MAX);
+    // SAFETY: valid out-parameters.
+    let name = unsafe { wm_name(names.into(), i.into(), &mut code, &mut len) };
+    if name.is_null() {
+        return;
+    }
+    // SAFETY: the library returned `len` bytes of static text at `name`.
+    let bytes = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) };
+    assert!(
+        !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_lowercase() || b == b'_'),
+        "names {names}, entry {i}: {bytes:?}"
+    );
+    assert!(code < 256, "names {names}, entry {i}: code {code}");
+}
+
 /// Closes handle `i`, as `wm_close` does: its holdings released, its mapping kept
 /// for good if its worker is still registered.
 fn close(model: &mut Model, i: usize) {
@@ -479,6 +502,7 @@ fn run(model: &mut Model, call: &Call) {
             assert_eq!(wm_abi_version(), WM_ABI_VERSION);
             return;
         }
+        Call::Name { names, i } => return name(names, i),
         Call::Open {
             ref path,
             ref subsystem,
@@ -807,7 +831,9 @@ fn run(model: &mut Model, call: &Call) {
             }
             return;
         }
-        Call::AbiVersion | Call::Open { .. } | Call::Close(_) => unreachable!("handled above"),
+        Call::AbiVersion | Call::Name { .. } | Call::Open { .. } | Call::Close(_) => {
+            unreachable!("handled above")
+        }
     };
     check(call, code, &e);
 }

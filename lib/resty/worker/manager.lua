@@ -54,23 +54,12 @@ local worker_out = ffi.new("struct wm_worker")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
+local code_out = ffi.new("uint32_t[1]")
 
-local EVENTS = {
-  "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
-  "generation_abort", "worker_hang", "worker_recover", "lock_recovered",
-}
-local START_KINDS = { "start", "restart", "reload", "upgrade" }
-local RUN_ENDS = { "clean", "unclean" }
-local REASONS = { "reload", "upgrade", "stop", "fast_stop" }
-local DETECTIONS = { "owner_died", "abandoned" }
-local ABORT_CAUSES = { "superseded", "timed_out", "failed" }
-local LOCK_OPS = {
-  [0] = "nothing", "register_generation", "register_worker", "exit_worker", "sweep",
-  "snapshot", "user",
-}
-local GENERATION_STATES = { "starting", "running", "draining", "exited" }
-local WORKER_STATES = { [0] = "free", "running", "dead", "exiting" }
-local RUN_STATES = { [0] = "never", "running", "ended_clean", "ended_unclean" }
+-- The library's names of its codes, indexed by code, built from the library when it
+-- is loaded (see use).
+local EVENTS, START_KINDS, RUN_ENDS, REASONS, DETECTIONS, ABORT_CAUSES, LOCK_OPS
+local GENERATION_STATES, WORKER_STATES, RUN_STATES
 
 -- Option name -> { type, default, minimum, maximum } (numbers are seconds).
 local OPTIONS = {
@@ -117,6 +106,35 @@ local function last_error()
   return ffi_string(errbuf, n)
 end
 
+--- The names `lib` gives the codes of one set (`cdefs.NAMES_*`), by code.
+local function names(lib, set)
+  local by_code = {}
+  local i = 0
+  while true do
+    local name = lib.wm_name(set, i, code_out, len_out)
+    if name == nil then
+      return by_code
+    end
+    by_code[code_out[0]] = ffi_string(name, len_out[0])
+    i = i + 1
+  end
+end
+
+--- Makes `lib` the library of this module: its functions, and its names of codes.
+local function use(lib)
+  C = lib
+  EVENTS = names(lib, cdefs.NAMES_EVENT_KIND)
+  START_KINDS = names(lib, cdefs.NAMES_START_KIND)
+  RUN_ENDS = names(lib, cdefs.NAMES_RUN_END)
+  REASONS = names(lib, cdefs.NAMES_EXIT_REASON)
+  DETECTIONS = names(lib, cdefs.NAMES_DETECTION)
+  ABORT_CAUSES = names(lib, cdefs.NAMES_ABORT_CAUSE)
+  LOCK_OPS = names(lib, cdefs.NAMES_LOCK_OP)
+  GENERATION_STATES = names(lib, cdefs.NAMES_GENERATION_STATE)
+  WORKER_STATES = names(lib, cdefs.NAMES_WORKER_STATE)
+  RUN_STATES = names(lib, cdefs.NAMES_RUN_STATE)
+end
+
 local function count(n)
   if n < 0 then
     return nil
@@ -145,7 +163,7 @@ local function describe(e)
     info.master_pid = e.pid
     info.previous_run = RUN_ENDS[tonumber(e.value)]
   elseif name == "worker_start" then
-    info.respawn = band(e.flags, 1) ~= 0
+    info.respawn = band(e.flags, cdefs.EVENT_RESPAWN) ~= 0
     if e.other_pid ~= 0 then
       info.replaces = tostring(info.generation) .. "-" .. tostring(e.other_pid)
     end
@@ -153,7 +171,7 @@ local function describe(e)
     info.reason = REASONS[e.detail]
   elseif name == "worker_crash" then
     info.detection = DETECTIONS[e.detail]
-    info.held_lock = band(e.flags, 1) ~= 0
+    info.held_lock = band(e.flags, cdefs.EVENT_HELD_LOCK) ~= 0
     info.detected_by = e.other_pid
   elseif name == "generation_abort" then
     info.cause = ABORT_CAUSES[e.detail]
@@ -432,7 +450,7 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
     ngx_log(ERR, LOG_PREFIX, err)
     return nil, err
   end
-  C = lib
+  use(lib)
   local subsystem = ngx.config.subsystem or "http"
   local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm, subsystem)
   handle_out[0] = nil
