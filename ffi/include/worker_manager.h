@@ -314,6 +314,30 @@ uint32_t wm_abi_version(void);
 const char *wm_name(uint32_t names, uint32_t i, uint32_t *code, size_t *len);
 
 /**
+ * Writes the registry path for the name `shm` (`shm_len` bytes) to `path` (a
+ * buffer of `*path_len` bytes, which receives the length; NUL-terminated): the path
+ * used when only a name is given, one per nginx `prefix` (with its trailing slash),
+ * name and `subsystem`. `WM_ERR_INVALID_ARGUMENT` for a name that cannot be part of
+ * a file name, with a message that follows the name of the option ("may only hold
+ * ..."); `WM_ERR_RANGE` when the buffer is too small.
+ *
+ * # Safety
+ *
+ * `prefix` and `subsystem` are NULL or NUL-terminated strings; `shm` is NULL or
+ * valid for `shm_len` bytes; `path` is valid for `*path_len` bytes with `path_len` valid for
+ * reads and writes; `errbuf` is NULL, or valid for `*errbuf_len` bytes with
+ * `errbuf_len` valid for reads and writes.
+ */
+int wm_default_path(const char *prefix,
+                    const char *shm,
+                    size_t shm_len,
+                    const char *subsystem,
+                    char *path,
+                    size_t *path_len,
+                    char *errbuf,
+                    size_t *errbuf_len);
+
+/**
  * Opens (creating it if needed) the registry at `path` for `subsystem` (a name:
  * `http`, `stream`) and returns a new handle in `*handle`, to be closed with
  * `wm_close`. Handles of one subsystem on the same path share the process's

@@ -27,6 +27,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
@@ -36,7 +37,8 @@ use worker_manager::lifecycle::{
     StartKind, WorkerState,
 };
 use worker_manager::{
-    clock, exposition, Encoded, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
+    clock, exposition, naming, Encoded, Error, Event, GenerationConfig, Options, Registry,
+    Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
@@ -458,6 +460,70 @@ pub unsafe extern "C" fn wm_name(
         }
     }
     text.as_ptr().cast()
+}
+
+/// Writes the registry path for the name `shm` (`shm_len` bytes) to `path` (a
+/// buffer of `*path_len` bytes, which receives the length; NUL-terminated): the path
+/// used when only a name is given, one per nginx `prefix` (with its trailing slash),
+/// name and `subsystem`. `WM_ERR_INVALID_ARGUMENT` for a name that cannot be part of
+/// a file name, with a message that follows the name of the option ("may only hold
+/// ..."); `WM_ERR_RANGE` when the buffer is too small.
+///
+/// # Safety
+///
+/// `prefix` and `subsystem` are NULL or NUL-terminated strings; `shm` is NULL or
+/// valid for `shm_len` bytes; `path` is valid for `*path_len` bytes with `path_len` valid for
+/// reads and writes; `errbuf` is NULL, or valid for `*errbuf_len` bytes with
+/// `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_default_path(
+    prefix: *const c_char,
+    shm: *const c_char,
+    shm_len: usize,
+    subsystem: *const c_char,
+    path: *mut c_char,
+    path_len: *mut usize,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), || {
+        if prefix.is_null() || shm.is_null() {
+            return Err(Failure(
+                WM_ERR_INVALID_ARGUMENT,
+                "invalid prefix or shm: NULL".into(),
+            ));
+        }
+        // SAFETY: guaranteed by the caller. A prefix is any bytes, as nginx's is.
+        let prefix = unsafe { CStr::from_ptr(prefix) }.to_bytes();
+        // SAFETY: guaranteed by the caller.
+        let subsystem = unsafe { text(subsystem, "subsystem") }?;
+        // SAFETY: guaranteed by the caller.
+        let bytes = unsafe { std::slice::from_raw_parts(shm.cast::<u8>(), shm_len) };
+        // Bytes that are not UTF-8 become U+FFFD, which no name may hold.
+        let name = String::from_utf8_lossy(bytes);
+        naming::check_name(&name).map_err(|reason| Failure(WM_ERR_INVALID_ARGUMENT, reason))?;
+        let derived = naming::default_path_of_bytes(prefix, &name, subsystem);
+        let derived = derived.as_os_str().as_bytes();
+        // SAFETY: guaranteed by the caller.
+        let capacity = unsafe { *path_len };
+        if derived.len() >= capacity {
+            return Err(Failure(
+                WM_ERR_RANGE,
+                format!(
+                    "the registry path needs {} bytes, the buffer holds {capacity}",
+                    derived.len() + 1
+                ),
+            ));
+        }
+        // SAFETY: `path` is valid for `capacity` bytes (the caller's promise), and
+        // `derived.len() + 1 <= capacity`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(derived.as_ptr(), path.cast::<u8>(), derived.len());
+            *path.add(derived.len()) = 0;
+            *path_len = derived.len();
+        }
+        Ok(())
+    })
 }
 
 /// Opens (creating it if needed) the registry at `path` for `subsystem` (a name:

@@ -420,3 +420,49 @@ fn the_library_names_every_code() {
     let name = unsafe { wm_name(WM_NAMES_EVENT_KIND, 0, ptr::null_mut(), ptr::null_mut()) };
     assert!(!name.is_null());
 }
+
+/// The path of a name as the core derives it, and the name checked as the CLI
+/// checks it.
+#[test]
+fn the_default_path_is_the_core_s() {
+    let mut err = ErrBuf::new();
+    let derive = |shm: &[u8], capacity: usize, err: &mut ErrBuf| {
+        let (prefix, http) = (c("/usr/local/openresty/nginx/"), c("stream"));
+        let mut path = vec![0 as c_char; capacity];
+        let mut len = capacity;
+        // SAFETY: valid strings, buffers and lengths.
+        let rc = unsafe {
+            call!(
+                err,
+                wm_default_path(
+                    prefix.as_ptr(),
+                    shm.as_ptr().cast(),
+                    shm.len(),
+                    http.as_ptr(),
+                    path.as_mut_ptr(),
+                    &mut len
+                )
+            )
+        };
+        let text: Vec<u8> = path[..len.min(capacity)].iter().map(|&b| b as u8).collect();
+        (rc, String::from_utf8(text).unwrap())
+    };
+    let expected =
+        worker_manager::naming::default_path("/usr/local/openresty/nginx/", "wm", "stream");
+    assert_eq!(
+        derive(b"wm", 256, &mut err),
+        (WM_OK, expected.to_str().unwrap().to_string())
+    );
+    for bad in [&b""[..], b"a/b", b"a\0b", b"\xff"] {
+        let (rc, _) = derive(bad, 256, &mut err);
+        assert_eq!(rc, WM_ERR_INVALID_ARGUMENT, "{bad:?}");
+        assert!(
+            err.message().starts_with("may only hold letters, digits"),
+            "{}",
+            err.message()
+        );
+    }
+    let (rc, _) = derive(b"wm", 10, &mut err);
+    assert_eq!(rc, WM_ERR_RANGE);
+    assert!(err.message().contains("needs"), "{}", err.message());
+}

@@ -55,6 +55,9 @@ local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
 local code_out = ffi.new("uint32_t[1]")
+local PATH_SIZE = 4096
+local path_buf = ffi.new("char[?]", PATH_SIZE)
+local path_len = ffi.new("size_t[1]")
 
 -- The library's names of its codes, indexed by code, built from the library when it
 -- is loaded (see use).
@@ -402,20 +405,39 @@ local function validate(opts)
       error("option '" .. name .. "' holds a NUL byte", 3)
     end
   end
-  if valid.shm and not valid.shm:match("^[%w_.-]+$") then
-    error("option 'shm' may only hold letters, digits, '_', '.' and '-', got '"
-          .. valid.shm .. "'", 3)
-  end
   return valid
+end
+
+--- The registry path `lib` derives for a `shm` name, or nil, an error and its code.
+local function derive_path(lib, prefix, shm, subsystem)
+  path_len[0] = PATH_SIZE
+  local rc = lib.wm_default_path(prefix, shm, #shm, subsystem, path_buf, path_len, err_args())
+  if rc ~= 0 then
+    return nil, last_error(), rc
+  end
+  return ffi_string(path_buf, path_len[0])
 end
 
 --- The registry path for a `shm` name when no `path` is given: one per nginx prefix,
 -- name and subsystem, so that two nginx instances, or the http and stream
--- subsystems of one, never share one.
+-- subsystems of one, never share one. The library derives it: the one
+-- on_init_by_lua loaded, or else the one on package.cpath.
 -- @param subsystem "http" (the default) or "stream"
+-- @return the path, or nil and an error
 function _M.default_path(prefix, shm, subsystem)
-  local sub = (subsystem and subsystem ~= "http") and (subsystem .. ".") or ""
-  return "/dev/shm/worker-manager." .. shm .. "." .. sub .. ngx.crc32_long(prefix) .. ".wm"
+  local lib = C
+  if not lib then
+    local load_err
+    lib, load_err = cdefs.load()
+    if not lib then
+      return nil, load_err
+    end
+  end
+  local path, err, rc = derive_path(lib, prefix, shm, subsystem or "http")
+  if not path and rc == cdefs.ERR_INVALID_ARGUMENT then
+    err = "shm " .. err
+  end
+  return path, err
 end
 
 local function check_callback(name, cb, level)
@@ -452,7 +474,19 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   end
   use(lib)
   local subsystem = ngx.config.subsystem or "http"
-  local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm, subsystem)
+  local path = valid.path
+  if valid.shm then
+    local derived, rc
+    derived, err, rc = derive_path(C, ngx.config.prefix(), valid.shm, subsystem)
+    if not derived then
+      if rc == cdefs.ERR_INVALID_ARGUMENT then
+        error("option 'shm' " .. err, 2)
+      end
+      ngx_log(ERR, LOG_PREFIX, err)
+      return nil, err
+    end
+    path = path or derived
+  end
   handle_out[0] = nil
   local rc = C.wm_open(path, subsystem, ms(valid.lock_timeout), handle_out, err_args())
   if rc ~= 0 and rc ~= cdefs.ERR_REPLACED then

@@ -68,6 +68,14 @@ struct wm_worker {
 };
 uint32_t wm_abi_version(void);
 const char *wm_name(uint32_t names, uint32_t i, uint32_t *code, size_t *len);
+int wm_default_path(const char *prefix,
+                    const char *shm,
+                    size_t shm_len,
+                    const char *subsystem,
+                    char *path,
+                    size_t *path_len,
+                    char *errbuf,
+                    size_t *errbuf_len);
 int wm_open(const char *path,
             const char *subsystem,
             uint64_t lock_timeout_ms,
