@@ -4,13 +4,13 @@
 //! file is still the one mapped.
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use worker_manager::clock::unix_seconds;
 use worker_manager::{Detail, Event, Observer};
 
-use crate::text::{timestamp, unix};
+use crate::text::timestamp;
 use crate::{exit, written, Failure};
 
 /// How often a follower wakes without an event, to check the file.
@@ -21,7 +21,7 @@ fn to_json(e: &Event) -> Value {
     let count = |c: Option<u32>| c.map_or(Value::Null, Value::from);
     let mut o = Map::new();
     o.insert("seq".into(), e.seq.into());
-    o.insert("time".into(), unix(e.time).into());
+    o.insert("time".into(), unix_seconds(e.time).into());
     o.insert("event".into(), e.kind().as_str().into());
     o.insert("generation".into(), e.generation.into());
     o.insert("id".into(), e.id().into());
@@ -109,10 +109,6 @@ fn drain(out: &mut impl Write, observer: &Observer, next: u64, json: bool) -> Re
     Ok(next)
 }
 
-fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
 pub fn print(
     out: &mut impl Write,
     observer: &Observer,
@@ -127,11 +123,10 @@ pub fn print(
     if !follow {
         return Ok(());
     }
-    let mapped = identity(observer.path());
     loop {
         if observer.wait_for_event(next, RECHECK) {
             next = drain(out, observer, next, json)?;
-        } else if identity(observer.path()) != mapped {
+        } else if !observer.is_at_path() {
             return Err(Failure {
                 code: exit::FAILURE,
                 message: format!(

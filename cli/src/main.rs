@@ -113,15 +113,9 @@ impl Subsystem {
 }
 
 fn shm_name(name: &str) -> Result<String, String> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid {
-        Ok(name.to_string())
-    } else {
-        Err("a shm name may only hold letters, digits, '_', '.' and '-'".into())
-    }
+    naming::check_name(name)
+        .map(|()| name.to_string())
+        .map_err(|reason| format!("a shm name {reason}"))
 }
 
 impl Location {

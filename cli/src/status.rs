@@ -5,10 +5,12 @@
 
 use std::io::{self, Write};
 
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use worker_manager::{Identity, Observer, Snapshot, WorkerState};
+use worker_manager::clock::unix_seconds;
+use worker_manager::{Counter, CounterValue, Identity, Observer, Snapshot, WorkerState};
 
-use crate::text::{age, since, timestamp, unix};
+use crate::text::{age, since, timestamp};
 
 /// Bumped when a field changes meaning or goes away.
 const SCHEMA: u32 = 1;
@@ -106,21 +108,20 @@ struct Worker {
     replaces_pid: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Stats {
-    starts: u64,
-    restarts: u64,
-    reloads: u64,
-    upgrades: u64,
-    crashes: u64,
-    respawns: u64,
-    aborts: u64,
-    hangs: u64,
-    lock_acquisitions: u64,
-    lock_contended: u64,
-    lock_wait_seconds: f64,
-    lock_hold_seconds: f64,
-    lock_recoveries: u64,
+/// The registry's counters, as the core lists them: times in seconds.
+struct Stats(Vec<Counter>);
+
+impl Serialize for Stats {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for c in &self.0 {
+            match c.value {
+                CounterValue::Count(n) => map.serialize_entry(c.name, &n)?,
+                CounterValue::Time(d) => map.serialize_entry(c.name, &d.as_secs_f64())?,
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -144,7 +145,7 @@ fn generations(s: &Snapshot) -> Vec<Generation> {
                 start_time: g.master_start_time,
             }
             .is_alive(),
-            started: unix(g.registered),
+            started: unix_seconds(g.registered),
             age_seconds: since(g.registered).as_secs_f64(),
             live_workers: g.live_workers,
             expected_workers: g.expected_workers,
@@ -152,8 +153,8 @@ fn generations(s: &Snapshot) -> Vec<Generation> {
             respawns: g.respawns,
             crashes: g.crashes,
             exit_reason: g.exit_reason.map(|r| r.as_str()),
-            exited: g.exited.map(unix),
-            committed: g.committed.map(unix),
+            exited: g.exited.map(unix_seconds),
+            committed: g.committed.map(unix_seconds),
             interval_seconds: g.interval.as_secs_f64(),
             failed_seconds: g.failed.as_secs_f64(),
         })
@@ -175,7 +176,7 @@ fn workers(s: &Snapshot) -> Vec<Worker> {
                     start_time: w.start_time,
                 }
                 .is_alive(),
-            started: unix(w.registered),
+            started: unix_seconds(w.registered),
             age_seconds: since(w.registered).as_secs_f64(),
             heartbeat_age_seconds: w.heartbeat_age.as_secs_f64(),
             hung: w.hung,
@@ -210,13 +211,12 @@ fn lock(s: &Snapshot) -> String {
 
 pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Result<()> {
     let caps = s.capacities;
-    let st = &s.stats;
     let status = Status {
         schema: SCHEMA,
         registry: Registry {
             path: observer.path(),
             size_bytes: observer.size(),
-            created: unix(s.created),
+            created: unix_seconds(s.created),
             capacities: Capacities {
                 generations: caps.generations,
                 workers: caps.workers,
@@ -238,32 +238,18 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
         last_verdict: s.verdict.map(|v| Verdict {
             generation: v.generation,
             verdict: verdict_name(v.committed),
-            time: unix(v.time),
+            time: unix_seconds(v.time),
         }),
         generations: generations(s),
         workers: workers(s),
-        stats: Stats {
-            starts: st.starts,
-            restarts: st.restarts,
-            reloads: st.reloads,
-            upgrades: st.upgrades,
-            crashes: st.crashes,
-            respawns: st.respawns,
-            aborts: st.aborts,
-            hangs: st.hangs,
-            lock_acquisitions: st.lock_acquisitions,
-            lock_contended: st.lock_contended,
-            lock_wait_seconds: st.lock_wait.as_secs_f64(),
-            lock_hold_seconds: st.lock_hold.as_secs_f64(),
-            lock_recoveries: st.lock_recoveries,
-        },
+        stats: Stats(s.stats.counters()),
         events: s
             .events
             .iter()
             .map(|e| EventTally {
                 event: e.kind.as_str(),
                 total: e.total,
-                last: e.last.map(unix),
+                last: e.last.map(unix_seconds),
             })
             .collect(),
     };

@@ -1,8 +1,9 @@
 //! Events: what happened, to whom, and the counts at that moment.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::clock;
 use crate::lifecycle::{AbortCause, Detection, EventKind, ExitReason, LockOp, RunEnd, StartKind};
 
 /// A worker, as the original library names it: `"<generation>-<pid>"`.
@@ -205,27 +206,47 @@ impl fmt::Display for Event {
     }
 }
 
-/// The fixed fields an event is stored as in the journal (see `docs/design.md`,
-/// journal entry), also what bindings hand to C: counts of `-1` are `nil`; `detail`
-/// is the code of the start kind, exit reason, detection, abort cause or lock
-/// operation; `flags` bit 0 is a respawn (worker start) or a death holding the lock
-/// (crash); `other_pid` is the replaced worker, the detecting process or the dead
-/// lock holder; `value` is the previous run's end (master start) or milliseconds
-/// (hang, recover).
+/// An event as fixed fields: what the journal stores (see `docs/design.md`, journal
+/// entry), and what the C ABI hands out as `struct wm_event`, so a change here is a
+/// change of the ABI's version. Counts of -1 mean none (`nil` in Lua).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Encoded {
+    /// The event's position in the journal.
+    pub seq: u64,
+    /// Wall-clock time, in nanoseconds since the Unix epoch.
     pub time_ns: u64,
+    /// The code of its kind.
     pub kind: u32,
+    /// By kind, the code of the start kind, exit reason, detection, abort cause or
+    /// lock operation.
     pub detail: u32,
     pub generation: u64,
+    /// The worker's pid; the master's for master_start.
     pub pid: u32,
+    /// The worker's index; -1 for an event about no worker.
     pub index: i32,
     pub n_prev: i32,
     pub n_mine: i32,
     pub n_next: i32,
+    /// The replaced worker of a respawn, the detecting process of a crash, the dead
+    /// holder of a lock recovery.
     pub other_pid: u32,
+    /// `RESPAWN` or `HELD_LOCK` (by kind), and `REDELIVERED` (`WM_EVENT_*` in C).
     pub flags: u32,
+    /// For master_start: the code of the previous run's end (0: none); for hang and
+    /// recover: milliseconds.
     pub value: u64,
+}
+
+impl Encoded {
+    /// `flags` of a worker_start: it replaces a dead worker.
+    pub const RESPAWN: u32 = 1;
+    /// `flags` of a worker_crash: it died holding the registry lock.
+    pub const HELD_LOCK: u32 = 1;
+    /// `flags`: delivered again, because the process that had it delivered to its
+    /// callbacks died before they all returned (never in the journal itself).
+    pub const REDELIVERED: u32 = 2;
 }
 
 fn encode_count(c: Option<u32>) -> i32 {
@@ -236,25 +257,23 @@ fn decode_count(c: i32) -> Option<u32> {
     u32::try_from(c).ok()
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Event {
     /// The event as fixed fields.
     pub fn encode(&self) -> Encoded {
-        let time_ns = self
-            .time
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, crate::clock::nanos);
         let mut e = Encoded {
-            time_ns,
+            seq: self.seq,
+            time_ns: clock::unix_nanos(self.time),
             kind: self.kind().code(),
             generation: self.generation,
             index: -1,
             n_prev: encode_count(self.counts.prev),
             n_mine: encode_count(Some(self.counts.mine)),
             n_next: encode_count(self.counts.next),
+            flags: if self.redelivered {
+                Encoded::REDELIVERED
+            } else {
+                0
+            },
             ..Encoded::default()
         };
         if let Some(w) = self.worker() {
@@ -272,7 +291,11 @@ impl Event {
                 e.pid = master_pid;
             }
             Detail::WorkerStart { replaces, .. } => {
-                e.flags = replaces.is_some() as u32;
+                e.flags |= if replaces.is_some() {
+                    Encoded::RESPAWN
+                } else {
+                    0
+                };
                 e.other_pid = replaces.map_or(0, |w| w.pid);
             }
             Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {
@@ -285,12 +308,12 @@ impl Event {
                 ..
             } => {
                 e.detail = detection.code();
-                e.flags = held_lock as u32;
+                e.flags |= if held_lock { Encoded::HELD_LOCK } else { 0 };
                 e.other_pid = detected_by;
             }
             Detail::GenerationAbort { cause } => e.detail = cause.code(),
-            Detail::WorkerHang { silent_for, .. } => e.value = millis(silent_for),
-            Detail::WorkerRecover { hung_for, .. } => e.value = millis(hung_for),
+            Detail::WorkerHang { silent_for, .. } => e.value = clock::millis(silent_for),
+            Detail::WorkerRecover { hung_for, .. } => e.value = clock::millis(hung_for),
             Detail::LockRecovered {
                 holder_pid,
                 holder_op,
@@ -303,7 +326,7 @@ impl Event {
     }
 
     /// Decodes a stored event; `None` for codes this build does not know.
-    pub(crate) fn decode(seq: u64, e: &Encoded) -> Option<Event> {
+    pub(crate) fn decode(e: &Encoded) -> Option<Event> {
         let worker = WorkerId {
             generation: e.generation,
             pid: e.pid,
@@ -332,7 +355,7 @@ impl Event {
             EventKind::WorkerCrash => Detail::WorkerCrash {
                 worker,
                 detection: Detection::from_code(e.detail)?,
-                held_lock: e.flags & 1 != 0,
+                held_lock: e.flags & Encoded::HELD_LOCK != 0,
                 detected_by: e.other_pid,
             },
             EventKind::GenerationAbort => Detail::GenerationAbort {
@@ -340,11 +363,11 @@ impl Event {
             },
             EventKind::WorkerHang => Detail::WorkerHang {
                 worker,
-                silent_for: Duration::from_millis(e.value),
+                silent_for: clock::from_millis(e.value),
             },
             EventKind::WorkerRecover => Detail::WorkerRecover {
                 worker,
-                hung_for: Duration::from_millis(e.value),
+                hung_for: clock::from_millis(e.value),
             },
             EventKind::LockRecovered => Detail::LockRecovered {
                 holder_pid: e.other_pid,
@@ -352,8 +375,8 @@ impl Event {
             },
         };
         Some(Event {
-            seq,
-            time: UNIX_EPOCH + Duration::from_nanos(e.time_ns),
+            seq: e.seq,
+            time: clock::from_unix_nanos(e.time_ns),
             generation: e.generation,
             counts: Counts {
                 prev: decode_count(e.n_prev),
@@ -361,6 +384,7 @@ impl Event {
                 next: decode_count(e.n_next),
             },
             detail,
+            // A redelivery is a hand-over to callbacks, never a journal entry.
             redelivered: false,
         })
     }

@@ -5,11 +5,11 @@
 
 use std::fmt::{Display, Write};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::lifecycle::{StartKind, WorkerState};
+use crate::clock::unix_seconds;
+use crate::lifecycle::WorkerState;
 use crate::region::layout::LAYOUT_VERSION;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{CounterValue, Snapshot};
 
 /// Renders `snapshot`, read from the registry at `path`.
 pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
@@ -83,7 +83,7 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
             "gauge",
             "When nginx gave its verdict on the last configuration it loaded.",
         );
-        out.sample("last_reload_timestamp_seconds", &[], unix(v.time));
+        out.sample("last_reload_timestamp_seconds", &[], unix_seconds(v.time));
     }
 
     out.family(
@@ -113,7 +113,7 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         out.sample(
             "generation_start_timestamp_seconds",
             &[("generation", &g.id.to_string())],
-            unix(g.registered),
+            unix_seconds(g.registered),
         );
     }
     out.family(
@@ -178,72 +178,18 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         s.live_workers().filter(|w| w.hung).count(),
     );
 
-    let st = &s.stats;
-    out.family(
-        "generations_total",
-        "counter",
-        "Generations registered, by kind: start, restart, reload, upgrade.",
-    );
-    for (kind, n) in [
-        (StartKind::Start, st.starts),
-        (StartKind::Restart, st.restarts),
-        (StartKind::Reload, st.reloads),
-        (StartKind::Upgrade, st.upgrades),
-    ] {
-        out.sample("generations_total", &[("kind", kind.as_str())], n);
+    let mut family = "";
+    for counter in s.stats.counters() {
+        if counter.metric != family {
+            family = counter.metric;
+            out.family(family, "counter", counter.help);
+        }
+        let labels = counter.label.as_slice();
+        match counter.value {
+            CounterValue::Count(n) => out.sample(family, labels, n),
+            CounterValue::Time(d) => out.sample(family, labels, d.as_secs_f64()),
+        }
     }
-    for (name, help, n) in [
-        (
-            "worker_crashes_total",
-            "Workers that died without exiting.",
-            st.crashes,
-        ),
-        (
-            "worker_respawns_total",
-            "Workers that replaced a dead worker of the same generation and index.",
-            st.respawns,
-        ),
-        (
-            "generation_aborts_total",
-            "Generations that never got a worker (a reload that failed after init_by_lua).",
-            st.aborts,
-        ),
-        (
-            "worker_hangs_total",
-            "Times a worker's heartbeat became overdue.",
-            st.hangs,
-        ),
-        (
-            "lock_acquisitions_total",
-            "Acquisitions of the registry lock.",
-            st.lock_acquisitions,
-        ),
-        (
-            "lock_contended_total",
-            "Acquisitions of the registry lock that waited for another holder.",
-            st.lock_contended,
-        ),
-        (
-            "lock_recoveries_total",
-            "Times the registry lock's holder died holding it and the registry was repaired.",
-            st.lock_recoveries,
-        ),
-    ] {
-        out.family(name, "counter", help);
-        out.sample(name, &[], n);
-    }
-    out.family(
-        "lock_wait_seconds_total",
-        "counter",
-        "Time spent waiting for the registry lock.",
-    );
-    out.sample("lock_wait_seconds_total", &[], st.lock_wait.as_secs_f64());
-    out.family(
-        "lock_hold_seconds_total",
-        "counter",
-        "Time the registry lock was held (operations and the callbacks they run).",
-    );
-    out.sample("lock_hold_seconds_total", &[], st.lock_hold.as_secs_f64());
     out.family(
         "lock_held_seconds",
         "gauge",
@@ -273,16 +219,11 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
             out.sample(
                 "last_event_timestamp_seconds",
                 &[("event", e.kind.as_str())],
-                unix(last),
+                unix_seconds(last),
             );
         }
     }
     out.0
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 struct Exposition(String);

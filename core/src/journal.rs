@@ -140,6 +140,7 @@ fn read<A>(region: &Region<A>, seq: u64) -> Option<Event> {
         return None;
     }
     let e = Encoded {
+        seq,
         time_ns: r.time_ns.load(Relaxed),
         kind: r.kind.load(Relaxed),
         detail: r.detail.load(Relaxed),
@@ -157,7 +158,7 @@ fn read<A>(region: &Region<A>, seq: u64) -> Option<Event> {
     if r.seq.load(Relaxed) != seq {
         return None;
     }
-    Event::decode(seq, &e)
+    Event::decode(&e)
 }
 
 /// The events from `from` (inclusive) to the newest, oldest first. Events that the

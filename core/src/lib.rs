@@ -35,7 +35,7 @@
 
 mod apply;
 mod change;
-mod clock;
+pub mod clock;
 mod crash;
 mod error;
 mod event;
@@ -70,4 +70,7 @@ pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
 #[cfg(feature = "model")]
 pub use rules::model;
 pub use rules::SUPERSEDED_GRACE;
-pub use snapshot::{EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict, WorkerInfo};
+pub use snapshot::{
+    Counter, CounterValue, EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict,
+    WorkerInfo,
+};

@@ -11,7 +11,7 @@ use crate::change;
 use crate::error::Result;
 use crate::event::Event;
 use crate::journal;
-use crate::region::map::{ReadOnly, Region};
+use crate::region::map::{FileId, ReadOnly, Region};
 use crate::region::Capacities;
 use crate::snapshot::{self, Snapshot};
 
@@ -21,6 +21,9 @@ pub struct Observer {
     region: Region<ReadOnly>,
     path: PathBuf,
     previous_boot: bool,
+    /// The file mapped, as the path named it just after the mapping (`None`: it was
+    /// gone by then).
+    file: Option<FileId>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -63,7 +66,17 @@ impl Observer {
             region,
             path: path.to_path_buf(),
             previous_boot,
+            file: FileId::of(path).ok(),
         })
+    }
+
+    /// Whether the path still names the file mapped: false once it was removed or
+    /// replaced (a restart with another registry), as for
+    /// [`Registry::is_at_path`](crate::Registry::is_at_path). A symlink at the path is
+    /// not the file, as it is never followed.
+    pub fn is_at_path(&self) -> bool {
+        self.file
+            .is_some_and(|file| FileId::of(&self.path).is_ok_and(|id| id == file))
     }
 
     pub fn path(&self) -> &Path {

@@ -1,10 +1,10 @@
 //! A picture of the registry at one moment, taken under the lock or read outside it.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::change;
-use crate::clock::monotonic_ns;
+use crate::clock::{self, monotonic_ns};
 use crate::event::{Counts, WorkerId};
 use crate::lifecycle::{
     EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind, WorkerState,
@@ -71,25 +71,135 @@ pub struct WorkerInfo {
     pub respawns: u32,
 }
 
-/// Counters kept for the registry's life.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Stats {
+/// The value of one of the [`Stats`]: a count, or a time that the JSON and the
+/// metrics give in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterValue {
+    Count(u64),
+    Time(Duration),
+}
+
+/// One of the [`Stats`], as [`Stats::counters`] lists them for the CLI's JSON and the
+/// Prometheus exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    /// Its key in `worker-manager status --json`'s `stats`.
+    pub name: &'static str,
+    /// Its Prometheus metric (without the `worker_manager_` prefix), with the label
+    /// that tells it from the other counters of the same metric, if any.
+    pub metric: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
+    /// The metric's help text.
+    pub help: &'static str,
+    pub value: CounterValue,
+}
+
+/// A header statistic (a count of nanoseconds for a time) as a field of [`Stats`].
+trait FromStat {
+    fn from_stat(n: u64) -> Self;
+}
+
+impl FromStat for u64 {
+    fn from_stat(n: u64) -> u64 {
+        n
+    }
+}
+
+impl FromStat for Duration {
+    fn from_stat(ns: u64) -> Duration {
+        Duration::from_nanos(ns)
+    }
+}
+
+impl From<u64> for CounterValue {
+    fn from(n: u64) -> CounterValue {
+        CounterValue::Count(n)
+    }
+}
+
+impl From<Duration> for CounterValue {
+    fn from(d: Duration) -> CounterValue {
+        CounterValue::Time(d)
+    }
+}
+
+/// The one list of the header's statistics: for each, its field of [`Stats`], its
+/// [`Stat`] in the header, its key in the CLI's JSON, its metric and label, and the
+/// metric's help, in the order the JSON and the metrics give them.
+macro_rules! stats {
+    // The label of a counter of `generations_total`: the start kind it counts.
+    (@label) => { None };
+    (@label $kind:ident) => { Some(("kind", StartKind::$kind.as_str())) };
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $stat:ident, $name:literal,
+            $metric:literal $({ kind: $kind:ident })?, $help:expr;
+    )+) => {
+        /// Counters kept for the registry's life.
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $field: $ty,)+
+        }
+
+        impl Stats {
+            fn read(stat: impl Fn(Stat) -> u64) -> Stats {
+                Stats {
+                    $($field: FromStat::from_stat(stat(Stat::$stat)),)+
+                }
+            }
+
+            /// Every counter with its names, in the order of the JSON and the
+            /// metrics.
+            pub fn counters(&self) -> Vec<Counter> {
+                vec![$(Counter {
+                    name: $name,
+                    metric: $metric,
+                    label: stats!(@label $($kind)?),
+                    help: $help,
+                    value: self.$field.into(),
+                },)+]
+            }
+        }
+    };
+}
+
+const GENERATIONS_HELP: &str = "Generations registered, by kind: start, restart, reload, upgrade.";
+
+stats! {
     /// Generations registered by kind.
-    pub starts: u64,
-    pub crashes: u64,
-    pub respawns: u64,
-    pub reloads: u64,
-    pub restarts: u64,
-    pub upgrades: u64,
-    pub aborts: u64,
-    pub hangs: u64,
-    pub lock_acquisitions: u64,
+    starts: u64 = Starts, "starts",
+        "generations_total" { kind: Start }, GENERATIONS_HELP;
+    restarts: u64 = Restarts, "restarts",
+        "generations_total" { kind: Restart }, GENERATIONS_HELP;
+    reloads: u64 = Reloads, "reloads",
+        "generations_total" { kind: Reload }, GENERATIONS_HELP;
+    upgrades: u64 = Upgrades, "upgrades",
+        "generations_total" { kind: Upgrade }, GENERATIONS_HELP;
+    crashes: u64 = Crashes, "crashes",
+        "worker_crashes_total", "Workers that died without exiting.";
+    respawns: u64 = Respawns, "respawns",
+        "worker_respawns_total",
+        "Workers that replaced a dead worker of the same generation and index.";
+    aborts: u64 = Aborts, "aborts",
+        "generation_aborts_total",
+        "Generations that never got a worker (a reload that failed after init_by_lua).";
+    hangs: u64 = Hangs, "hangs",
+        "worker_hangs_total", "Times a worker's heartbeat became overdue.";
+    lock_acquisitions: u64 = LockAcquisitions, "lock_acquisitions",
+        "lock_acquisitions_total", "Acquisitions of the registry lock.";
     /// Acquisitions that had to wait for another holder.
-    pub lock_contended: u64,
-    pub lock_wait: Duration,
-    pub lock_hold: Duration,
+    lock_contended: u64 = LockContended, "lock_contended",
+        "lock_contended_total",
+        "Acquisitions of the registry lock that waited for another holder.";
     /// Times a holder died holding the lock and the registry was repaired.
-    pub lock_recoveries: u64,
+    lock_recoveries: u64 = LockRecoveries, "lock_recoveries",
+        "lock_recoveries_total",
+        "Times the registry lock's holder died holding it and the registry was repaired.";
+    lock_wait: Duration = LockWaitNs, "lock_wait_seconds",
+        "lock_wait_seconds_total", "Time spent waiting for the registry lock.";
+    lock_hold: Duration = LockHoldNs, "lock_hold_seconds",
+        "lock_hold_seconds_total",
+        "Time the registry lock was held (operations and the callbacks they run).";
 }
 
 /// Journal entries of one kind over the registry's life.
@@ -173,10 +283,6 @@ impl Snapshot {
     }
 }
 
-fn time(ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(ns)
-}
-
 /// Copies the registry. The caller holds the lock, or reads inside
 /// [`change::read`].
 pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
@@ -194,9 +300,9 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                 previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
                 master_pid: g.master_pid.load(Relaxed),
                 master_start_time: g.master_start_time.load(Relaxed),
-                registered: time(g.registered_ns.load(Relaxed)),
-                interval: Duration::from_millis(g.interval_ms.load(Relaxed)),
-                failed: Duration::from_millis(g.failed_ms.load(Relaxed)),
+                registered: clock::from_unix_nanos(g.registered_ns.load(Relaxed)),
+                interval: clock::from_millis(g.interval_ms.load(Relaxed)),
+                failed: clock::from_millis(g.failed_ms.load(Relaxed)),
                 expected_workers: g.expected_workers.load(Relaxed),
                 live_workers: census.live(id),
                 workers_started: g.workers_started.load(Relaxed),
@@ -205,10 +311,10 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                 exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
                 exited: Some(g.exited_ns.load(Relaxed))
                     .filter(|&ns| ns != 0)
-                    .map(time),
+                    .map(clock::from_unix_nanos),
                 committed: Some(g.committed_ns.load(Relaxed))
                     .filter(|&ns| ns != 0)
-                    .map(time),
+                    .map(clock::from_unix_nanos),
             }
         })
         .collect();
@@ -221,7 +327,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                 id: worker_id(s),
                 state,
                 start_time: s.start_time.load(Relaxed),
-                registered: time(s.registered_ns.load(Relaxed)),
+                registered: clock::from_unix_nanos(s.registered_ns.load(Relaxed)),
                 heartbeat_age: Duration::from_nanos(
                     now.saturating_sub(s.heartbeat_mono_ns.load(Acquire)),
                 ),
@@ -236,7 +342,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
     Snapshot {
         consistent: true,
         previous_boot: false,
-        created: time(h.created_ns.load(Relaxed)),
+        created: clock::from_unix_nanos(h.created_ns.load(Relaxed)),
         lock: (holder != 0).then(|| LockHolder {
             pid: holder,
             op: LockOp::from_code(h.lock_holder_op.load(Relaxed)),
@@ -250,21 +356,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
         capacities: region.capacities(),
         generations,
         workers,
-        stats: Stats {
-            starts: stat(Stat::Starts),
-            crashes: stat(Stat::Crashes),
-            respawns: stat(Stat::Respawns),
-            reloads: stat(Stat::Reloads),
-            restarts: stat(Stat::Restarts),
-            upgrades: stat(Stat::Upgrades),
-            aborts: stat(Stat::Aborts),
-            hangs: stat(Stat::Hangs),
-            lock_acquisitions: stat(Stat::LockAcquisitions),
-            lock_contended: stat(Stat::LockContended),
-            lock_wait: Duration::from_nanos(stat(Stat::LockWaitNs)),
-            lock_hold: Duration::from_nanos(stat(Stat::LockHoldNs)),
-            lock_recoveries: stat(Stat::LockRecoveries),
-        },
+        stats: Stats::read(stat),
         events: EventKind::ALL
             .iter()
             .map(|&kind| {
@@ -274,7 +366,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                     total: h.event_totals[i].load(Relaxed),
                     last: Some(h.event_last_ns[i].load(Relaxed))
                         .filter(|&ns| ns != 0)
-                        .map(time),
+                        .map(clock::from_unix_nanos),
                 }
             })
             .collect(),
@@ -283,7 +375,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
             (generation, code) => Some(Verdict {
                 generation,
                 committed: code == VERDICT_COMMITTED,
-                time: time(h.verdict_ns.load(Relaxed)),
+                time: clock::from_unix_nanos(h.verdict_ns.load(Relaxed)),
             }),
         },
     }
@@ -299,4 +391,37 @@ pub(crate) fn observe<A>(region: &Region<A>) -> Snapshot {
     let (mut snapshot, consistent) = change::read(region.header(), || capture(region));
     snapshot.consistent = consistent;
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::layout::STAT_COUNT;
+
+    #[test]
+    fn every_statistic_is_one_counter_and_a_metric_s_counters_are_adjacent() {
+        // Statistic `s` reads as `s + 1`: each must appear exactly once.
+        let stats = Stats::read(|s| s as u64 + 1);
+        let mut seen: Vec<u64> = stats
+            .counters()
+            .iter()
+            .map(|c| match c.value {
+                CounterValue::Count(n) => n,
+                CounterValue::Time(d) => d.as_nanos() as u64,
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=STAT_COUNT as u64).collect::<Vec<_>>());
+        let counters = stats.counters();
+        for (i, c) in counters.iter().enumerate() {
+            assert!(
+                counters[i + 1..].iter().all(|d| d.name != c.name),
+                "{} twice",
+                c.name
+            );
+            if let Some(later) = counters[i + 1..].iter().position(|d| d.metric == c.metric) {
+                assert_eq!(later, 0, "{}: its counters are not adjacent", c.metric);
+            }
+        }
+    }
 }

@@ -27,17 +27,22 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, UNIX_EPOCH};
 
+use worker_manager::lifecycle::{
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
+    StartKind, WorkerState,
+};
 use worker_manager::{
-    exposition, Error, Event, GenerationConfig, Options, Registry, Snapshot, Worker,
+    clock, exposition, naming, Encoded, Error, Event, GenerationConfig, Options, Registry,
+    Snapshot, Worker,
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 4;
+pub const WM_ABI_VERSION: u32 = 5;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -83,37 +88,34 @@ pub const WM_VERDICT_COMMITTED: u32 = 1;
 /// `wm_status.verdict`: the server gave the configuration up.
 pub const WM_VERDICT_FAILED: u32 = 2;
 
-/// `wm_event.flags`: the event is delivered again, because the process that had it
-/// delivered to its callbacks died before they all returned.
-pub const WM_EVENT_REDELIVERED: u32 = 2;
+/// `wm_name`: the event kinds (`wm_event.kind`).
+pub const WM_NAMES_EVENT_KIND: u32 = 1;
+/// `wm_name`: why a generation started (`wm_event.detail` of master_start,
+/// `wm_generation.kind`).
+pub const WM_NAMES_START_KIND: u32 = 2;
+/// `wm_name`: how a node run ended (`wm_event.value` of master_start,
+/// `wm_generation.previous_run`).
+pub const WM_NAMES_RUN_END: u32 = 3;
+/// `wm_name`: why workers exit (`wm_event.detail` of worker_exit and master_exit,
+/// `wm_generation.exit_reason`).
+pub const WM_NAMES_EXIT_REASON: u32 = 4;
+/// `wm_name`: how a death was noticed (`wm_event.detail` of worker_crash).
+pub const WM_NAMES_DETECTION: u32 = 5;
+/// `wm_name`: why a generation was given up (`wm_event.detail` of generation_abort).
+pub const WM_NAMES_ABORT_CAUSE: u32 = 6;
+/// `wm_name`: what the lock's holder was doing (`wm_event.detail` of lock_recovered).
+pub const WM_NAMES_LOCK_OP: u32 = 7;
+/// `wm_name`: the states of a generation (`wm_generation.state`).
+pub const WM_NAMES_GENERATION_STATE: u32 = 8;
+/// `wm_name`: the states of a worker slot (`wm_worker.state`).
+pub const WM_NAMES_WORKER_STATE: u32 = 9;
+/// `wm_name`: the states of a node run (`wm_status.run_state`).
+pub const WM_NAMES_RUN_STATE: u32 = 10;
 
-/// One event, as the library's `Encoded` fields plus its sequence number: counts of
-/// `-1` mean `nil`; `detail` is the code of the start kind, exit reason, detection,
-/// abort cause or lock operation, by `kind`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+/// One event: the core's fixed fields (`worker_manager::Encoded`), which the header
+/// declares as `struct wm_event`.
 #[allow(non_camel_case_types)]
-pub struct wm_event {
-    pub seq: u64,
-    pub time_ns: u64,
-    pub kind: u32,
-    pub detail: u32,
-    pub generation: u64,
-    pub pid: u32,
-    pub index: i32,
-    pub n_prev: i32,
-    pub n_mine: i32,
-    pub n_next: i32,
-    /// The replaced worker of a respawn, the detecting process of a crash, the dead
-    /// holder of a lock recovery.
-    pub other_pid: u32,
-    /// Bit 0: a respawn (worker_start) or a death while holding the lock (crash);
-    /// `WM_EVENT_REDELIVERED`: delivered again.
-    pub flags: u32,
-    /// For master_start: the previous run's end (0 none, 1 clean, 2 unclean); for
-    /// hang and recover: milliseconds.
-    pub value: u64,
-}
+pub type wm_event = Encoded;
 
 /// A tracked generation of a snapshot.
 #[repr(C)]
@@ -182,7 +184,7 @@ pub struct wm_handle {
     holds: u32,
     /// The worker registered through this handle.
     worker: Option<Worker>,
-    events: Vec<wm_event>,
+    events: Vec<Encoded>,
     snapshot: Option<Snapshot>,
     /// The last metrics text.
     metrics: String,
@@ -314,34 +316,6 @@ fn no_worker() -> Failure {
     Failure(WM_ERR_WORKER, "this handle has no registered worker".into())
 }
 
-fn encode(event: &Event) -> wm_event {
-    let e = event.encode();
-    let redelivered = if event.redelivered {
-        WM_EVENT_REDELIVERED
-    } else {
-        0
-    };
-    wm_event {
-        seq: event.seq,
-        time_ns: e.time_ns,
-        kind: e.kind,
-        detail: e.detail,
-        generation: e.generation,
-        pid: e.pid,
-        index: e.index,
-        n_prev: e.n_prev,
-        n_mine: e.n_mine,
-        n_next: e.n_next,
-        other_pid: e.other_pid,
-        flags: e.flags | redelivered,
-        value: e.value,
-    }
-}
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
 /// A C string argument as UTF-8.
 ///
 /// # Safety
@@ -391,7 +365,7 @@ fn map(
                 ));
             }
             // A reloaded configuration may wait for the lock longer or shorter.
-            registry.set_lock_timeout(ms(lock_timeout_ms))?;
+            registry.set_lock_timeout(clock::from_millis(lock_timeout_ms))?;
             let warning = (!registry.is_at_path()).then(|| {
                 Failure(
                     WM_ERR_REPLACED,
@@ -406,7 +380,7 @@ fn map(
             return Ok((registry, warning));
         }
         let options = Options {
-            lock_timeout: ms(lock_timeout_ms),
+            lock_timeout: clock::from_millis(lock_timeout_ms),
             ..Options::default()
         };
         let registry = Rc::new(Registry::open(&path, &options)?);
@@ -422,6 +396,136 @@ fn map(
 #[no_mangle]
 pub extern "C" fn wm_abi_version() -> u32 {
     WM_ABI_VERSION
+}
+
+/// The code and name of entry `i` of a list of variants, as `wm_name` hands them out.
+fn nth<T: Copy>(
+    all: &[T],
+    i: usize,
+    code: fn(T) -> u32,
+    name: fn(T) -> &'static str,
+) -> Option<(u32, &'static str)> {
+    all.get(i).map(|&v| (code(v), name(v)))
+}
+
+/// Entry `i` of the codes and names of `names` (a `WM_NAMES_*`).
+fn name(names: u32, i: usize) -> Option<(u32, &'static str)> {
+    match names {
+        WM_NAMES_EVENT_KIND => nth(EventKind::ALL, i, EventKind::code, EventKind::as_str),
+        WM_NAMES_START_KIND => nth(StartKind::ALL, i, StartKind::code, StartKind::as_str),
+        WM_NAMES_RUN_END => nth(RunEnd::ALL, i, RunEnd::code, RunEnd::as_str),
+        WM_NAMES_EXIT_REASON => nth(ExitReason::ALL, i, ExitReason::code, ExitReason::as_str),
+        WM_NAMES_DETECTION => nth(Detection::ALL, i, Detection::code, Detection::as_str),
+        WM_NAMES_ABORT_CAUSE => nth(AbortCause::ALL, i, AbortCause::code, AbortCause::as_str),
+        WM_NAMES_LOCK_OP => nth(LockOp::ALL, i, LockOp::code, LockOp::as_str),
+        WM_NAMES_GENERATION_STATE => nth(
+            GenerationState::ALL,
+            i,
+            GenerationState::code,
+            GenerationState::as_str,
+        ),
+        WM_NAMES_WORKER_STATE => nth(WorkerState::ALL, i, WorkerState::code, WorkerState::as_str),
+        // The run states' codes run from 0 without a gap.
+        WM_NAMES_RUN_STATE => u32::try_from(i)
+            .ok()
+            .and_then(RunState::from_code)
+            .map(|r| (r.code(), r.as_str())),
+        _ => None,
+    }
+}
+
+/// Entry `i` (from 0) of the codes of `names` (a `WM_NAMES_*`) and their names, the
+/// library's own: `*code` receives the code, `*len` the length of the name, which is
+/// returned: static text, not NUL-terminated. NULL past the last entry, or for
+/// unknown `names`. The Lua module builds its tables of names with it.
+///
+/// # Safety
+///
+/// `code` and `len` are NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_name(
+    names: u32,
+    i: u32,
+    code: *mut u32,
+    len: *mut usize,
+) -> *const c_char {
+    let Some((c, text)) = name(names, i as usize) else {
+        return std::ptr::null();
+    };
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if let Some(code) = code.as_mut() {
+            *code = c;
+        }
+        if let Some(len) = len.as_mut() {
+            *len = text.len();
+        }
+    }
+    text.as_ptr().cast()
+}
+
+/// Writes the registry path for the name `shm` (`shm_len` bytes) to `path` (a
+/// buffer of `*path_len` bytes, which receives the length; NUL-terminated): the path
+/// used when only a name is given, one per nginx `prefix` (with its trailing slash),
+/// name and `subsystem`. `WM_ERR_INVALID_ARGUMENT` for a name that cannot be part of
+/// a file name, with a message that follows the name of the option ("may only hold
+/// ..."); `WM_ERR_RANGE` when the buffer is too small.
+///
+/// # Safety
+///
+/// `prefix` and `subsystem` are NULL or NUL-terminated strings; `shm` is NULL or
+/// valid for `shm_len` bytes; `path` is valid for `*path_len` bytes with `path_len` valid for
+/// reads and writes; `errbuf` is NULL, or valid for `*errbuf_len` bytes with
+/// `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_default_path(
+    prefix: *const c_char,
+    shm: *const c_char,
+    shm_len: usize,
+    subsystem: *const c_char,
+    path: *mut c_char,
+    path_len: *mut usize,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    call(ErrBuf::new(errbuf, errbuf_len), || {
+        if prefix.is_null() || shm.is_null() {
+            return Err(Failure(
+                WM_ERR_INVALID_ARGUMENT,
+                "invalid prefix or shm: NULL".into(),
+            ));
+        }
+        // SAFETY: guaranteed by the caller. A prefix is any bytes, as nginx's is.
+        let prefix = unsafe { CStr::from_ptr(prefix) }.to_bytes();
+        // SAFETY: guaranteed by the caller.
+        let subsystem = unsafe { text(subsystem, "subsystem") }?;
+        // SAFETY: guaranteed by the caller.
+        let bytes = unsafe { std::slice::from_raw_parts(shm.cast::<u8>(), shm_len) };
+        // Bytes that are not UTF-8 become U+FFFD, which no name may hold.
+        let name = String::from_utf8_lossy(bytes);
+        naming::check_name(&name).map_err(|reason| Failure(WM_ERR_INVALID_ARGUMENT, reason))?;
+        let derived = naming::default_path_of_bytes(prefix, &name, subsystem);
+        let derived = derived.as_os_str().as_bytes();
+        // SAFETY: guaranteed by the caller.
+        let capacity = unsafe { *path_len };
+        if derived.len() >= capacity {
+            return Err(Failure(
+                WM_ERR_RANGE,
+                format!(
+                    "the registry path needs {} bytes, the buffer holds {capacity}",
+                    derived.len() + 1
+                ),
+            ));
+        }
+        // SAFETY: `path` is valid for `capacity` bytes (the caller's promise), and
+        // `derived.len() + 1 <= capacity`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(derived.as_ptr(), path.cast::<u8>(), derived.len());
+            *path.add(derived.len()) = 0;
+            *path_len = derived.len();
+        }
+        Ok(())
+    })
 }
 
 /// Opens (creating it if needed) the registry at `path` for `subsystem` (a name:
@@ -513,7 +617,7 @@ pub unsafe extern "C" fn wm_lock(
                 .acquire_lock(true)?
                 .expect("a waiting acquisition holds the lock or fails");
             handle.holds += 1;
-            handle.events.extend(recovered.iter().map(encode));
+            handle.events.extend(recovered.iter().map(Event::encode));
             Ok(())
         })
     }
@@ -543,7 +647,7 @@ pub unsafe extern "C" fn wm_try_lock(
             *acquired = c_int::from(taken.is_some());
             if let Some(recovered) = taken {
                 handle.holds += 1;
-                handle.events.extend(recovered.iter().map(encode));
+                handle.events.extend(recovered.iter().map(Event::encode));
             }
             Ok(())
         })
@@ -600,15 +704,15 @@ pub unsafe extern "C" fn wm_register_generation(
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
             let config = GenerationConfig {
-                interval: ms(interval_ms),
-                failed: ms(failed_ms),
-                start_timeout: ms(start_timeout_ms),
+                interval: clock::from_millis(interval_ms),
+                failed: clock::from_millis(failed_ms),
+                start_timeout: clock::from_millis(start_timeout_ms),
                 expected_workers,
             };
             let events = &mut handle.events;
             let generation = handle
                 .registry
-                .register_generation(&config, |e| events.push(encode(e)))?;
+                .register_generation(&config, |e| events.push(e.encode()))?;
             if !id.is_null() {
                 // SAFETY: guaranteed by the caller.
                 *id = generation;
@@ -639,7 +743,7 @@ pub unsafe extern "C" fn wm_configuration_closed(
             let events = &mut handle.events;
             handle
                 .registry
-                .configuration_closed(generation, |e| events.push(encode(e)))?;
+                .configuration_closed(generation, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -671,7 +775,7 @@ pub unsafe extern "C" fn wm_register_worker(
             let events = &mut handle.events;
             let worker = handle
                 .registry
-                .register_worker(generation, index, |e| events.push(encode(e)))?;
+                .register_worker(generation, index, |e| events.push(e.encode()))?;
             handle.worker = Some(worker);
             Ok(())
         })
@@ -720,7 +824,7 @@ pub unsafe extern "C" fn wm_announce_exit(
             let events = &mut handle.events;
             handle
                 .registry
-                .announce_exit(worker, |e| events.push(encode(e)))?;
+                .announce_exit(worker, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -747,7 +851,7 @@ pub unsafe extern "C" fn wm_exit_worker(
             let events = &mut handle.events;
             handle
                 .registry
-                .exit_worker(worker, graceful != 0, |e| events.push(encode(e)))?;
+                .exit_worker(worker, graceful != 0, |e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -769,7 +873,7 @@ pub unsafe extern "C" fn wm_sweep(
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
             let events = &mut handle.events;
-            handle.registry.sweep(|e| events.push(encode(e)))?;
+            handle.registry.sweep(|e| events.push(e.encode()))?;
             Ok(())
         })
     }
@@ -796,7 +900,7 @@ pub unsafe extern "C" fn wm_events_count(h: *const wm_handle) -> u32 {
 pub unsafe extern "C" fn wm_event_get(
     h: *mut wm_handle,
     i: u32,
-    out: *mut wm_event,
+    out: *mut Encoded,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
@@ -859,11 +963,6 @@ pub unsafe extern "C" fn wm_events_clear(h: *mut wm_handle) {
     }
 }
 
-fn nanos_since_epoch(time: std::time::SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Takes a snapshot of the registry without waiting for the lock: read lock-free
 /// (as `wm_metrics` and the CLI read it) unless this process holds the lock (inside
 /// a callback), then under it. `*out` receives the registry as a whole; the entries
@@ -900,7 +999,7 @@ pub unsafe extern "C" fn wm_snapshot(
                         WM_VERDICT_FAILED
                     }
                 }),
-                verdict_ns: verdict.map_or(0, |v| nanos_since_epoch(v.time)),
+                verdict_ns: verdict.map_or(0, |v| clock::unix_nanos(v.time)),
             };
             handle.snapshot = Some(snapshot);
             Ok(())
@@ -1000,8 +1099,8 @@ pub unsafe extern "C" fn wm_snapshot_generation(
                 workers_started: g.workers_started,
                 respawns: g.respawns,
                 crashes: g.crashes,
-                registered_ns: nanos_since_epoch(g.registered),
-                committed_ns: g.committed.map_or(0, nanos_since_epoch),
+                registered_ns: clock::unix_nanos(g.registered),
+                committed_ns: g.committed.map_or(0, clock::unix_nanos),
             })
         })
     }
@@ -1033,8 +1132,8 @@ pub unsafe extern "C" fn wm_snapshot_worker(
                 hung: w.hung as u32,
                 replaces_pid: w.replaces_pid.unwrap_or(0),
                 respawns: w.respawns,
-                heartbeat_age_ms: w.heartbeat_age.as_millis() as u64,
-                registered_ns: nanos_since_epoch(w.registered),
+                heartbeat_age_ms: clock::millis(w.heartbeat_age),
+                registered_ns: clock::unix_nanos(w.registered),
             })
         })
     }

@@ -327,3 +327,142 @@ fn two_handles_in_one_process_track_independently() {
         .chain(&stream_events)
         .all(|e| e.kind() != EventKind::WorkerCrash));
 }
+
+/// The names of `names` (a `WM_NAMES_*`) by code, as the Lua module reads them.
+fn names_of(names: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for i in 0.. {
+        let (mut code, mut len) = (0, 0);
+        // SAFETY: valid out-parameters.
+        let name = unsafe { wm_name(names, i, &mut code, &mut len) };
+        if name.is_null() {
+            break;
+        }
+        // SAFETY: the library's static text of `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) };
+        all.push((code, String::from_utf8(bytes.to_vec()).unwrap()));
+    }
+    all
+}
+
+/// Every variant of every coded enum, as `wm_name` gives it to the Lua module.
+#[test]
+fn the_library_names_every_code() {
+    use worker_manager::lifecycle::*;
+
+    fn names<T: Copy>(
+        all: &[T],
+        code: impl Fn(T) -> u32,
+        name: impl Fn(T) -> &'static str,
+    ) -> Vec<(u32, String)> {
+        all.iter()
+            .map(|&v| (code(v), name(v).to_string()))
+            .collect()
+    }
+    let run_states = [
+        RunState::Never,
+        RunState::Running,
+        RunState::Ended(RunEnd::Clean),
+        RunState::Ended(RunEnd::Unclean),
+    ];
+    let expected = [
+        (
+            WM_NAMES_EVENT_KIND,
+            names(EventKind::ALL, EventKind::code, EventKind::as_str),
+        ),
+        (
+            WM_NAMES_START_KIND,
+            names(StartKind::ALL, StartKind::code, StartKind::as_str),
+        ),
+        (
+            WM_NAMES_RUN_END,
+            names(RunEnd::ALL, RunEnd::code, RunEnd::as_str),
+        ),
+        (
+            WM_NAMES_EXIT_REASON,
+            names(ExitReason::ALL, ExitReason::code, ExitReason::as_str),
+        ),
+        (
+            WM_NAMES_DETECTION,
+            names(Detection::ALL, Detection::code, Detection::as_str),
+        ),
+        (
+            WM_NAMES_ABORT_CAUSE,
+            names(AbortCause::ALL, AbortCause::code, AbortCause::as_str),
+        ),
+        (
+            WM_NAMES_LOCK_OP,
+            names(LockOp::ALL, LockOp::code, LockOp::as_str),
+        ),
+        (
+            WM_NAMES_GENERATION_STATE,
+            names(
+                GenerationState::ALL,
+                GenerationState::code,
+                GenerationState::as_str,
+            ),
+        ),
+        (
+            WM_NAMES_WORKER_STATE,
+            names(WorkerState::ALL, WorkerState::code, WorkerState::as_str),
+        ),
+        (
+            WM_NAMES_RUN_STATE,
+            names(&run_states, RunState::code, RunState::as_str),
+        ),
+    ];
+    for (set, codes) in expected {
+        assert_eq!(names_of(set), codes, "WM_NAMES_* {set}");
+    }
+    assert_eq!(names_of(0), [], "an unknown set has no names");
+    assert_eq!(names_of(99), []);
+    // SAFETY: NULL out-parameters are allowed.
+    let name = unsafe { wm_name(WM_NAMES_EVENT_KIND, 0, ptr::null_mut(), ptr::null_mut()) };
+    assert!(!name.is_null());
+}
+
+/// The path of a name as the core derives it, and the name checked as the CLI
+/// checks it.
+#[test]
+fn the_default_path_is_the_core_s() {
+    let mut err = ErrBuf::new();
+    let derive = |shm: &[u8], capacity: usize, err: &mut ErrBuf| {
+        let (prefix, http) = (c("/usr/local/openresty/nginx/"), c("stream"));
+        let mut path = vec![0 as c_char; capacity];
+        let mut len = capacity;
+        // SAFETY: valid strings, buffers and lengths.
+        let rc = unsafe {
+            call!(
+                err,
+                wm_default_path(
+                    prefix.as_ptr(),
+                    shm.as_ptr().cast(),
+                    shm.len(),
+                    http.as_ptr(),
+                    path.as_mut_ptr(),
+                    &mut len
+                )
+            )
+        };
+        let text: Vec<u8> = path[..len.min(capacity)].iter().map(|&b| b as u8).collect();
+        (rc, String::from_utf8(text).unwrap())
+    };
+    let expected =
+        worker_manager::naming::default_path("/usr/local/openresty/nginx/", "wm", "stream");
+    assert_eq!(
+        derive(b"wm", 256, &mut err),
+        (WM_OK, expected.to_str().unwrap().to_string())
+    );
+    for bad in [&b""[..], b"a/b", b"a\0b", b"\xff"] {
+        let (rc, _) = derive(bad, 256, &mut err);
+        assert_eq!(rc, WM_ERR_INVALID_ARGUMENT, "{bad:?}");
+        assert!(
+            err.message().starts_with("may only hold letters, digits"),
+            "{}",
+            err.message()
+        );
+    }
+    let (rc, _) = derive(b"wm", 10, &mut err);
+    assert_eq!(rc, WM_ERR_RANGE);
+    assert!(err.message().contains("needs"), "{}", err.message());
+}

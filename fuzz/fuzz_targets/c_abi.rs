@@ -7,9 +7,9 @@
 //! buffer, its last snapshot and metrics text) must behave as the header says.
 //!
 //! Pointers are NULL only where the header allows it (`errbuf`, a handle, `path`
-//! and `subsystem`, which `wm_open` checks); every other one is valid, as the
-//! contract requires. Paths are names inside the scratch directory or a few fixed
-//! bad ones, so the library never creates a file anywhere else.
+//! and `subsystem`, which `wm_open` and `wm_default_path` check); every other one is
+//! valid, as the contract requires. Paths are names inside the scratch directory or a
+//! few fixed bad ones, so the library never creates a file anywhere else.
 //!
 //! Each input ends by letting every worker exit, releasing the lock holdings and
 //! closing every handle, so that a finding depends on one input and the registry
@@ -28,7 +28,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use worker_manager::{Capacities, EventKind, GenerationConfig, Options, Registry, WorkerState};
+use worker_manager::{
+    naming, Capacities, EventKind, GenerationConfig, Options, Registry, WorkerState,
+};
 use worker_manager_ffi::*;
 use worker_manager_fuzz::{holder_dies, impatient, scratch_dir, worker_dies};
 
@@ -217,6 +219,18 @@ enum GenerationArg {
 #[derive(Arbitrary, Debug)]
 enum Call {
     AbiVersion,
+    /// `wm_name` of any set and entry.
+    Name {
+        names: u8,
+        i: u8,
+    },
+    /// `wm_default_path` of any name and subsystem, into a buffer of any capacity.
+    DefaultPath {
+        shm: Vec<u8>,
+        subsystem: SubsystemArg,
+        capacity: u16,
+        err: ErrArg,
+    },
     Open {
         path: PathArg,
         subsystem: SubsystemArg,
@@ -462,6 +476,66 @@ fn pick(model: &Model, h: HandleArg) -> Option<usize> {
     }
 }
 
+/// The code and name of entry `i` of `names`: any name is the library's, in lower
+/// case, and there are fewer than 256 entries in a set.
+fn name(names: u8, i: u8) {
+    let (mut code, mut len) = (u32::MAX, usize::MAX);
+    // SAFETY: valid out-parameters.
+    let name = unsafe { wm_name(names.into(), i.into(), &mut code, &mut len) };
+    if name.is_null() {
+        return;
+    }
+    // SAFETY: the library returned `len` bytes of static text at `name`.
+    let bytes = unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) };
+    assert!(
+        !bytes.is_empty() && bytes.iter().all(|&b| b.is_ascii_lowercase() || b == b'_'),
+        "names {names}, entry {i}: {bytes:?}"
+    );
+    assert!(code < 256, "names {names}, entry {i}: code {code}");
+}
+
+/// `wm_default_path` of `shm`: the core's path of a valid name, written whole or
+/// not at all.
+fn default_path(call: &Call, shm: &[u8], subsystem: &SubsystemArg, capacity: u16, err: ErrArg) {
+    const PREFIX: &str = "/usr/local/openresty/nginx/";
+    let prefix = CString::new(PREFIX).unwrap();
+    let sub = subsystem_bytes(subsystem);
+    let c_sub = sub.as_ref().map(|b| CString::new(b.clone()).unwrap());
+    let mut path = vec![UNTOUCHED; capacity.into()];
+    let mut len = path.len();
+    let mut e = ErrSlot::new(err);
+    let (ebuf, elen) = e.args();
+    // SAFETY: a NUL-terminated prefix, `shm` of its length, a NULL or NUL-terminated
+    // subsystem, `path` of `len` bytes; `ebuf`, `elen` are NULL or valid.
+    let code = unsafe {
+        wm_default_path(
+            prefix.as_ptr(),
+            shm.as_ptr().cast(),
+            shm.len(),
+            c_sub.as_ref().map_or(ptr::null(), |s| s.as_ptr()),
+            path.as_mut_ptr(),
+            &mut len,
+            ebuf,
+            elen,
+        )
+    };
+    check(call, code, &e);
+    if code != WM_OK {
+        assert!(
+            path.iter().all(|&b| b == UNTOUCHED),
+            "{call:?}: a path on failure"
+        );
+        return;
+    }
+    let name = std::str::from_utf8(shm).expect("a valid name is UTF-8");
+    assert_eq!(naming::check_name(name), Ok(()));
+    let sub = std::str::from_utf8(sub.as_deref().unwrap()).unwrap();
+    let expected = naming::default_path(PREFIX, name, sub);
+    let written: Vec<u8> = path[..len].iter().map(|&b| b as u8).collect();
+    assert_eq!(written, expected.as_os_str().as_bytes());
+    assert_eq!(path[len], 0, "{call:?}: the path is not NUL-terminated");
+}
+
 /// Closes handle `i`, as `wm_close` does: its holdings released, its mapping kept
 /// for good if its worker is still registered.
 fn close(model: &mut Model, i: usize) {
@@ -479,6 +553,13 @@ fn run(model: &mut Model, call: &Call) {
             assert_eq!(wm_abi_version(), WM_ABI_VERSION);
             return;
         }
+        Call::Name { names, i } => return name(names, i),
+        Call::DefaultPath {
+            ref shm,
+            ref subsystem,
+            capacity,
+            err,
+        } => return default_path(call, shm, subsystem, capacity, err),
         Call::Open {
             ref path,
             ref subsystem,
@@ -807,7 +888,11 @@ fn run(model: &mut Model, call: &Call) {
             }
             return;
         }
-        Call::AbiVersion | Call::Open { .. } | Call::Close(_) => unreachable!("handled above"),
+        Call::AbiVersion
+        | Call::Name { .. }
+        | Call::DefaultPath { .. }
+        | Call::Open { .. }
+        | Call::Close(_) => unreachable!("handled above"),
     };
     check(call, code, &e);
 }

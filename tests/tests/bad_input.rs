@@ -8,19 +8,18 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{Probe, Scratch, Tmpfs};
+use common::{patch_header, HeaderField, Probe, Scratch, Tmpfs};
 use worker_manager::{Capacities, Error, GenerationConfig, Observer, Options, Registry};
 
 fn open(path: &Path) -> Result<Registry, Error> {
     Registry::open(path, &Options::default())
 }
 
-/// Creates a valid registry, then overwrites `bytes` at `offset`.
-fn patched(scratch: &Scratch, offset: u64, bytes: &[u8]) -> std::path::PathBuf {
+/// Creates a valid registry, then overwrites `field` of its header with `value`.
+fn patched(scratch: &Scratch, field: HeaderField, value: u32) -> std::path::PathBuf {
     let path = scratch.registry();
     drop(open(&path).unwrap());
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&file, bytes, offset).unwrap();
+    patch_header(&path, field, value);
     path
 }
 
@@ -89,7 +88,7 @@ fn a_foreign_file_is_refused() {
 #[test]
 fn newer_and_older_layouts_are_refused() {
     let scratch = Scratch::new();
-    let path = patched(&scratch, 8, &3u32.to_ne_bytes());
+    let path = patched(&scratch, HeaderField::LayoutVersion, 3);
     let err = open(&path).unwrap_err();
     assert!(
         matches!(
@@ -106,7 +105,7 @@ fn newer_and_older_layouts_are_refused() {
 
     let scratch = Scratch::new();
     // Version 1: the layout before journal entries carried their counters.
-    let path = patched(&scratch, 8, &1u32.to_ne_bytes());
+    let path = patched(&scratch, HeaderField::LayoutVersion, 1);
     assert!(matches!(
         open(&path).unwrap_err(),
         Error::OlderLayout { found: 1, .. }
@@ -115,24 +114,23 @@ fn newer_and_older_layouts_are_refused() {
 
 #[test]
 fn another_geometry_is_refused() {
-    // record_size at offset 16
     let scratch = Scratch::new();
-    let path = patched(&scratch, 16, &256u32.to_ne_bytes());
+    let path = patched(&scratch, HeaderField::RecordSize, 256);
     let err = open(&path).unwrap_err();
     assert!(matches!(err, Error::Incompatible { .. }), "{err}");
     assert!(err.to_string().contains("record size is 256"), "{err}");
-    // cap_workers at offset 28: an absurd capacity
+    // An absurd capacity.
     let scratch = Scratch::new();
-    let path = patched(&scratch, 28, &u32::MAX.to_ne_bytes());
+    let path = patched(&scratch, HeaderField::CapWorkers, u32::MAX);
     let err = open(&path).unwrap_err();
     assert!(
         err.to_string()
             .contains("workers capacity 4294967295 is out of range"),
         "{err}"
     );
-    // cap_events at offset 32: in range, but the total no longer matches
+    // A capacity in range, but the total no longer matches.
     let scratch = Scratch::new();
-    let path = patched(&scratch, 32, &7u32.to_ne_bytes());
+    let path = patched(&scratch, HeaderField::CapEvents, 7);
     let err = open(&path).unwrap_err();
     assert!(err.to_string().contains("its capacities need"), "{err}");
 }

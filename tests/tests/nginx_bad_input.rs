@@ -6,12 +6,12 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::nginx::{serial, signal, start, Config, Nginx};
-use common::Tmpfs;
+use common::{patch_header, HeaderField, Tmpfs};
 use worker_manager::{EventKind, Observer, Options, Registry, StartKind};
 
 /// One misuse: a Lua call (with `init`, `P`, a valid path, in scope) and a fragment
@@ -233,11 +233,6 @@ fn valid_registry(path: &Path) {
     drop(Registry::open(path, &Options::default()).unwrap());
 }
 
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
-    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, offset).unwrap();
-}
-
 #[test]
 fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
     let _serial = serial();
@@ -272,7 +267,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
     fs::write(file("zero.wm"), vec![0u8; 274432]).unwrap();
     fs::write(file("foreign.wm"), "not a registry\n".repeat(20000)).unwrap();
     valid_registry(&file("newer.wm"));
-    write_at(&file("newer.wm"), 8, &99u32.to_ne_bytes());
+    patch_header(&file("newer.wm"), HeaderField::LayoutVersion, 99);
     fs::create_dir(file("dir.wm")).unwrap();
     let _read_only = Tmpfs::mount(&file("ro"), "ro,size=1m");
     let _full = Tmpfs::mount(&file("tiny"), "size=64k");

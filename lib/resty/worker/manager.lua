@@ -54,23 +54,15 @@ local worker_out = ffi.new("struct wm_worker")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
+local code_out = ffi.new("uint32_t[1]")
+local PATH_SIZE = 4096
+local path_buf = ffi.new("char[?]", PATH_SIZE)
+local path_len = ffi.new("size_t[1]")
 
-local EVENTS = {
-  "master_start", "worker_start", "worker_exit", "master_exit", "worker_crash",
-  "generation_abort", "worker_hang", "worker_recover", "lock_recovered",
-}
-local START_KINDS = { "start", "restart", "reload", "upgrade" }
-local RUN_ENDS = { "clean", "unclean" }
-local REASONS = { "reload", "upgrade", "stop", "fast_stop" }
-local DETECTIONS = { "owner_died", "abandoned" }
-local ABORT_CAUSES = { "superseded", "timed_out", "failed" }
-local LOCK_OPS = {
-  [0] = "nothing", "register_generation", "register_worker", "exit_worker", "sweep",
-  "snapshot", "user",
-}
-local GENERATION_STATES = { "starting", "running", "draining", "exited" }
-local WORKER_STATES = { [0] = "free", "running", "dead", "exiting" }
-local RUN_STATES = { [0] = "never", "running", "ended_clean", "ended_unclean" }
+-- The library's names of its codes, indexed by code, built from the library when it
+-- is loaded (see use).
+local EVENTS, START_KINDS, RUN_ENDS, REASONS, DETECTIONS, ABORT_CAUSES, LOCK_OPS
+local GENERATION_STATES, WORKER_STATES, RUN_STATES
 
 -- Option name -> { type, default, minimum, maximum } (numbers are seconds).
 local OPTIONS = {
@@ -117,6 +109,35 @@ local function last_error()
   return ffi_string(errbuf, n)
 end
 
+--- The names `lib` gives the codes of one set (`cdefs.NAMES_*`), by code.
+local function names(lib, set)
+  local by_code = {}
+  local i = 0
+  while true do
+    local name = lib.wm_name(set, i, code_out, len_out)
+    if name == nil then
+      return by_code
+    end
+    by_code[code_out[0]] = ffi_string(name, len_out[0])
+    i = i + 1
+  end
+end
+
+--- Makes `lib` the library of this module: its functions, and its names of codes.
+local function use(lib)
+  C = lib
+  EVENTS = names(lib, cdefs.NAMES_EVENT_KIND)
+  START_KINDS = names(lib, cdefs.NAMES_START_KIND)
+  RUN_ENDS = names(lib, cdefs.NAMES_RUN_END)
+  REASONS = names(lib, cdefs.NAMES_EXIT_REASON)
+  DETECTIONS = names(lib, cdefs.NAMES_DETECTION)
+  ABORT_CAUSES = names(lib, cdefs.NAMES_ABORT_CAUSE)
+  LOCK_OPS = names(lib, cdefs.NAMES_LOCK_OP)
+  GENERATION_STATES = names(lib, cdefs.NAMES_GENERATION_STATE)
+  WORKER_STATES = names(lib, cdefs.NAMES_WORKER_STATE)
+  RUN_STATES = names(lib, cdefs.NAMES_RUN_STATE)
+end
+
 local function count(n)
   if n < 0 then
     return nil
@@ -145,7 +166,7 @@ local function describe(e)
     info.master_pid = e.pid
     info.previous_run = RUN_ENDS[tonumber(e.value)]
   elseif name == "worker_start" then
-    info.respawn = band(e.flags, 1) ~= 0
+    info.respawn = band(e.flags, cdefs.EVENT_RESPAWN) ~= 0
     if e.other_pid ~= 0 then
       info.replaces = tostring(info.generation) .. "-" .. tostring(e.other_pid)
     end
@@ -153,7 +174,7 @@ local function describe(e)
     info.reason = REASONS[e.detail]
   elseif name == "worker_crash" then
     info.detection = DETECTIONS[e.detail]
-    info.held_lock = band(e.flags, 1) ~= 0
+    info.held_lock = band(e.flags, cdefs.EVENT_HELD_LOCK) ~= 0
     info.detected_by = e.other_pid
   elseif name == "generation_abort" then
     info.cause = ABORT_CAUSES[e.detail]
@@ -384,20 +405,39 @@ local function validate(opts)
       error("option '" .. name .. "' holds a NUL byte", 3)
     end
   end
-  if valid.shm and not valid.shm:match("^[%w_.-]+$") then
-    error("option 'shm' may only hold letters, digits, '_', '.' and '-', got '"
-          .. valid.shm .. "'", 3)
-  end
   return valid
+end
+
+--- The registry path `lib` derives for a `shm` name, or nil, an error and its code.
+local function derive_path(lib, prefix, shm, subsystem)
+  path_len[0] = PATH_SIZE
+  local rc = lib.wm_default_path(prefix, shm, #shm, subsystem, path_buf, path_len, err_args())
+  if rc ~= 0 then
+    return nil, last_error(), rc
+  end
+  return ffi_string(path_buf, path_len[0])
 end
 
 --- The registry path for a `shm` name when no `path` is given: one per nginx prefix,
 -- name and subsystem, so that two nginx instances, or the http and stream
--- subsystems of one, never share one.
+-- subsystems of one, never share one. The library derives it: the one
+-- on_init_by_lua loaded, or else the one on package.cpath.
 -- @param subsystem "http" (the default) or "stream"
+-- @return the path, or nil and an error
 function _M.default_path(prefix, shm, subsystem)
-  local sub = (subsystem and subsystem ~= "http") and (subsystem .. ".") or ""
-  return "/dev/shm/worker-manager." .. shm .. "." .. sub .. ngx.crc32_long(prefix) .. ".wm"
+  local lib = C
+  if not lib then
+    local load_err
+    lib, load_err = cdefs.load()
+    if not lib then
+      return nil, load_err
+    end
+  end
+  local path, err, rc = derive_path(lib, prefix, shm, subsystem or "http")
+  if not path and rc == cdefs.ERR_INVALID_ARGUMENT then
+    err = "shm " .. err
+  end
+  return path, err
 end
 
 local function check_callback(name, cb, level)
@@ -432,9 +472,21 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
     ngx_log(ERR, LOG_PREFIX, err)
     return nil, err
   end
-  C = lib
+  use(lib)
   local subsystem = ngx.config.subsystem or "http"
-  local path = valid.path or _M.default_path(ngx.config.prefix(), valid.shm, subsystem)
+  local path = valid.path
+  if valid.shm then
+    local derived, rc
+    derived, err, rc = derive_path(C, ngx.config.prefix(), valid.shm, subsystem)
+    if not derived then
+      if rc == cdefs.ERR_INVALID_ARGUMENT then
+        error("option 'shm' " .. err, 2)
+      end
+      ngx_log(ERR, LOG_PREFIX, err)
+      return nil, err
+    end
+    path = path or derived
+  end
   handle_out[0] = nil
   local rc = C.wm_open(path, subsystem, ms(valid.lock_timeout), handle_out, err_args())
   if rc ~= 0 and rc ~= cdefs.ERR_REPLACED then

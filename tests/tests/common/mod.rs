@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -19,6 +20,40 @@ use worker_manager::{Counts, Event, EventKind, Options, Registry};
 /// How long any single step may take before the test fails: generous (these are
 /// shared 2-core machines), and only a bound against hanging forever.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The header fields that the bad-file tests overwrite.
+#[derive(Debug, Clone, Copy)]
+pub enum HeaderField {
+    LayoutVersion,
+    RecordSize,
+    CapWorkers,
+    CapEvents,
+}
+
+impl HeaderField {
+    /// Its byte offset in the file: the header starts with `magic` (u64), then
+    /// `layout_version`, `header_size`, `record_size`, `mutex_size`,
+    /// `cap_generations`, `cap_workers` and `cap_events` (u32 each): see
+    /// `docs/design.md` section 2 and `core/src/region/layout.rs`.
+    pub const fn offset(self) -> u64 {
+        match self {
+            HeaderField::LayoutVersion => 8,
+            HeaderField::RecordSize => 16,
+            HeaderField::CapWorkers => 28,
+            HeaderField::CapEvents => 32,
+        }
+    }
+}
+
+/// Overwrites `field` of the registry file at `path` with `value`.
+pub fn patch_header(path: &Path, field: HeaderField, value: u32) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open the registry for writing");
+    file.write_all_at(&value.to_ne_bytes(), field.offset())
+        .expect("patch the header");
+}
 
 /// A temporary directory on `/dev/shm` (tmpfs, as in production) holding a registry.
 pub struct Scratch {
