@@ -80,39 +80,44 @@ fn slot(i: u32, s: &WorkerSlot) -> Slot {
     }
 }
 
-/// The registry decoded: every generation record, and the slots up to the
-/// high-water mark plus one (the first never used, where a registration goes when
-/// no used slot is free).
+/// The registry decoded: the generation records in use and the free ones, and the
+/// slots up to the high-water mark plus one (the first never used, where a
+/// registration goes when no used slot is free).
 pub(crate) fn decode<A>(region: &Region<A>) -> State {
+    let mut state = State::default();
+    decode_into(region, &mut state);
+    state
+}
+
+/// [`decode`] into `state`, reusing its memory: an operation decodes the registry
+/// each time, a sweep on every tick of every worker.
+pub(crate) fn decode_into<A>(region: &Region<A>, state: &mut State) {
     let h = region.header();
     let caps = region.capacities();
     let high_water = h.slot_high_water.load(Relaxed).min(caps.workers);
-    let mut generations = Vec::new();
-    let mut free = Vec::new();
+    state.node = Node {
+        run: RunState::from_code(h.run_state.load(Relaxed)),
+        run_id: h.run_id.load(Relaxed),
+        next_generation: h.next_generation.load(Relaxed),
+        slot_high_water: h.slot_high_water.load(Relaxed),
+        verdict_generation: h.verdict_generation.load(Relaxed),
+        verdict: h.verdict.load(Relaxed),
+        verdict_ns: h.verdict_ns.load(Relaxed),
+    };
+    state.generations.clear();
+    state.free.clear();
     for i in 0..caps.generations {
         let g = region.generation(i);
         match g.id.load(Acquire) {
-            0 => free.push(i),
-            id => generations.push(generation(i, id, g)),
+            0 => state.free.push(i),
+            id => state.generations.push(generation(i, id, g)),
         }
     }
-    State {
-        node: Node {
-            run: RunState::from_code(h.run_state.load(Relaxed)),
-            run_id: h.run_id.load(Relaxed),
-            next_generation: h.next_generation.load(Relaxed),
-            slot_high_water: h.slot_high_water.load(Relaxed),
-            verdict_generation: h.verdict_generation.load(Relaxed),
-            verdict: h.verdict.load(Relaxed),
-            verdict_ns: h.verdict_ns.load(Relaxed),
-        },
-        generations,
-        free,
-        slots: (0..(high_water + 1).min(caps.workers))
-            .map(|i| slot(i, region.slot(i)))
-            .collect(),
-        slot_capacity: caps.workers,
-    }
+    state.slots.clear();
+    state
+        .slots
+        .extend((0..(high_water + 1).min(caps.workers)).map(|i| slot(i, region.slot(i))));
+    state.slot_capacity = caps.workers;
 }
 
 impl<A> Region<A> {

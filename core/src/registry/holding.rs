@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::apply::apply;
 use crate::change::Change;
 use crate::clock::monotonic_ns;
 use crate::error::Result;
@@ -173,8 +172,7 @@ impl Registry {
             }
         }
         let last = journal::last(&self.region);
-        let mut plan = self.plan();
-        let probes = self.probe_slots(plan.state())?;
+        let (mut plan, probes) = self.plan()?;
         rules::repair(
             &mut plan,
             last.as_ref(),
@@ -183,7 +181,7 @@ impl Registry {
             sys::getpid(),
             &System,
         );
-        events.extend(apply(&self.region, plan.into_steps()));
+        events.extend(self.apply(plan));
         Ok(events)
     }
 }

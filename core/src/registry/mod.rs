@@ -130,6 +130,8 @@ pub struct Registry {
     depth: Cell<u32>,
     /// The outermost holding hands its events to callbacks (see `Delivery`).
     delivering: Cell<bool>,
+    /// The memory of the last operation's decoded state, reused by the next.
+    scratch: Cell<State>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -206,6 +208,7 @@ impl Registry {
             lock_timeout: Cell::new(options.lock_timeout),
             depth: Cell::new(0),
             delivering: Cell::new(false),
+            scratch: Cell::default(),
         })
     }
 
@@ -242,31 +245,44 @@ impl Registry {
 
     // ----- the shell around the rules ------------------------------------------
 
-    /// A plan over the registry as it is now. The caller holds the lock.
-    fn plan(&self) -> Plan {
+    /// A plan over the registry as it is now, and what the mutexes of its present
+    /// slots say. The caller holds the lock.
+    fn plan(&self) -> Result<(Plan, Vec<SlotProbe>)> {
         let now = Now {
             mono: monotonic_ns(),
             real: realtime_ns(),
         };
-        Plan::new(tables::decode(&self.region), now)
+        let mut state = self.scratch.take();
+        tables::decode_into(&self.region, &mut state);
+        let probes = state.present_slots().map(|s| self.probe(s.slot)).collect();
+        let plan = Plan::new(state, now);
+        match probes {
+            Ok(probes) => Ok((plan, probes)),
+            Err(e) => {
+                self.scratch.set(plan.into_parts().0);
+                Err(e)
+            }
+        }
     }
 
-    /// Tries the mutex of every present slot: held by its live process, or free (or
-    /// left by its dead owner), which the kernel says only of a process that is gone.
-    fn probe_slots(&self, state: &State) -> Result<Vec<SlotProbe>> {
-        state
-            .present_slots()
-            .map(|s| {
-                let mutex = self.region.slot_mutex(s.slot);
-                let gone = match mutex.try_lock()? {
-                    TryLocked::Busy => return Ok((s.slot, None)),
-                    TryLocked::OwnerDied => Detection::OwnerDied,
-                    TryLocked::Acquired => Detection::Abandoned,
-                };
-                mutex.unlock()?;
-                Ok((s.slot, Some(gone)))
-            })
-            .collect()
+    /// Writes `plan` to the mapping; returns its events.
+    fn apply(&self, plan: Plan) -> Vec<Event> {
+        let (state, steps) = plan.into_parts();
+        self.scratch.set(state);
+        apply(&self.region, steps)
+    }
+
+    /// Tries the mutex of a present slot: held by its live process, or free (or left
+    /// by its dead owner), which the kernel says only of a process that is gone.
+    fn probe(&self, slot: u32) -> Result<SlotProbe> {
+        let mutex = self.region.slot_mutex(slot);
+        let gone = match mutex.try_lock()? {
+            TryLocked::Busy => return Ok((slot, None)),
+            TryLocked::OwnerDied => Detection::OwnerDied,
+            TryLocked::Acquired => Detection::Abandoned,
+        };
+        mutex.unlock()?;
+        Ok((slot, Some(gone)))
     }
 
     /// Runs `op` under the lock: a sweep, then `body`'s rules; hands the events (a
@@ -293,12 +309,12 @@ impl Registry {
     ) -> Result<T> {
         let mut events = std::mem::take(&mut guard.recovered);
         let change = Change::begin(self.region.header());
-        let mut plan = self.plan();
-        let outcome = self.probe_slots(plan.state()).and_then(|probes| {
+        let outcome = self.plan().and_then(|(mut plan, probes)| {
             rules::sweep(&mut plan, &probes, 0, sys::getpid(), &System);
-            body(&mut plan)
+            let outcome = body(&mut plan);
+            events.extend(self.apply(plan));
+            outcome
         });
-        events.extend(apply(&self.region, plan.into_steps()));
         drop(change);
         // Inside a binding's own holding (`hold_lock`), `on_event` only queues the
         // events for callbacks that run later: the binding records them as done.

@@ -232,7 +232,7 @@ impl Model {
         let probes = self.probe(plan.state());
         super::sweep(&mut plan, &probes, 0, pid, &self.processes);
         let outcome = body(self, &mut plan);
-        let (after, steps) = (plan.state().clone(), plan.into_steps());
+        let (after, steps) = plan.into_parts();
         self.apply(steps, dies_after);
         if dies_after.is_some() {
             self.kill(pid);
@@ -267,7 +267,7 @@ impl Model {
             pid,
             &self.processes,
         );
-        self.apply(plan.into_steps(), None);
+        self.apply(plan.into_parts().1, None);
     }
 
     /// `pid` registers a generation, as a master's `init_by_lua` does.

@@ -65,8 +65,9 @@ impl Plan {
         self.now
     }
 
-    pub(crate) fn into_steps(self) -> Vec<Step> {
-        self.steps
+    /// The steps, and the state they lead to.
+    pub(crate) fn into_parts(self) -> (State, Vec<Step>) {
+        (self.state, self.steps)
     }
 
     /// Changes the header fields.
