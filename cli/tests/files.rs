@@ -104,20 +104,20 @@ fn a_registry_the_user_cannot_read_exits_4() {
     // child another test thread forks meanwhile, and executing it would then fail
     // with "Text file busy".
     let exe = dir.path().join("worker-manager");
-    let installed = Command::new("install")
-        .args(["-m", "0755", common::CLI])
-        .arg(&exe)
-        .status()
-        .expect("run install (coreutils)");
-    assert!(installed.success());
-    let run: Run = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&exe)
-        .args(["status", "--path"])
-        .arg(&good)
-        .output()
-        .expect("run setpriv (util-linux)")
-        .into();
+    let installed = common::output(
+        Command::new("install")
+            .args(["-m", "0755", common::CLI])
+            .arg(&exe),
+    );
+    assert!(installed.status.success(), "install: {installed:?}");
+    let run: Run = common::output(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args(["status", "--path"])
+            .arg(&good),
+    )
+    .into();
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("Permission denied"), "{run:?}");
 }
@@ -229,19 +229,21 @@ fn reading_a_registry_changes_nothing_and_reports_what_it_holds() {
 fn a_reader_that_goes_away_ends_the_command_quietly() {
     let dir = scratch();
     let path = registry(dir.path());
-    let mut child = Command::new(common::CLI)
-        .args(["events", "--follow", "--path"])
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn(
+        Command::new(common::CLI)
+            .args(["events", "--follow", "--path"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     // Read the first line, then close the pipe; the next event makes the CLI write
-    // into the closed pipe.
+    // into the closed pipe. Meanwhile no other test starts a child, which would hold
+    // a copy of the pipe's read end until its exec.
     let stdout = child.stdout.take().unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
     assert!(first.contains("master_start"), "{first}");
+    let _no_spawn = common::no_spawn();
     let registry = Registry::open(&path, &Options::default()).unwrap();
     registry
         .register_generation(&GenerationConfig::default(), |_| {})

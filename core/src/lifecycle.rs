@@ -248,6 +248,14 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Every state, in code order.
+    pub const ALL: &'static [RunState] = &[
+        RunState::Never,
+        RunState::Running,
+        RunState::Ended(RunEnd::Clean),
+        RunState::Ended(RunEnd::Unclean),
+    ];
+
     /// Whether the rules may change the run from `self` to `next`: a run starts
     /// (from none, or after one ended) and ends. A generation that ends after the
     /// run did (its last worker died after the others exited) says again how the
@@ -306,8 +314,8 @@ mod tests {
         }
         assert_eq!(EventKind::from_code(0), None);
         assert_eq!(StartKind::from_code(99), None);
-        for code in 0..4 {
-            assert_eq!(RunState::from_code(code).map(RunState::code), Some(code));
+        for &r in RunState::ALL {
+            assert_eq!(RunState::from_code(r.code()), Some(r));
         }
         assert_eq!(RunState::from_code(4), None);
         assert_eq!(ExitReason::FastStop.to_string(), "fast_stop");

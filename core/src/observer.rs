@@ -23,7 +23,7 @@ pub struct Observer {
     previous_boot: bool,
     /// The file mapped, as the path named it just after the mapping (`None`: it was
     /// gone by then).
-    file: Option<FileId>,
+    file: FileId,
 }
 
 impl std::fmt::Debug for Observer {
@@ -61,12 +61,12 @@ impl Observer {
     /// lock and does not check the file's owner: reading is all it does.
     pub fn open(path: impl AsRef<Path>) -> Result<Observer> {
         let path = path.as_ref();
-        let (region, previous_boot) = Region::open_read_only(path)?;
+        let (region, previous_boot, file) = Region::open_read_only(path)?;
         Ok(Observer {
             region,
             path: path.to_path_buf(),
             previous_boot,
-            file: FileId::of(path).ok(),
+            file,
         })
     }
 
@@ -75,8 +75,7 @@ impl Observer {
     /// [`Registry::is_at_path`](crate::Registry::is_at_path). A symlink at the path is
     /// not the file, as it is never followed.
     pub fn is_at_path(&self) -> bool {
-        self.file
-            .is_some_and(|file| FileId::of(&self.path).is_ok_and(|id| id == file))
+        FileId::of(&self.path).is_ok_and(|id| id == self.file)
     }
 
     pub fn path(&self) -> &Path {

@@ -425,11 +425,7 @@ fn name(names: u32, i: usize) -> Option<(u32, &'static str)> {
             GenerationState::as_str,
         ),
         WM_NAMES_WORKER_STATE => nth(WorkerState::ALL, i, WorkerState::code, WorkerState::as_str),
-        // The run states' codes run from 0 without a gap.
-        WM_NAMES_RUN_STATE => u32::try_from(i)
-            .ok()
-            .and_then(RunState::from_code)
-            .map(|r| (r.code(), r.as_str())),
+        WM_NAMES_RUN_STATE => nth(RunState::ALL, i, RunState::code, RunState::as_str),
         _ => None,
     }
 }

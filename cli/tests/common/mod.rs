@@ -6,7 +6,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How long any single step may take before a test fails (as in the process tests).
@@ -35,14 +36,43 @@ impl From<Output> for Run {
     }
 }
 
+/// Held while a test of this process starts a child. Between its fork and its exec a
+/// child holds a copy of every descriptor of this process, other tests' pipes
+/// included: a test that needs its pipe to have no reader left (a CLI writing into a
+/// closed pipe) holds it while it checks.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+/// No child of this process is between its fork and its exec while this is held.
+pub fn no_spawn() -> MutexGuard<'static, ()> {
+    SPAWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts `command`, while no other child is started through here (the tests of
+/// `files.rs` start all theirs so).
+pub fn spawn(command: &mut Command) -> Child {
+    let _held = no_spawn();
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"))
+}
+
+/// Runs `command` to its end.
+pub fn output(command: &mut Command) -> Output {
+    spawn(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .wait_with_output()
+    .expect("wait for a child")
+}
+
 /// Runs `worker-manager ARGS`.
 pub fn cli(args: &[&str]) -> Run {
-    Command::new(CLI)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run worker-manager")
-        .into()
+    output(Command::new(CLI).args(args)).into()
 }
 
 /// Runs `worker-manager SUBCOMMAND --path PATH EXTRA...`.
@@ -70,13 +100,14 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         print("%s{%s} %r" % (s.name, labels, s.value))
 "#;
     use std::io::Write;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run /usr/bin/python3 (apt-get install python3-prometheus-client)");
+    // /usr/bin/python3 with python3-prometheus-client, which `make deps` installs.
+    let mut child = spawn(
+        Command::new("/usr/bin/python3")
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     child
         .stdin
         .take()

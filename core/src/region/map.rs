@@ -214,14 +214,16 @@ impl Region {
 impl Region<ReadOnly> {
     /// Maps an existing registry read-only, for an observer: no creation, no `flock`,
     /// no ownership checks (reading another user's registry is what an operator
-    /// does). Returns the region and whether it was last written in an earlier boot.
-    pub(crate) fn open_read_only(path: &Path) -> Result<(Region<ReadOnly>, bool)> {
+    /// does). Returns the region, whether it was last written in an earlier boot,
+    /// and the identity of the file mapped.
+    pub(crate) fn open_read_only(path: &Path) -> Result<(Region<ReadOnly>, bool, FileId)> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| open_error(path, e))?;
-        let len = regular_file(path, &file)?.len();
+        let meta = regular_file(path, &file)?;
+        let len = meta.len();
         // An empty file is one being created: not a registry yet.
         if len == 0 {
             return Err(Error::NotInitialised {
@@ -231,7 +233,7 @@ impl Region<ReadOnly> {
         let (map, caps) = map_validated(path, len, || MmapOptions::new().map_raw_read_only(&file))?;
         let region = Region::new(map, caps);
         let previous_boot = region.boot_changed().is_some();
-        Ok((region, previous_boot))
+        Ok((region, previous_boot, FileId::of_metadata(&meta)))
     }
 }
 
