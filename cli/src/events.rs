@@ -6,9 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
-use worker_manager::clock::unix_seconds;
-use worker_manager::{Detail, Event, Observer};
+use worker_manager::{Event, Observer};
 
 use crate::text::timestamp;
 use crate::{exit, written, Failure};
@@ -16,73 +14,9 @@ use crate::{exit, written, Failure};
 /// How often a follower wakes without an event, to check the file.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// An event as one JSON object: the keys of the Lua `info` table, plus the counts.
-fn to_json(e: &Event) -> Value {
-    let count = |c: Option<u32>| c.map_or(Value::Null, Value::from);
-    let mut o = Map::new();
-    o.insert("seq".into(), e.seq.into());
-    o.insert("time".into(), unix_seconds(e.time).into());
-    o.insert("event".into(), e.kind().as_str().into());
-    o.insert("generation".into(), e.generation.into());
-    o.insert("id".into(), e.id().into());
-    o.insert("n_prev".into(), count(e.counts.prev));
-    o.insert("n_mine".into(), e.counts.mine.into());
-    o.insert("n_next".into(), count(e.counts.next));
-    if let Some(w) = e.worker() {
-        o.insert("worker".into(), w.to_string().into());
-        o.insert("pid".into(), w.pid.into());
-        o.insert("index".into(), w.index.into());
-    }
-    let detail = match e.detail {
-        Detail::MasterStart {
-            kind,
-            previous_run,
-            master_pid,
-        } => json!({
-            "kind": kind.as_str(),
-            "previous_run": previous_run.map(|r| r.as_str()),
-            "master_pid": master_pid,
-        }),
-        Detail::WorkerStart { replaces, .. } => json!({
-            "respawn": replaces.is_some(),
-            "replaces": replaces.map(|w| w.to_string()),
-        }),
-        Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {
-            json!({ "reason": reason.as_str() })
-        }
-        Detail::WorkerCrash {
-            detection,
-            held_lock,
-            detected_by,
-            ..
-        } => json!({
-            "detection": detection.as_str(),
-            "held_lock": held_lock,
-            "detected_by": detected_by,
-        }),
-        Detail::GenerationAbort { cause } => json!({ "cause": cause.as_str() }),
-        Detail::WorkerHang { silent_for, .. } => {
-            json!({ "silent_for": silent_for.as_secs_f64() })
-        }
-        Detail::WorkerRecover { hung_for, .. } => {
-            json!({ "hung_for": hung_for.as_secs_f64() })
-        }
-        Detail::LockRecovered {
-            holder_pid,
-            holder_op,
-        } => json!({ "holder_pid": holder_pid, "holder_op": holder_op.as_str() }),
-        // A detail newer than this table: the common keys only.
-        _ => json!({}),
-    };
-    if let Value::Object(fields) = detail {
-        o.extend(fields);
-    }
-    Value::Object(o)
-}
-
 fn line(out: &mut impl Write, e: &Event, json: bool) -> std::io::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, &to_json(e))?;
+        serde_json::to_writer(&mut *out, &e.to_json())?;
         writeln!(out)
     } else {
         writeln!(out, "{} {e}", timestamp(e.time))

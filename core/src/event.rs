@@ -141,6 +141,73 @@ impl Event {
     }
 }
 
+#[cfg(feature = "json")]
+impl Event {
+    /// The event as one JSON object, as `worker-manager events --json` prints it
+    /// (`docs/cli.md`): the keys of the Lua `info` table, plus the counts.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let count = |c: Option<u32>| c.map_or(Value::Null, Value::from);
+        let mut o = Map::new();
+        o.insert("seq".into(), self.seq.into());
+        o.insert("time".into(), crate::clock::unix_seconds(self.time).into());
+        o.insert("event".into(), self.kind().as_str().into());
+        o.insert("generation".into(), self.generation.into());
+        o.insert("id".into(), self.id().into());
+        o.insert("n_prev".into(), count(self.counts.prev));
+        o.insert("n_mine".into(), self.counts.mine.into());
+        o.insert("n_next".into(), count(self.counts.next));
+        if let Some(w) = self.worker() {
+            o.insert("worker".into(), w.to_string().into());
+            o.insert("pid".into(), w.pid.into());
+            o.insert("index".into(), w.index.into());
+        }
+        let detail = match self.detail {
+            Detail::MasterStart {
+                kind,
+                previous_run,
+                master_pid,
+            } => json!({
+                "kind": kind.as_str(),
+                "previous_run": previous_run.map(|r| r.as_str()),
+                "master_pid": master_pid,
+            }),
+            Detail::WorkerStart { replaces, .. } => json!({
+                "respawn": replaces.is_some(),
+                "replaces": replaces.map(|w| w.to_string()),
+            }),
+            Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {
+                json!({ "reason": reason.as_str() })
+            }
+            Detail::WorkerCrash {
+                detection,
+                held_lock,
+                detected_by,
+                ..
+            } => json!({
+                "detection": detection.as_str(),
+                "held_lock": held_lock,
+                "detected_by": detected_by,
+            }),
+            Detail::GenerationAbort { cause } => json!({ "cause": cause.as_str() }),
+            Detail::WorkerHang { silent_for, .. } => {
+                json!({ "silent_for": silent_for.as_secs_f64() })
+            }
+            Detail::WorkerRecover { hung_for, .. } => {
+                json!({ "hung_for": hung_for.as_secs_f64() })
+            }
+            Detail::LockRecovered {
+                holder_pid,
+                holder_op,
+            } => json!({ "holder_pid": holder_pid, "holder_op": holder_op.as_str() }),
+        };
+        if let Value::Object(fields) = detail {
+            o.extend(fields);
+        }
+        Value::Object(o)
+    }
+}
+
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = |c: Option<u32>| c.map_or("nil".to_string(), |n| n.to_string());

@@ -14,7 +14,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use worker_manager::{
     AbortCause, Counts, Detail, Detection, Event, EventKind, ExitReason, LockOp, RunEnd, StartKind,
     WorkerId,
@@ -47,68 +47,9 @@ named!(EventKind, StartKind, RunEnd, ExitReason, Detection, AbortCause, LockOp);
 /// `e` as one JSON object, as `worker-manager events --json` prints it, with
 /// `redelivered`.
 pub fn to_json(e: &Event) -> Value {
-    let count = |c: Option<u32>| c.map_or(Value::Null, Value::from);
-    let mut o = Map::new();
-    o.insert("seq".into(), e.seq.into());
-    let time = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    o.insert("time".into(), time.as_secs_f64().into());
-    o.insert("event".into(), e.kind().as_str().into());
-    o.insert("generation".into(), e.generation.into());
-    o.insert("id".into(), e.id().into());
-    o.insert("n_prev".into(), count(e.counts.prev));
-    o.insert("n_mine".into(), e.counts.mine.into());
-    o.insert("n_next".into(), count(e.counts.next));
-    o.insert("redelivered".into(), e.redelivered.into());
-    if let Some(w) = e.worker() {
-        o.insert("worker".into(), w.to_string().into());
-        o.insert("pid".into(), w.pid.into());
-        o.insert("index".into(), w.index.into());
-    }
-    let detail = match e.detail {
-        Detail::MasterStart {
-            kind,
-            previous_run,
-            master_pid,
-        } => json!({
-            "kind": kind.as_str(),
-            "previous_run": previous_run.map(RunEnd::as_str),
-            "master_pid": master_pid,
-        }),
-        Detail::WorkerStart { replaces, .. } => json!({
-            "respawn": replaces.is_some(),
-            "replaces": replaces.map(|w| w.to_string()),
-        }),
-        Detail::WorkerExit { reason, .. } | Detail::MasterExit { reason } => {
-            json!({ "reason": reason.as_str() })
-        }
-        Detail::WorkerCrash {
-            detection,
-            held_lock,
-            detected_by,
-            ..
-        } => json!({
-            "detection": detection.as_str(),
-            "held_lock": held_lock,
-            "detected_by": detected_by,
-        }),
-        Detail::GenerationAbort { cause } => json!({ "cause": cause.as_str() }),
-        Detail::WorkerHang { silent_for, .. } => {
-            json!({ "silent_for": silent_for.as_secs_f64() })
-        }
-        Detail::WorkerRecover { hung_for, .. } => {
-            json!({ "hung_for": hung_for.as_secs_f64() })
-        }
-        Detail::LockRecovered {
-            holder_pid,
-            holder_op,
-        } => json!({ "holder_pid": holder_pid, "holder_op": holder_op.as_str() }),
-        // A detail newer than the tests: the common keys, which from_json refuses.
-        _ => json!({}),
-    };
-    if let Value::Object(fields) = detail {
-        o.extend(fields);
-    }
-    Value::Object(o)
+    let mut o = e.to_json();
+    o["redelivered"] = e.redelivered.into();
+    o
 }
 
 /// The keys of the schema. A key missing or `null` is `None` (the CLI writes `null`,
