@@ -155,9 +155,7 @@ impl GenerationState {
 
     /// Whether the rules may change a generation from `self` to `next`.
     pub fn can_become(self, next: GenerationState) -> bool {
-        Self::TRANSITIONS
-            .iter()
-            .any(|&(from, to, _)| from == self && to == next)
+        listed(Self::TRANSITIONS, self, next)
     }
 }
 
@@ -180,10 +178,13 @@ impl WorkerState {
 
     /// Whether the rules may change a slot from `self` to `next`.
     pub fn can_become(self, next: WorkerState) -> bool {
-        Self::TRANSITIONS
-            .iter()
-            .any(|&(from, to, _)| from == self && to == next)
+        listed(Self::TRANSITIONS, self, next)
     }
+}
+
+/// Whether `table` has the transition from `from` to `to`.
+fn listed<S: PartialEq>(table: &[(S, S, &str)], from: S, to: S) -> bool {
+    table.iter().any(|(f, t, _)| *f == from && *t == to)
 }
 
 coded_enum! {
