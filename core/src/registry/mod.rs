@@ -367,8 +367,8 @@ impl Registry {
         index: u32,
         mut on_event: impl FnMut(&Event),
     ) -> Result<Worker> {
-        let caller = caller();
         self.locked(LockOp::RegisterWorker, &mut on_event, |plan| {
+            let caller = caller();
             let candidates = rules::worker_slots(plan.state(), generation, index, caller.me.pid)?;
             let mut chosen = None;
             for slot in candidates {

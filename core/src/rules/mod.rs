@@ -594,6 +594,12 @@ pub(crate) fn register_worker(
     if me.pid != generation_at(plan, record).master.pid {
         adopt_master(plan, record, caller.parent, procs);
     }
+    // A worker runs the configuration: the server committed it (an upgrade's or a
+    // first start's only sign; a reload's master said so already). Before the
+    // generation turns Running: a running generation not committed, whose only
+    // worker died here, would be taken for one that nothing replaces and ended,
+    // and its respawn refused.
+    commit(plan, record);
     plan.generation(record, |g| {
         g.workers_started = g.workers_started.saturating_add(1);
         if replaces.is_some() {
@@ -603,9 +609,6 @@ pub(crate) fn register_worker(
             g.state = Some(GenerationState::Running);
         }
     });
-    // A worker runs the configuration: the server committed it (an upgrade's or a
-    // first start's only sign; a reload's master said so already).
-    commit(plan, record);
     let worker = WorkerId {
         generation,
         pid: me.pid,

@@ -295,8 +295,34 @@ impl Model {
     ///
     /// As [`crate::Registry::register_worker`].
     pub fn register_worker(&mut self, pid: u32, generation: u64, index: u32) -> Result<WorkerId> {
+        self.register(pid, generation, index, None)
+    }
+
+    /// `pid` registers as worker `index` of `generation`, and is killed holding the
+    /// lock once `steps` steps (after its own sweep's) are written.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Registry::register_worker`].
+    pub fn register_worker_dies_after(
+        &mut self,
+        pid: u32,
+        generation: u64,
+        index: u32,
+        steps: usize,
+    ) -> Result<WorkerId> {
+        self.register(pid, generation, index, Some(steps))
+    }
+
+    fn register(
+        &mut self,
+        pid: u32,
+        generation: u64,
+        index: u32,
+        dies_after: Option<usize>,
+    ) -> Result<WorkerId> {
         let caller = self.caller(pid);
-        self.operation(pid, LockOp::RegisterWorker, None, |m, plan| {
+        self.operation(pid, LockOp::RegisterWorker, dies_after, |m, plan| {
             let candidates = super::worker_slots(plan.state(), generation, index, pid)?;
             let slot = candidates
                 .into_iter()

@@ -37,8 +37,10 @@ struct Death {
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// A start; one of the workers may be killed in the middle of its registration.
     Start {
         workers: u32,
+        death: Option<Death>,
     },
     /// A reload; one of the old workers may be killed in the middle of its exit.
     Reload {
@@ -46,8 +48,11 @@ enum Op {
         death: Option<Death>,
     },
     FailedReload,
+    /// A binary upgrade; one of the new workers may be killed in the middle of its
+    /// registration.
     Upgrade {
         workers: u32,
+        death: Option<Death>,
     },
     /// A stop; one of the workers may be killed in the middle of its exit.
     Stop {
@@ -77,11 +82,13 @@ fn death() -> impl Strategy<Value = Death> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (1..4u32).prop_map(|workers| Op::Start { workers }),
+        2 => (1..4u32, proptest::option::of(death()))
+            .prop_map(|(workers, death)| Op::Start { workers, death }),
         3 => (1..4u32, proptest::option::of(death()))
             .prop_map(|(workers, death)| Op::Reload { workers, death }),
         1 => Just(Op::FailedReload),
-        1 => (1..4u32).prop_map(|workers| Op::Upgrade { workers }),
+        1 => (1..4u32, proptest::option::of(death()))
+            .prop_map(|(workers, death)| Op::Upgrade { workers, death }),
         1 => (any::<bool>(), proptest::option::of(death()))
             .prop_map(|(graceful, death)| Op::Stop { graceful, death }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, respawn)| Op::Kill { pick, respawn }),
@@ -135,8 +142,20 @@ impl Node {
         self.model.events().last().expect("an event")
     }
 
-    fn start_workers(&mut self, master: u32, generation: u64, workers: u32) {
+    /// `master` starts `workers` workers of `generation`; `death` kills one of them
+    /// in the middle of its registration, holding the lock, and the master respawns
+    /// it, as nginx does.
+    fn start_workers(&mut self, master: u32, generation: u64, workers: u32, death: Option<Death>) {
+        let victim = death.map(|d| (d.pick % workers as usize) as u32);
         for index in 0..workers {
+            if let (Some(d), Some(v)) = (death, victim) {
+                if v == index {
+                    let pid = self.spawn(master);
+                    let _ = self
+                        .model
+                        .register_worker_dies_after(pid, generation, index, d.steps);
+                }
+            }
             let pid = self.spawn(master);
             match self.model.register_worker(pid, generation, index) {
                 Ok(_) => {
@@ -228,13 +247,13 @@ impl Node {
     fn apply(&mut self, op: &Op) {
         self.model.advance(Duration::from_millis(100));
         match *op {
-            Op::Start { workers } => {
+            Op::Start { workers, death } => {
                 if self.master.is_some() {
                     return;
                 }
                 let master = self.spawn(1);
                 if let Some(g) = self.register(master, StartKind::Start) {
-                    self.start_workers(master, g, workers);
+                    self.start_workers(master, g, workers, death);
                     self.master = Some((master, g));
                 } else {
                     self.model.kill(master);
@@ -248,7 +267,7 @@ impl Node {
                     return;
                 };
                 self.model.configuration_closed(master, old);
-                self.start_workers(master, g, workers);
+                self.start_workers(master, g, workers, None);
                 self.master = Some((master, g));
                 self.exit_all(master, Some(g), true, ExitReason::Reload, death);
                 self.model.sweep(OBSERVER);
@@ -271,7 +290,7 @@ impl Node {
                     "a failed reload is aborted at once"
                 );
             }
-            Op::Upgrade { workers } => {
+            Op::Upgrade { workers, death } => {
                 let Some((old_master, old)) = self.master else {
                     return;
                 };
@@ -280,7 +299,7 @@ impl Node {
                     self.model.kill(master);
                     return;
                 };
-                self.start_workers(master, g, workers);
+                self.start_workers(master, g, workers, death);
                 self.master = Some((master, g));
                 self.exit_all(old_master, Some(g), true, ExitReason::Upgrade, None);
                 self.model.configuration_closed(old_master, old);
@@ -514,6 +533,7 @@ fn a_death_inside_the_lock_after_any_write_is_reported_once() {
         for pick in 0..3 {
             let death = Some(Death { pick, steps });
             for op in [
+                Op::Upgrade { workers: 2, death },
                 Op::Reload { workers: 2, death },
                 Op::Stop {
                     graceful: true,
@@ -529,7 +549,10 @@ fn a_death_inside_the_lock_after_any_write_is_reported_once() {
                 },
             ] {
                 let mut node = Node::new();
-                node.apply(&Op::Start { workers: 3 });
+                node.apply(&Op::Start {
+                    workers: 3,
+                    death: None,
+                });
                 node.apply(&op);
                 node.check();
                 node.finish();
