@@ -360,7 +360,28 @@ impl Nginx {
         format!(
             r#"
         local ffi = require("ffi")
-        local cjson = require("cjson")
+        -- A record is flat: strings, numbers, booleans. Encoded here rather than
+        -- with cjson, whose buffers the end of a Lua VM may free before the
+        -- callbacks that run in it (a configuration given up, a worker's exit).
+        local function encode(record)
+            local parts = {{}}
+            for k, v in pairs(record) do
+                local t = type(v)
+                if t == "string" then
+                    v = string.format("%q", v):gsub("\\\n", "\\n")
+                elseif t == "number" then
+                    v = string.format("%.17g", v)
+                elseif t == "boolean" then
+                    v = tostring(v)
+                else
+                    v = nil
+                end
+                if v then
+                    parts[#parts + 1] = string.format("%q:%s", k, v)
+                end
+            end
+            return "{{" .. table.concat(parts, ",") .. "}}"
+        end
         ffi.cdef[[
             typedef struct {{ long sec; long nsec; }} wm_test_timespec;
             int clock_gettime(int clock, wm_test_timespec *ts);
@@ -382,7 +403,7 @@ impl Nginx {
                 record.t = string.format("%d%09d", tonumber(ts.sec), tonumber(ts.nsec))
                 -- The whole line in one write: it is appended whole.
                 local f = assert(io.open("{events}", "a"))
-                f:write(cjson.encode(record) .. "\n")
+                f:write(encode(record) .. "\n")
                 f:close()
                 {in_callback}
             end
