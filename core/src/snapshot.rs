@@ -13,7 +13,7 @@ use crate::region::layout::Stat;
 use crate::region::map::Region;
 use crate::region::Capacities;
 use crate::rules::state::Census;
-use crate::tables::{self, load_state, worker_id};
+use crate::tables::{load_state, worker_id};
 
 /// A tracked generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,39 +287,8 @@ impl Snapshot {
 /// [`change::read`].
 pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
     let h = region.header();
-    let census = tables::decode(region).census();
     let now = monotonic_ns();
-    let mut generations: Vec<GenerationInfo> = region
-        .generations()
-        .map(|g| {
-            let id = g.id.load(Relaxed);
-            GenerationInfo {
-                id,
-                state: load_state(g),
-                kind: StartKind::from_code(g.kind.load(Relaxed)),
-                previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
-                master_pid: g.master_pid.load(Relaxed),
-                master_start_time: g.master_start_time.load(Relaxed),
-                registered: clock::from_unix_nanos(g.registered_ns.load(Relaxed)),
-                interval: clock::from_millis(g.interval_ms.load(Relaxed)),
-                failed: clock::from_millis(g.failed_ms.load(Relaxed)),
-                expected_workers: g.expected_workers.load(Relaxed),
-                live_workers: census.live(id),
-                workers_started: g.workers_started.load(Relaxed),
-                respawns: g.respawns.load(Relaxed),
-                crashes: g.crashes.load(Relaxed),
-                exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
-                exited: Some(g.exited_ns.load(Relaxed))
-                    .filter(|&ns| ns != 0)
-                    .map(clock::from_unix_nanos),
-                committed: Some(g.committed_ns.load(Relaxed))
-                    .filter(|&ns| ns != 0)
-                    .map(clock::from_unix_nanos),
-            }
-        })
-        .collect();
-    generations.sort_by_key(|g| g.id);
-    let workers = region
+    let workers: Vec<WorkerInfo> = region
         .slots()
         .filter_map(|(_, s)| {
             let state = WorkerState::from_code(s.state.load(Relaxed))?;
@@ -337,6 +306,39 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
             })
         })
         .collect();
+    let mut generations: Vec<GenerationInfo> = region
+        .generations()
+        .map(|g| {
+            let id = g.id.load(Relaxed);
+            GenerationInfo {
+                id,
+                state: load_state(g),
+                kind: StartKind::from_code(g.kind.load(Relaxed)),
+                previous_run: RunEnd::from_code(g.previous_run.load(Relaxed)),
+                master_pid: g.master_pid.load(Relaxed),
+                master_start_time: g.master_start_time.load(Relaxed),
+                registered: clock::from_unix_nanos(g.registered_ns.load(Relaxed)),
+                interval: clock::from_millis(g.interval_ms.load(Relaxed)),
+                failed: clock::from_millis(g.failed_ms.load(Relaxed)),
+                expected_workers: g.expected_workers.load(Relaxed),
+                live_workers: workers
+                    .iter()
+                    .filter(|w| w.id.generation == id && w.state == WorkerState::Running)
+                    .count() as u32,
+                workers_started: g.workers_started.load(Relaxed),
+                respawns: g.respawns.load(Relaxed),
+                crashes: g.crashes.load(Relaxed),
+                exit_reason: ExitReason::from_code(g.exit_reason.load(Relaxed)),
+                exited: Some(g.exited_ns.load(Relaxed))
+                    .filter(|&ns| ns != 0)
+                    .map(clock::from_unix_nanos),
+                committed: Some(g.committed_ns.load(Relaxed))
+                    .filter(|&ns| ns != 0)
+                    .map(clock::from_unix_nanos),
+            }
+        })
+        .collect();
+    generations.sort_by_key(|g| g.id);
     let stat = |s: Stat| h.stats[s as usize].load(Relaxed);
     let holder = h.lock_holder_pid.load(Relaxed);
     Snapshot {

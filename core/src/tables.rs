@@ -80,26 +80,20 @@ fn slot(i: u32, s: &WorkerSlot) -> Slot {
     }
 }
 
-/// The registry decoded: the generation records in use and the free ones, and the
-/// slots up to the high-water mark plus one (the first never used, where a
-/// registration goes when no used slot is free).
-pub(crate) fn decode<A>(region: &Region<A>) -> State {
-    let mut state = State::default();
-    decode_into(region, &mut state);
-    state
-}
-
-/// [`decode`] into `state`, reusing its memory: an operation decodes the registry
-/// each time, a sweep on every tick of every worker.
-pub(crate) fn decode_into<A>(region: &Region<A>, state: &mut State) {
+/// The registry decoded into `state`, reusing its memory (an operation decodes the
+/// registry each time, a sweep on every tick of every worker): the generation
+/// records in use and the free ones, and the slots up to the high-water mark plus
+/// one (the first never used, where a registration goes when no used slot is free).
+pub(crate) fn decode_into(region: &Region, state: &mut State) {
     let h = region.header();
     let caps = region.capacities();
-    let high_water = h.slot_high_water.load(Relaxed).min(caps.workers);
+    let slot_high_water = h.slot_high_water.load(Relaxed);
+    let high_water = slot_high_water.min(caps.workers);
     state.node = Node {
         run: RunState::from_code(h.run_state.load(Relaxed)),
         run_id: h.run_id.load(Relaxed),
         next_generation: h.next_generation.load(Relaxed),
-        slot_high_water: h.slot_high_water.load(Relaxed),
+        slot_high_water,
         verdict_generation: h.verdict_generation.load(Relaxed),
         verdict: h.verdict.load(Relaxed),
         verdict_ns: h.verdict_ns.load(Relaxed),

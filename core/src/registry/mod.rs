@@ -298,8 +298,8 @@ impl Registry {
     }
 
     /// Under the lock `guard` holds: plans a sweep and `body`, applies the plan
-    /// (also when `body` fails: the rules refuse before they change anything, and
-    /// the sweep's findings stand), hands the events (a repair's first) to
+    /// (also when `body` fails: the rules refuse before they change anything of
+    /// their own, and the sweep's findings stand), hands the events (a repair's first) to
     /// `on_event`, still under the lock, then releases it.
     fn run_locked<T>(
         &self,

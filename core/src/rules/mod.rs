@@ -152,10 +152,15 @@ fn end_generation(plan: &mut Plan, record: u32, reason: ExitReason, clean: bool)
         g.state = Some(GenerationState::Exited);
         g.exited_ns = now;
     });
+    retire_unless_newest(plan, record);
+    end_run_if_idle(plan, clean);
+}
+
+/// An ended generation stays only while it is the newest committed one.
+fn retire_unless_newest(plan: &mut Plan, record: u32) {
     if generation_at(plan, record).id != plan.state().census().newest() {
         retire(plan, record);
     }
-    end_run_if_idle(plan, clean);
 }
 
 /// Ends the node run if nothing is left of it: no live worker, no configuration
@@ -183,8 +188,7 @@ fn end_unfinished_run(plan: &mut Plan, clean: bool) {
 /// A worker of the generation at `record` left: `master_exit` if it was the last.
 fn end_if_last(plan: &mut Plan, record: u32, clean: bool) {
     let g = generation_at(plan, record);
-    let ending = g.is(GenerationState::Running) || g.is(GenerationState::Draining);
-    if ending && plan.state().census().present(g.id) == 0 {
+    if g.has_workers_to_end() && plan.state().census().present(g.id) == 0 {
         master_exit(plan, record, clean);
     }
 }
@@ -785,15 +789,13 @@ pub(crate) fn settle(plan: &mut Plan, last: &Event) {
         Detail::MasterExit { reason } => {
             let g = record.map(|record| generation_at(plan, record));
             match g {
-                Some(g) if g.is(GenerationState::Running) || g.is(GenerationState::Draining) => {
+                Some(g) if g.has_workers_to_end() => {
                     // The holder died with it: the run did not end cleanly.
                     end_generation(plan, g.record, reason, false);
                 }
                 // Ended, but perhaps not yet retired; perhaps the run not ended.
                 Some(g) if g.is(GenerationState::Exited) => {
-                    if g.id != plan.state().census().newest() {
-                        retire(plan, g.record);
-                    }
+                    retire_unless_newest(plan, g.record);
                     end_unfinished_run(plan, false);
                 }
                 Some(_) => {}

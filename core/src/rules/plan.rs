@@ -76,12 +76,7 @@ impl Plan {
         change(&mut self.state.node);
         let after = self.state.node;
         if before != after {
-            if let (Some(from), Some(to)) = (before.run, after.run) {
-                debug_assert!(
-                    from == to || from.can_become(to),
-                    "illegal run transition {from:?} -> {to:?}"
-                );
-            }
+            check(before.run, after.run, RunState::can_become);
             self.steps.push(Step::Node { before, after });
         }
     }

@@ -40,6 +40,12 @@ impl Generation {
         self.state == Some(state)
     }
 
+    /// Running or Draining: it has had workers and has not ended, so its last
+    /// worker's going ends it.
+    pub(crate) fn has_workers_to_end(&self) -> bool {
+        self.is(GenerationState::Running) || self.is(GenerationState::Draining)
+    }
+
     pub(crate) fn committed(&self) -> bool {
         self.committed_ns != 0
     }
