@@ -4,6 +4,7 @@
 //! a schema version.
 
 use std::io::{self, Write};
+use std::time::SystemTime;
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -26,6 +27,12 @@ struct Status<'a> {
     next_seq: u64,
     /// nginx's last verdict on a configuration (a start, reload or upgrade).
     last_verdict: Option<Verdict>,
+    /// When nginx last committed a configuration.
+    last_success: Option<f64>,
+    reloads: Reloads,
+    crash_loop: CrashLoops,
+    /// How long the oldest generation with workers left has been superseded.
+    oldest_draining_seconds: Option<f64>,
     generations: Vec<Generation>,
     workers: Vec<Worker>,
     stats: Stats,
@@ -38,6 +45,29 @@ struct Verdict {
     /// `committed` or `failed`.
     verdict: &'static str,
     time: f64,
+}
+
+/// Verdicts on reloads and upgrades.
+#[derive(Serialize)]
+struct Reloads {
+    total: u64,
+    failed: u64,
+}
+
+/// The crash-loop rule and the indexes in a loop.
+#[derive(Serialize)]
+struct CrashLoops {
+    intensity: u32,
+    period_seconds: f64,
+    looping: Vec<CrashLoop>,
+}
+
+#[derive(Serialize)]
+struct CrashLoop {
+    index: u32,
+    since: f64,
+    last_crashed: String,
+    recent_crashes: u32,
 }
 
 #[derive(Serialize)]
@@ -240,6 +270,28 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
             verdict: verdict_name(v.committed),
             time: unix_seconds(v.time),
         }),
+        last_success: s.last_success.map(unix_seconds),
+        reloads: Reloads {
+            total: s.reload_verdicts,
+            failed: s.reload_failures,
+        },
+        crash_loop: CrashLoops {
+            intensity: s.crash_loop_intensity,
+            period_seconds: s.crash_loop_period.as_secs_f64(),
+            looping: s
+                .crash_loops
+                .iter()
+                .map(|l| CrashLoop {
+                    index: l.index,
+                    since: unix_seconds(l.since),
+                    last_crashed: l.last_crashed.to_string(),
+                    recent_crashes: l.recent_crashes,
+                })
+                .collect(),
+        },
+        oldest_draining_seconds: s
+            .oldest_draining(SystemTime::now())
+            .map(|d| d.as_secs_f64()),
         generations: generations(s),
         workers: workers(s),
         stats: Stats(s.stats.counters()),
@@ -316,6 +368,27 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
             v.generation,
             verdict_name(v.committed),
             timestamp(v.time)
+        )?;
+    }
+    if s.reload_verdicts > 0 {
+        writeln!(
+            out,
+            "reloads   {} ({} failed)",
+            s.reload_verdicts, s.reload_failures
+        )?;
+    }
+    if let Some(d) = s.oldest_draining(SystemTime::now()) {
+        writeln!(out, "draining  old workers superseded {} ago", age(d))?;
+    }
+    for l in &s.crash_loops {
+        writeln!(
+            out,
+            "CRASH LOOP worker index {} since {} ({} crashes within {}; last {})",
+            l.index,
+            timestamp(l.since),
+            l.recent_crashes,
+            age(s.crash_loop_period),
+            l.last_crashed
         )?;
     }
     writeln!(out)?;

@@ -16,9 +16,9 @@ use crate::crash::crash_point;
 use crate::event::Event;
 use crate::journal;
 use crate::lifecycle::WorkerState;
-use crate::region::layout::{GenerationRecord, Header, WorkerSlot};
+use crate::region::layout::{CrashHistory, GenerationRecord, Header, WorkerSlot};
 use crate::region::map::Region;
-use crate::rules::{Generation, Node, Slot, Step};
+use crate::rules::{Generation, History, Node, Slot, Step};
 
 /// Writes `steps` in order; returns the events, numbered as journalled.
 pub(crate) fn apply(region: &Region, steps: Vec<Step>) -> Vec<Event> {
@@ -35,6 +35,9 @@ pub(crate) fn apply(region: &Region, steps: Vec<Step>) -> Vec<Event> {
                 generation(region.generation(after.record), &before, &after)
             }
             Step::Slot { before, after } => slot(region.slot(after.slot), &before, &after),
+            Step::History { before, after } => {
+                history(region.history(after.index), &before, &after)
+            }
         }
     }
     events
@@ -71,6 +74,40 @@ fn node(h: &Header, before: &Node, after: &Node) {
         after.verdict_generation,
         false,
     );
+    set_u64(
+        &h.last_success_ns,
+        before.last_success_ns,
+        after.last_success_ns,
+        false,
+    );
+    set_u64(
+        &h.reload_verdicts,
+        before.reload_verdicts,
+        after.reload_verdicts,
+        false,
+    );
+    set_u64(
+        &h.reload_failures,
+        before.reload_failures,
+        after.reload_failures,
+        false,
+    );
+    set_u32(
+        &h.crash_loop_intensity,
+        before.crash_loop_intensity,
+        after.crash_loop_intensity,
+        false,
+    );
+    set_u64(
+        &h.crash_loop_period_ms,
+        before.crash_loop_period_ms,
+        after.crash_loop_period_ms,
+        false,
+    );
+    if after.history_high_water > before.history_high_water {
+        h.history_high_water
+            .fetch_max(after.history_high_water, Relaxed);
+    }
     if before.next_generation != after.next_generation {
         h.next_generation.store(after.next_generation, Release);
     }
@@ -182,5 +219,35 @@ fn slot(s: &WorkerSlot, before: &Slot, after: &Slot) {
     set_u32(&s.respawns, before.respawns, after.respawns, whole);
     if let (true, Some(state)) = (before.state != after.state, after.state) {
         s.state.store(state.code(), Release);
+    }
+}
+
+/// A crash history: the crash's time and worker before the count that makes them
+/// part of the history (a reader decodes only `times` below the count).
+fn history(r: &CrashHistory, before: &History, after: &History) {
+    for (field, (&b, &a)) in r.times.iter().zip(before.times.iter().zip(&after.times)) {
+        set_u64(field, b, a, false);
+    }
+    set_u32(&r.last_pid, before.last_pid, after.last_pid, false);
+    set_u64(
+        &r.last_generation,
+        before.last_generation,
+        after.last_generation,
+        false,
+    );
+    set_u64(
+        &r.loop_since_ns,
+        before.loop_since_ns,
+        after.loop_since_ns,
+        false,
+    );
+    set_u32(
+        &r.looping,
+        u32::from(before.looping),
+        u32::from(after.looping),
+        false,
+    );
+    if before.crashes != after.crashes {
+        r.crashes.store(after.crashes, Release);
     }
 }

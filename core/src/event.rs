@@ -80,6 +80,20 @@ pub enum Detail {
         holder_pid: u32,
         holder_op: LockOp,
     },
+    WorkerCrashLoop {
+        /// The crash that made it a loop: the last crashed worker of the index.
+        worker: WorkerId,
+        /// Crashes of the index within the period.
+        crashes: u32,
+        /// The crash-loop rule's period.
+        period: Duration,
+    },
+    WorkerCrashLoopEnd {
+        /// The index's last crashed worker.
+        worker: WorkerId,
+        /// From the loop's start to its end.
+        lasted: Duration,
+    },
 }
 
 /// One lifecycle event, as journalled and as handed to callbacks.
@@ -111,6 +125,8 @@ impl Detail {
             Detail::WorkerHang { .. } => EventKind::WorkerHang,
             Detail::WorkerRecover { .. } => EventKind::WorkerRecover,
             Detail::LockRecovered { .. } => EventKind::LockRecovered,
+            Detail::WorkerCrashLoop { .. } => EventKind::WorkerCrashLoop,
+            Detail::WorkerCrashLoopEnd { .. } => EventKind::WorkerCrashLoopEnd,
         }
     }
 }
@@ -127,7 +143,9 @@ impl Event {
             | Detail::WorkerExit { worker, .. }
             | Detail::WorkerCrash { worker, .. }
             | Detail::WorkerHang { worker, .. }
-            | Detail::WorkerRecover { worker, .. } => Some(worker),
+            | Detail::WorkerRecover { worker, .. }
+            | Detail::WorkerCrashLoop { worker, .. }
+            | Detail::WorkerCrashLoopEnd { worker, .. } => Some(worker),
             _ => None,
         }
     }
@@ -200,6 +218,12 @@ impl Event {
                 holder_pid,
                 holder_op,
             } => json!({ "holder_pid": holder_pid, "holder_op": holder_op.as_str() }),
+            Detail::WorkerCrashLoop {
+                crashes, period, ..
+            } => json!({ "crashes": crashes, "period": period.as_secs_f64() }),
+            Detail::WorkerCrashLoopEnd { lasted, .. } => {
+                json!({ "lasted": lasted.as_secs_f64() })
+            }
         };
         if let Value::Object(fields) = detail {
             o.extend(fields);
@@ -265,6 +289,18 @@ impl fmt::Display for Event {
                 holder_pid,
                 holder_op,
             } => write!(f, " dead_holder={holder_pid} during={holder_op}"),
+            Detail::WorkerCrashLoop {
+                worker,
+                crashes,
+                period,
+            } => write!(
+                f,
+                " index={} crashes={crashes} period={period:?}",
+                worker.index
+            ),
+            Detail::WorkerCrashLoopEnd { worker, lasted } => {
+                write!(f, " index={} lasted={lasted:?}", worker.index)
+            }
         }?;
         if self.redelivered {
             f.write_str(" redelivered")?;
@@ -286,7 +322,7 @@ pub struct Encoded {
     /// The code of its kind.
     pub kind: u32,
     /// By kind, the code of the start kind, exit reason, detection, abort cause or
-    /// lock operation.
+    /// lock operation; for a crash loop, the crashes within its period.
     pub detail: u32,
     pub generation: u64,
     /// The worker's pid; the master's for master_start.
@@ -302,7 +338,8 @@ pub struct Encoded {
     /// `RESPAWN` or `HELD_LOCK` (by kind), and `REDELIVERED` (`WM_EVENT_*` in C).
     pub flags: u32,
     /// For master_start: the code of the previous run's end (0: none); for hang and
-    /// recover: milliseconds.
+    /// recover, milliseconds; for a crash loop, its period, for its end, its length,
+    /// in milliseconds.
     pub value: u64,
 }
 
@@ -388,6 +425,13 @@ impl Event {
                 e.other_pid = holder_pid;
                 e.detail = holder_op.code();
             }
+            Detail::WorkerCrashLoop {
+                crashes, period, ..
+            } => {
+                e.detail = crashes;
+                e.value = clock::millis(period);
+            }
+            Detail::WorkerCrashLoopEnd { lasted, .. } => e.value = clock::millis(lasted),
         }
         e
     }
@@ -439,6 +483,15 @@ impl Event {
             EventKind::LockRecovered => Detail::LockRecovered {
                 holder_pid: e.other_pid,
                 holder_op: LockOp::from_code(e.detail)?,
+            },
+            EventKind::WorkerCrashLoop => Detail::WorkerCrashLoop {
+                worker,
+                crashes: e.detail,
+                period: clock::from_millis(e.value),
+            },
+            EventKind::WorkerCrashLoopEnd => Detail::WorkerCrashLoopEnd {
+                worker,
+                lasted: clock::from_millis(e.value),
             },
         };
         Some(Event {

@@ -5,6 +5,7 @@
 
 use std::fmt::{Display, Write};
 use std::path::Path;
+use std::time::SystemTime;
 
 use crate::clock::unix_seconds;
 use crate::lifecycle::WorkerState;
@@ -85,6 +86,43 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         );
         out.sample("last_reload_timestamp_seconds", &[], unix_seconds(v.time));
     }
+    if let Some(t) = s.last_success {
+        out.family(
+            "last_reload_success_timestamp_seconds",
+            "gauge",
+            "When nginx last committed a configuration it loaded.",
+        );
+        out.sample("last_reload_success_timestamp_seconds", &[], unix_seconds(t));
+    }
+    out.family(
+        "reloads_total",
+        "counter",
+        "Reloads and binary upgrades that nginx gave a verdict on (committed or failed).",
+    );
+    out.sample("reloads_total", &[], s.reload_verdicts);
+    out.family(
+        "reload_failures_total",
+        "counter",
+        "Reloads and binary upgrades whose configuration nginx gave up after init_by_lua, or that never got a worker.",
+    );
+    out.sample("reload_failures_total", &[], s.reload_failures);
+    out.family(
+        "oldest_draining_generation_age_seconds",
+        "gauge",
+        "How long the oldest generation that still has workers has been superseded by a committed configuration (workers of an old configuration that linger); 0 when none.",
+    );
+    out.sample(
+        "oldest_draining_generation_age_seconds",
+        &[],
+        s.oldest_draining(SystemTime::now())
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    out.family(
+        "workers_crash_looping",
+        "gauge",
+        "Worker indexes in a crash loop: more than the crash-loop intensity of crashes within its period.",
+    );
+    out.sample("workers_crash_looping", &[], s.crash_loops.len());
 
     out.family(
         "generation_info",

@@ -65,12 +65,14 @@ pub use lifecycle::{
 pub use observer::Observer;
 pub use process::Identity;
 pub use region::{Capacities, Opened};
-pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
+pub use registry::{
+    GenerationConfig, LockHold, Options, Registry, Worker, MAX_CRASH_LOOP_INTENSITY,
+};
 /// The rules over a node in memory, for tests (feature `model`).
 #[cfg(feature = "model")]
 pub use rules::model;
 pub use rules::SUPERSEDED_GRACE;
 pub use snapshot::{
-    Counter, CounterValue, EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict,
+    Counter, CounterValue, CrashLoop, EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict,
     WorkerInfo,
 };

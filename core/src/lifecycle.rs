@@ -201,6 +201,10 @@ coded_enum! {
         WorkerRecover = 8 => "worker_recover",
         /// The registry lock's holder died holding it; the registry was repaired.
         LockRecovered = 9 => "lock_recovered",
+        /// One worker index crashed more often than the crash-loop rule allows.
+        WorkerCrashLoop = 10 => "worker_crash_loop",
+        /// An index in a crash loop has not crashed for the rule's whole period.
+        WorkerCrashLoopEnd = 11 => "worker_crash_loop_end",
     }
 }
 
@@ -219,6 +223,8 @@ impl EventKind {
                 | EventKind::WorkerHang
                 | EventKind::WorkerRecover
                 | EventKind::LockRecovered
+                | EventKind::WorkerCrashLoop
+                | EventKind::WorkerCrashLoopEnd
         )
     }
 }

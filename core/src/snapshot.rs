@@ -13,7 +13,7 @@ use crate::region::layout::Stat;
 use crate::region::map::Region;
 use crate::region::Capacities;
 use crate::rules::state::Census;
-use crate::tables::{load_state, worker_id};
+use crate::tables::{self, load_state, worker_id};
 
 /// A tracked generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +247,30 @@ pub struct Snapshot {
     pub events: Vec<EventTally>,
     /// The last verdict on a configuration: a start, restart, reload or upgrade.
     pub verdict: Option<Verdict>,
+    /// When nginx last committed a configuration.
+    pub last_success: Option<SystemTime>,
+    /// Verdicts on reloads and upgrades over the registry's life, and how many of
+    /// them were failures.
+    pub reload_verdicts: u64,
+    pub reload_failures: u64,
+    /// The crash-loop rule in force: more than `intensity` crashes of one index
+    /// within `period` (0: off).
+    pub crash_loop_intensity: u32,
+    pub crash_loop_period: Duration,
+    /// The worker indexes in a crash loop now.
+    pub crash_loops: Vec<CrashLoop>,
+}
+
+/// A worker index in a crash loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub index: u32,
+    /// When the loop began.
+    pub since: SystemTime,
+    /// The index's last crashed worker.
+    pub last_crashed: WorkerId,
+    /// Its crashes within the rule's period, as of the reading.
+    pub recent_crashes: u32,
 }
 
 impl Snapshot {
@@ -273,6 +297,29 @@ impl Snapshot {
             (g.id, g.live_workers, present, g.committed.is_some())
         }));
         census.counts(generation, self.live(generation))
+    }
+
+    /// How long the oldest generation that still has workers has been superseded by
+    /// a newer configuration that nginx committed, as of `now`: old workers that
+    /// linger. `None` when no generation is draining.
+    pub fn oldest_draining(&self, now: SystemTime) -> Option<Duration> {
+        self.generations
+            .iter()
+            .filter(|g| {
+                self.workers.iter().any(|w| {
+                    w.id.generation == g.id
+                        && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
+                })
+            })
+            .filter_map(|g| {
+                self.generations
+                    .iter()
+                    .filter(|n| n.id > g.id)
+                    .filter_map(|n| n.committed)
+                    .min()
+            })
+            .min()
+            .map(|since| now.duration_since(since).unwrap_or_default())
     }
 
     /// The live workers, in slot order.
@@ -372,6 +419,14 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                 }
             })
             .collect(),
+        last_success: Some(h.last_success_ns.load(Relaxed))
+            .filter(|&ns| ns != 0)
+            .map(clock::from_unix_nanos),
+        reload_verdicts: h.reload_verdicts.load(Relaxed),
+        reload_failures: h.reload_failures.load(Relaxed),
+        crash_loop_intensity: h.crash_loop_intensity.load(Relaxed),
+        crash_loop_period: clock::from_millis(h.crash_loop_period_ms.load(Relaxed)),
+        crash_loops: crash_loops(region, now),
         verdict: match (h.verdict_generation.load(Relaxed), h.verdict.load(Relaxed)) {
             (0, _) => None,
             (generation, code) => Some(Verdict {
@@ -381,6 +436,29 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
             }),
         },
     }
+}
+
+/// The indexes in a crash loop.
+fn crash_loops<A>(region: &Region<A>, now: u64) -> Vec<CrashLoop> {
+    let h = region.header();
+    let period_ns = h
+        .crash_loop_period_ms
+        .load(Relaxed)
+        .saturating_mul(1_000_000);
+    let end = h
+        .history_high_water
+        .load(Relaxed)
+        .min(region.capacities().workers);
+    (0..end)
+        .filter_map(|i| tables::history(i, region.history(i)))
+        .filter(|h| h.looping)
+        .map(|h| CrashLoop {
+            index: h.index,
+            since: clock::from_unix_nanos(h.loop_since_ns),
+            last_crashed: h.last_worker(),
+            recent_crashes: h.recent(now, period_ns).0,
+        })
+        .collect()
 }
 
 /// `Header::verdict`: the configuration was committed.

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use crate::event::WorkerId;
 use crate::lifecycle::{GenerationState, RunState, WorkerState};
 use crate::process::Identity;
-use crate::region::layout::{GenerationRecord, WorkerSlot};
+use crate::region::layout::{CrashHistory, GenerationRecord, WorkerSlot};
 use crate::region::map::Region;
-use crate::rules::{Generation, Node, Slot, State};
+use crate::rules::{Generation, History, Node, Slot, State};
 
 pub(crate) fn load_state(g: &GenerationRecord) -> Option<GenerationState> {
     GenerationState::from_code(g.state.load(Relaxed))
@@ -97,6 +97,12 @@ pub(crate) fn decode_into(region: &Region, state: &mut State) {
         verdict_generation: h.verdict_generation.load(Relaxed),
         verdict: h.verdict.load(Relaxed),
         verdict_ns: h.verdict_ns.load(Relaxed),
+        last_success_ns: h.last_success_ns.load(Relaxed),
+        reload_verdicts: h.reload_verdicts.load(Relaxed),
+        reload_failures: h.reload_failures.load(Relaxed),
+        crash_loop_intensity: h.crash_loop_intensity.load(Relaxed),
+        crash_loop_period_ms: h.crash_loop_period_ms.load(Relaxed),
+        history_high_water: h.history_high_water.load(Relaxed),
     };
     state.generations.clear();
     state.free.clear();
@@ -112,6 +118,28 @@ pub(crate) fn decode_into(region: &Region, state: &mut State) {
         .slots
         .extend((0..(high_water + 1).min(caps.workers)).map(|i| slot(i, region.slot(i))));
     state.slot_capacity = caps.workers;
+    state.histories.clear();
+    state.histories.extend(
+        (0..state.node.history_high_water.min(caps.workers))
+            .filter_map(|i| history(i, region.history(i))),
+    );
+}
+
+/// The crash history of worker index `i`, if it ever crashed.
+pub(crate) fn history(i: u32, r: &CrashHistory) -> Option<History> {
+    let crashes = r.crashes.load(Acquire);
+    if crashes == 0 {
+        return None;
+    }
+    Some(History {
+        index: i,
+        crashes,
+        last_pid: r.last_pid.load(Relaxed),
+        last_generation: r.last_generation.load(Relaxed),
+        looping: r.looping.load(Relaxed) != 0,
+        loop_since_ns: r.loop_since_ns.load(Relaxed),
+        times: std::array::from_fn(|k| r.times[k].load(Relaxed)),
+    })
 }
 
 impl<A> Region<A> {

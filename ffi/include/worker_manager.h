@@ -12,7 +12,7 @@
 /**
  * The version of this ABI; the Lua side refuses a library with another one.
  */
-#define WM_ABI_VERSION 5
+#define WM_ABI_VERSION 6
 
 #define WM_OK 0
 
@@ -105,6 +105,11 @@
 #define WM_VERDICT_FAILED 2
 
 /**
+ * The largest `crash_loop_intensity` of `wm_register_generation`.
+ */
+#define WM_MAX_CRASH_LOOP_INTENSITY 10
+
+/**
  * `wm_name`: the event kinds (`wm_event.kind`).
  */
 #define WM_NAMES_EVENT_KIND 1
@@ -182,7 +187,7 @@ struct wm_event {
   uint32_t kind;
   /**
    * By kind, the code of the start kind, exit reason, detection, abort cause or
-   * lock operation.
+   * lock operation; for a crash loop, the crashes within its period.
    */
   uint32_t detail;
   uint64_t generation;
@@ -208,7 +213,8 @@ struct wm_event {
   uint32_t flags;
   /**
    * For master_start: the code of the previous run's end (0: none); for hang and
-   * recover: milliseconds.
+   * recover, milliseconds; for a crash loop, its period, for its end, its length,
+   * in milliseconds.
    */
   uint64_t value;
 };
@@ -254,6 +260,19 @@ struct wm_status {
   uint64_t verdict_generation;
   uint32_t verdict;
   uint64_t verdict_ns;
+  /**
+   * When a configuration was last committed (0: never).
+   */
+  uint64_t last_success_ns;
+  /**
+   * Verdicts on reloads and upgrades, and the failed ones among them.
+   */
+  uint64_t reload_verdicts;
+  uint64_t reload_failures;
+  /**
+   * Worker indexes in a crash loop, to read with `wm_snapshot_crash_loop`.
+   */
+  uint32_t crash_loops;
 };
 
 /**
@@ -276,6 +295,26 @@ struct wm_generation {
    * When the server committed the configuration; 0: not (yet).
    */
   uint64_t committed_ns;
+};
+
+/**
+ * A worker index in a crash loop, in a snapshot.
+ */
+struct wm_crash_loop {
+  uint32_t index;
+  /**
+   * The index's last crashed worker.
+   */
+  uint32_t last_pid;
+  uint64_t last_generation;
+  /**
+   * Its crashes within the crash-loop period.
+   */
+  uint32_t recent_crashes;
+  /**
+   * When the loop began.
+   */
+  uint64_t since_ns;
 };
 
 /**
@@ -407,6 +446,8 @@ int wm_unlock(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
  * Registers a generation whose master is this process; `*id` receives its id.
+ * `crash_loop_intensity` (at most `WM_MAX_CRASH_LOOP_INTENSITY`, 0: off) and
+ * `crash_loop_period_ms` set the node's crash-loop rule.
  *
  * # Safety
  *
@@ -419,6 +460,8 @@ int wm_register_generation(struct wm_handle *h,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
+                           uint32_t crash_loop_intensity,
+                           uint64_t crash_loop_period_ms,
                            uint64_t *id,
                            char *errbuf,
                            size_t *errbuf_len);
@@ -582,6 +625,20 @@ int wm_metrics(struct wm_handle *h,
 int wm_snapshot_generation(struct wm_handle *h,
                            uint32_t i,
                            struct wm_generation *out,
+                           char *errbuf,
+                           size_t *errbuf_len);
+
+/**
+ * Copies crash loop `i` of the handle's last snapshot into `*out`.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_snapshot_crash_loop(struct wm_handle *h,
+                           uint32_t i,
+                           struct wm_crash_loop *out,
                            char *errbuf,
                            size_t *errbuf_len);
 

@@ -42,7 +42,7 @@ use worker_manager::{
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 5;
+pub const WM_ABI_VERSION: u32 = 6;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -87,6 +87,10 @@ pub const WM_ERR_SHARED: c_int = 27;
 pub const WM_VERDICT_COMMITTED: u32 = 1;
 /// `wm_status.verdict`: the server gave the configuration up.
 pub const WM_VERDICT_FAILED: u32 = 2;
+
+/// The largest `crash_loop_intensity` of `wm_register_generation`.
+pub const WM_MAX_CRASH_LOOP_INTENSITY: u32 = 10;
+const _: () = assert!(WM_MAX_CRASH_LOOP_INTENSITY == worker_manager::MAX_CRASH_LOOP_INTENSITY);
 
 /// `wm_name`: the event kinds (`wm_event.kind`).
 pub const WM_NAMES_EVENT_KIND: u32 = 1;
@@ -157,6 +161,28 @@ pub struct wm_status {
     pub verdict_generation: u64,
     pub verdict: u32,
     pub verdict_ns: u64,
+    /// When a configuration was last committed (0: never).
+    pub last_success_ns: u64,
+    /// Verdicts on reloads and upgrades, and the failed ones among them.
+    pub reload_verdicts: u64,
+    pub reload_failures: u64,
+    /// Worker indexes in a crash loop, to read with `wm_snapshot_crash_loop`.
+    pub crash_loops: u32,
+}
+
+/// A worker index in a crash loop, in a snapshot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_crash_loop {
+    pub index: u32,
+    /// The index's last crashed worker.
+    pub last_pid: u32,
+    pub last_generation: u64,
+    /// Its crashes within the crash-loop period.
+    pub recent_crashes: u32,
+    /// When the loop began.
+    pub since_ns: u64,
 }
 
 /// A worker slot in use in a snapshot (a live worker, an exiting one, a tombstone).
@@ -679,6 +705,8 @@ pub unsafe extern "C" fn wm_unlock(
 }
 
 /// Registers a generation whose master is this process; `*id` receives its id.
+/// `crash_loop_intensity` (at most `WM_MAX_CRASH_LOOP_INTENSITY`, 0: off) and
+/// `crash_loop_period_ms` set the node's crash-loop rule.
 ///
 /// # Safety
 ///
@@ -692,6 +720,8 @@ pub unsafe extern "C" fn wm_register_generation(
     failed_ms: u64,
     start_timeout_ms: u64,
     expected_workers: u32,
+    crash_loop_intensity: u32,
+    crash_loop_period_ms: u64,
     id: *mut u64,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
@@ -704,6 +734,8 @@ pub unsafe extern "C" fn wm_register_generation(
                 failed: clock::from_millis(failed_ms),
                 start_timeout: clock::from_millis(start_timeout_ms),
                 expected_workers,
+                crash_loop_intensity,
+                crash_loop_period: clock::from_millis(crash_loop_period_ms),
             };
             let events = &mut handle.events;
             let generation = handle
@@ -996,6 +1028,10 @@ pub unsafe extern "C" fn wm_snapshot(
                     }
                 }),
                 verdict_ns: verdict.map_or(0, |v| clock::unix_nanos(v.time)),
+                last_success_ns: snapshot.last_success.map_or(0, clock::unix_nanos),
+                reload_verdicts: snapshot.reload_verdicts,
+                reload_failures: snapshot.reload_failures,
+                crash_loops: snapshot.crash_loops.len() as u32,
             };
             handle.snapshot = Some(snapshot);
             Ok(())
@@ -1097,6 +1133,35 @@ pub unsafe extern "C" fn wm_snapshot_generation(
                 crashes: g.crashes,
                 registered_ns: clock::unix_nanos(g.registered),
                 committed_ns: g.committed.map_or(0, clock::unix_nanos),
+            })
+        })
+    }
+}
+
+/// Copies crash loop `i` of the handle's last snapshot into `*out`.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_snapshot_crash_loop(
+    h: *mut wm_handle,
+    i: u32,
+    out: *mut wm_crash_loop,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    let err = ErrBuf::new(errbuf, errbuf_len);
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        copy_entry(h, "crash loop", i, out, err, |s, i| {
+            s.crash_loops.get(i).map(|l| wm_crash_loop {
+                index: l.index,
+                last_pid: l.last_crashed.pid,
+                last_generation: l.last_crashed.generation,
+                recent_crashes: l.recent_crashes,
+                since_ns: clock::unix_nanos(l.since),
             })
         })
     }

@@ -186,7 +186,7 @@ fn a_worker_lifetime_through_the_abi() {
         assert_eq!(
             call!(
                 err,
-                wm_register_generation(h, 10_000, 5_000, 60_000, 1, &mut generation)
+                wm_register_generation(h, 10_000, 5_000, 60_000, 1, 5, 30_000, &mut generation)
             ),
             WM_OK
         );
@@ -269,14 +269,14 @@ fn two_handles_in_one_process_track_independently() {
         assert_eq!(
             call!(
                 err,
-                wm_register_generation(http, 10_000, 5_000, 60_000, 1, &mut g_http)
+                wm_register_generation(http, 10_000, 5_000, 60_000, 1, 5, 30_000, &mut g_http)
             ),
             WM_OK
         );
         assert_eq!(
             call!(
                 err,
-                wm_register_generation(stream, 10_000, 5_000, 60_000, 1, &mut g_stream)
+                wm_register_generation(stream, 10_000, 5_000, 60_000, 1, 5, 30_000, &mut g_stream)
             ),
             WM_OK
         );
@@ -293,7 +293,7 @@ fn two_handles_in_one_process_track_independently() {
         assert_eq!(
             call!(
                 err,
-                wm_register_generation(http2, 10_000, 5_000, 60_000, 1, &mut g_http2)
+                wm_register_generation(http2, 10_000, 5_000, 60_000, 1, 5, 30_000, &mut g_http2)
             ),
             WM_OK
         );

@@ -247,6 +247,8 @@ enum Call {
         failed_ms: u64,
         start_timeout_ms: u64,
         expected_workers: u32,
+        crash_loop_intensity: u32,
+        crash_loop_period_ms: u64,
         err: ErrArg,
     },
     ConfigurationClosed(HandleArg, GenerationArg, ErrArg),
@@ -648,6 +650,8 @@ fn run(model: &mut Model, call: &Call) {
             failed_ms,
             start_timeout_ms,
             expected_workers,
+            crash_loop_intensity,
+            crash_loop_period_ms,
             err,
             ..
         } => {
@@ -663,6 +667,8 @@ fn run(model: &mut Model, call: &Call) {
                     failed_ms,
                     start_timeout_ms,
                     expected_workers,
+                    crash_loop_intensity,
+                    crash_loop_period_ms,
                     &mut id,
                     ebuf,
                     elen,

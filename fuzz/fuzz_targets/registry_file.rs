@@ -109,6 +109,9 @@ fn history(path: &Path) -> (Vec<u8>, usize) {
         failed: ms(1),
         start_timeout: ms(60_000),
         expected_workers: 4,
+        // The two crashes of index 1 below are a loop.
+        crash_loop_intensity: 1,
+        crash_loop_period: ms(60_000),
     };
     let first = registry.register_generation(&twitchy, quiet).unwrap();
     // More entries than the journal ring holds, so that it has wrapped.
@@ -247,6 +250,8 @@ enum Op {
         failed_ms: u32,
         start_timeout_ms: u32,
         expected_workers: u32,
+        crash_loop_intensity: u32,
+        crash_loop_period_ms: u32,
     },
     RegisterWorker {
         generation: GenerationChoice,
@@ -434,6 +439,8 @@ impl Writer<'_> {
                 failed_ms,
                 start_timeout_ms,
                 expected_workers,
+                crash_loop_intensity,
+                crash_loop_period_ms,
             } => {
                 let ms = |n: u32| Duration::from_millis(n.into());
                 let config = GenerationConfig {
@@ -441,6 +448,8 @@ impl Writer<'_> {
                     failed: ms(*failed_ms),
                     start_timeout: ms(*start_timeout_ms),
                     expected_workers: *expected_workers,
+                    crash_loop_intensity: *crash_loop_intensity,
+                    crash_loop_period: ms(*crash_loop_period_ms),
                 };
                 if let Ok(id) = registry.register_generation(&config, quiet) {
                     assert_ne!(id, 0);

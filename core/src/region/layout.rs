@@ -16,7 +16,7 @@ use crate::lock::RawMutex;
 
 /// "WMREGIST".
 pub(crate) const MAGIC: u64 = 0x574d_5245_4749_5354;
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// The header occupies one page, so the records start page-aligned.
 pub(crate) const HEADER_SIZE: usize = 4096;
 /// Every record occupies this many bytes (two cache lines).
@@ -91,6 +91,42 @@ pub(crate) struct Header {
     pub verdict: AtomicU32,
     pub _reserved3: AtomicU32,
     pub verdict_ns: AtomicU64,
+    /// When nginx last committed a configuration (0: never).
+    pub last_success_ns: AtomicU64,
+    /// Verdicts on reloads and upgrades (configurations loaded into a running
+    /// node), and how many of them were failures.
+    pub reload_verdicts: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// The crash-loop rule of the newest registered configuration: more than
+    /// `crash_loop_intensity` crashes of one worker index within
+    /// `crash_loop_period_ms` (see `docs/design.md` 4.7).
+    pub crash_loop_period_ms: AtomicU64,
+    pub crash_loop_intensity: AtomicU32,
+    /// Highest worker index with a crash history, plus one: reads stop there.
+    pub history_high_water: AtomicU32,
+}
+
+/// Crash times kept per worker index: a loop is more than `intensity` crashes
+/// within the period, so `intensity` can be at most `CRASH_TIMES - 1`.
+pub(crate) const CRASH_TIMES: usize = 11;
+
+/// The crash history of one worker index, across generations: record `i` of the
+/// history table is index `i`'s.
+#[repr(C)]
+pub(crate) struct CrashHistory {
+    /// Crashes recorded for this index (0: the record was never used); the ring
+    /// position of the next one is `crashes % CRASH_TIMES`.
+    pub crashes: AtomicU64,
+    /// The last crashed worker: its pid and generation (with the pid, a redone
+    /// crash is recognised and not counted twice).
+    pub last_pid: AtomicU32,
+    /// 1 while the index is in a crash loop.
+    pub looping: AtomicU32,
+    pub last_generation: AtomicU64,
+    /// When the current (or last) loop began (wall clock, 0: never).
+    pub loop_since_ns: AtomicU64,
+    /// Monotonic times of the last `CRASH_TIMES` crashes.
+    pub times: [AtomicU64; CRASH_TIMES],
 }
 
 #[repr(C)]
@@ -170,6 +206,7 @@ const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(size_of::<GenerationRecord>() <= RECORD_SIZE);
 const _: () = assert!(size_of::<WorkerSlot>() <= RECORD_SIZE);
 const _: () = assert!(size_of::<EventRecord>() <= RECORD_SIZE);
+const _: () = assert!(size_of::<CrashHistory>() <= RECORD_SIZE);
 const _: () = assert!(HEADER_SIZE % RECORD_SIZE == 0 && RECORD_SIZE % 64 == 0);
 
 /// Record counts of a region, fixed at creation.
@@ -194,16 +231,19 @@ impl Default for Capacities {
 }
 
 impl Capacities {
-    /// The byte offsets of the three tables and the total size.
+    /// The byte offsets of the four tables and the total size. The crash histories,
+    /// one per worker index, are as many as the worker slots.
     pub(crate) fn offsets(&self) -> Offsets {
         let generations = HEADER_SIZE;
         let workers = generations + self.generations as usize * RECORD_SIZE;
         let events = workers + self.workers as usize * RECORD_SIZE;
-        let total = events + self.events as usize * RECORD_SIZE;
+        let histories = events + self.events as usize * RECORD_SIZE;
+        let total = histories + self.workers as usize * RECORD_SIZE;
         Offsets {
             generations,
             workers,
             events,
+            histories,
             total,
         }
     }
@@ -225,6 +265,7 @@ pub(crate) struct Offsets {
     pub generations: usize,
     pub workers: usize,
     pub events: usize,
+    pub histories: usize,
     pub total: usize,
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::layout::{
-    Capacities, EventRecord, GenerationRecord, Header, Offsets, WorkerSlot, HEADER_SIZE,
+    Capacities, CrashHistory, EventRecord, GenerationRecord, Header, Offsets, WorkerSlot, HEADER_SIZE,
     LAYOUT_VERSION, MAGIC, RECORD_SIZE,
 };
 use crate::clock;
@@ -293,6 +293,11 @@ impl<A> Region<A> {
     pub(crate) fn event(&self, i: u32) -> &EventRecord {
         self.record(self.offsets.events, self.caps.events, i)
     }
+
+    /// The crash history of worker index `i`.
+    pub(crate) fn history(&self, i: u32) -> &CrashHistory {
+        self.record(self.offsets.histories, self.caps.workers, i)
+    }
 }
 
 impl Region<Writable> {
@@ -320,6 +325,7 @@ impl Region<Writable> {
             // SAFETY: no process of this boot uses the region yet: the first opener of
             // a boot resets it under the flock, which every opener holds while opening.
             unsafe { region.reset_mutexes()? };
+            region.forget_crash_times();
             region.header().boot_id[0].store(now_boot[0], Release);
             region.header().boot_id[1].store(now_boot[1], Release);
             return Ok((region, Opened::ResetAfterReboot));
@@ -358,6 +364,19 @@ impl Region<Writable> {
         // Published last: a region without it is refused by `validate`.
         h.magic.store(MAGIC, Release);
         Ok(region)
+    }
+
+    /// Forgets the crash histories: their times are of the monotonic clock of a
+    /// previous boot.
+    fn forget_crash_times(&self) {
+        let h = self.header();
+        let end = h.history_high_water.load(Relaxed).min(self.caps.workers);
+        for i in 0..end {
+            let r = self.history(i);
+            r.crashes.store(0, Relaxed);
+            r.looping.store(0, Relaxed);
+        }
+        h.history_high_water.store(0, Relaxed);
     }
 
     /// Initialises the registry lock and every slot mutex, and forgets the lock holder.

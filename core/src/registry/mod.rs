@@ -23,7 +23,10 @@ use crate::lock::TryLocked;
 use crate::process::Identity;
 use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
-use crate::rules::{self, Caller, Now, Plan, Processes, Settings, SlotProbe, State};
+use crate::region::layout::CRASH_TIMES;
+use crate::rules::{
+    self, Caller, CrashLoopRule, Now, Plan, Processes, Settings, SlotProbe, State,
+};
 use crate::snapshot::{self, Snapshot};
 use crate::sys;
 use crate::tables;
@@ -62,7 +65,18 @@ pub struct GenerationConfig {
     pub start_timeout: Duration,
     /// Workers the master will start (`worker_processes`); 0 when unknown.
     pub expected_workers: u32,
+    /// A worker index is in a crash loop when it crashes more than this many times
+    /// within `crash_loop_period` (0: never; at most [`MAX_CRASH_LOOP_INTENSITY`]).
+    /// The rule is node-wide: the newest generation's applies.
+    pub crash_loop_intensity: u32,
+    /// The crash loop's window, and how long an index must go without a crash for
+    /// its loop to end.
+    pub crash_loop_period: Duration,
 }
+
+/// The largest crash-loop intensity: the registry keeps this many crash times, plus
+/// one, per worker index.
+pub const MAX_CRASH_LOOP_INTENSITY: u32 = CRASH_TIMES as u32 - 1;
 
 impl Default for GenerationConfig {
     fn default() -> Self {
@@ -71,6 +85,8 @@ impl Default for GenerationConfig {
             failed: Duration::from_secs(5),
             start_timeout: Duration::from_secs(60),
             expected_workers: 0,
+            crash_loop_intensity: 5,
+            crash_loop_period: Duration::from_secs(30),
         }
     }
 }
@@ -81,6 +97,7 @@ impl GenerationConfig {
             ("interval", self.interval),
             ("failed", self.failed),
             ("start_timeout", self.start_timeout),
+            ("crash_loop_period", self.crash_loop_period),
         ] {
             if value.is_zero() || value > Duration::from_secs(86_400) {
                 return Err(Error::InvalidArgument {
@@ -88,6 +105,15 @@ impl GenerationConfig {
                     reason: format!("{value:?} is outside (0 s, 1 day]"),
                 });
             }
+        }
+        if self.crash_loop_intensity > MAX_CRASH_LOOP_INTENSITY {
+            return Err(Error::InvalidArgument {
+                name: "crash_loop_intensity",
+                reason: format!(
+                    "{} is outside [0, {MAX_CRASH_LOOP_INTENSITY}]",
+                    self.crash_loop_intensity
+                ),
+            });
         }
         Ok(())
     }
@@ -98,6 +124,10 @@ impl GenerationConfig {
             failed_ms: clock::millis(self.failed),
             start_timeout_ms: clock::millis(self.start_timeout),
             expected_workers: self.expected_workers,
+            crash_loop: CrashLoopRule {
+                intensity: self.crash_loop_intensity,
+                period_ms: clock::millis(self.crash_loop_period),
+            },
         }
     }
 }

@@ -27,10 +27,11 @@ use crate::lifecycle::{
     WorkerState,
 };
 use crate::process::Identity;
+use crate::region::layout::CRASH_TIMES;
 use crate::snapshot::{VERDICT_COMMITTED, VERDICT_FAILED};
 
 pub(crate) use plan::{Now, Plan, Step};
-pub(crate) use state::{Generation, Node, Slot, State};
+pub(crate) use state::{Generation, History, Node, Slot, State};
 
 use state::run_end;
 
@@ -67,6 +68,17 @@ pub(crate) struct Settings {
     pub failed_ms: u64,
     pub start_timeout_ms: u64,
     pub expected_workers: u32,
+    /// The crash-loop rule, node-wide: the newest configuration's applies.
+    pub crash_loop: CrashLoopRule,
+}
+
+/// A worker index is in a crash loop when it crashed more than `intensity` times
+/// within `period_ms` (Erlang/OTP's restart intensity and period), and out of it
+/// once it has not crashed for `period_ms`. An intensity of 0 turns the rule off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct CrashLoopRule {
+    pub intensity: u32,
+    pub period_ms: u64,
 }
 
 // ----- reading ------------------------------------------------------------------
@@ -196,7 +208,22 @@ fn end_if_last(plan: &mut Plan, record: u32, clean: bool) {
 /// Records nginx's verdict on the configuration of generation `id`.
 fn verdict(plan: &mut Plan, id: u64, committed: bool) {
     let now = plan.now().real;
+    let reload = plan.state().generation(id).is_some_and(|g| {
+        matches!(
+            StartKind::from_code(g.kind),
+            Some(StartKind::Reload | StartKind::Upgrade)
+        )
+    });
     plan.node(|n| {
+        if reload {
+            n.reload_verdicts = n.reload_verdicts.saturating_add(1);
+            if !committed {
+                n.reload_failures = n.reload_failures.saturating_add(1);
+            }
+        }
+        if committed {
+            n.last_success_ns = now;
+        }
         n.verdict_generation = id;
         n.verdict = if committed {
             VERDICT_COMMITTED
@@ -302,14 +329,75 @@ pub(crate) fn sweep(
                     held_lock: dead_holder != 0 && worker.pid == dead_holder,
                     detected_by: me,
                 };
-                plan.event(worker.generation, detail, |plan| {
-                    plan.slot(i, |s| s.state = Some(WorkerState::Dead));
-                });
+                plan.event(worker.generation, detail, |plan| bury(plan, i, worker));
             }
         }
     }
     end_deserted(plan, procs);
     abort_stalled(plan);
+    crash_loops(plan);
+}
+
+/// What follows a `worker_crash` entry: the crash joins its index's history, then
+/// the slot becomes a tombstone.
+fn bury(plan: &mut Plan, slot: u32, worker: WorkerId) {
+    let now = plan.now().mono;
+    plan.history(worker.index, |h| {
+        // Redone by a repair: counted already.
+        if h.crashes != 0 && h.last_worker() == worker {
+            return;
+        }
+        h.times[(h.crashes % CRASH_TIMES as u64) as usize] = now;
+        h.crashes = h.crashes.saturating_add(1);
+        h.last_pid = worker.pid;
+        h.last_generation = worker.generation;
+    });
+    plan.slot(slot, |s| s.state = Some(WorkerState::Dead));
+}
+
+/// Reports the indexes that enter a crash loop (`worker_crash_loop`) and those that
+/// leave one (`worker_crash_loop_end`), by the newest configuration's rule.
+fn crash_loops(plan: &mut Plan) {
+    let node = plan.state().node;
+    let period_ns = node.crash_loop_period_ms.saturating_mul(1_000_000);
+    let now = plan.now();
+    let mut news = Vec::new();
+    for h in &plan.state().histories {
+        let (recent, newest) = h.recent(now.mono, period_ns);
+        let worker = h.last_worker();
+        if !h.looping && node.crash_loop_intensity != 0 && recent > node.crash_loop_intensity {
+            news.push((worker, Detail::WorkerCrashLoop {
+                worker,
+                crashes: recent,
+                period: Duration::from_millis(node.crash_loop_period_ms),
+            }));
+        } else if h.looping
+            && (node.crash_loop_intensity == 0
+                || newest.map_or(true, |t| now.mono - t > period_ns))
+        {
+            news.push((worker, Detail::WorkerCrashLoopEnd {
+                worker,
+                lasted: Duration::from_nanos(now.real.saturating_sub(h.loop_since_ns)),
+            }));
+        }
+    }
+    for (worker, detail) in news {
+        let looping = matches!(detail, Detail::WorkerCrashLoop { .. });
+        plan.event(worker.generation, detail, |plan| {
+            set_looping(plan, worker.index, looping)
+        });
+    }
+}
+
+/// What follows a `worker_crash_loop` or `worker_crash_loop_end` entry.
+fn set_looping(plan: &mut Plan, index: u32, looping: bool) {
+    let now = plan.now().real;
+    plan.history(index, |h| {
+        if looping && !h.looping {
+            h.loop_since_ns = now;
+        }
+        h.looping = looping;
+    });
 }
 
 /// What the heartbeat of the live worker in `slot` says: it went silent past its
@@ -503,7 +591,11 @@ pub(crate) fn register_generation(
             committed_ns: 0,
         };
     });
-    plan.node(|n| n.next_generation = id.saturating_add(1));
+    plan.node(|n| {
+        n.next_generation = id.saturating_add(1);
+        n.crash_loop_intensity = settings.crash_loop.intensity;
+        n.crash_loop_period_ms = settings.crash_loop.period_ms;
+    });
     let detail = Detail::MasterStart {
         kind,
         previous_run,
@@ -772,7 +864,7 @@ pub(crate) fn settle(plan: &mut Plan, last: &Event) {
     match last.detail {
         Detail::WorkerCrash { worker, .. } => {
             if let Some(s) = running(plan, worker) {
-                plan.slot(s.slot, |s| s.state = Some(WorkerState::Dead));
+                bury(plan, s.slot, worker);
             }
         }
         Detail::WorkerExit { worker, .. } => {
@@ -814,6 +906,10 @@ pub(crate) fn settle(plan: &mut Plan, last: &Event) {
             if let Some(s) = running(plan, worker).filter(|s| s.hung != hung) {
                 set_hung(plan, s.slot, hung);
             }
+        }
+        Detail::WorkerCrashLoop { worker, .. } | Detail::WorkerCrashLoopEnd { worker, .. } => {
+            let looping = matches!(last.detail, Detail::WorkerCrashLoop { .. });
+            set_looping(plan, worker.index, looping);
         }
         Detail::MasterStart { .. } | Detail::WorkerStart { .. } | Detail::LockRecovered { .. } => {}
     }

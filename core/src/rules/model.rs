@@ -79,6 +79,7 @@ impl Model {
                 })
                 .collect(),
             slot_capacity: capacities.workers,
+            histories: Vec::new(),
         };
         Model {
             state,
@@ -210,6 +211,7 @@ impl Model {
                 Step::Node { after, .. } => self.state.node = after,
                 Step::Generation { after, .. } => self.state.set_record(after),
                 Step::Slot { after, .. } => self.state.slots[after.slot as usize] = after,
+                Step::History { after, .. } => self.state.set_history(after),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::event::{Detail, Event};
 use crate::lifecycle::{GenerationState, RunState, WorkerState};
 
-use super::state::{Generation, Node, Slot, State};
+use super::state::{Generation, History, Node, Slot, State};
 
 /// When an operation runs: the monotonic clock (heartbeats, timeouts) and the wall
 /// clock (what the registry shows), in nanoseconds.
@@ -37,6 +37,10 @@ pub(crate) enum Step {
     Slot {
         before: Slot,
         after: Slot,
+    },
+    History {
+        before: History,
+        after: History,
     },
 }
 
@@ -105,6 +109,23 @@ impl Plan {
         if before != after {
             check(before.state, after.state, WorkerState::can_become);
             self.steps.push(Step::Slot { before, after });
+        }
+    }
+
+    /// Changes the crash history of worker index `index`; an index beyond the table
+    /// (a worker index larger than the slot capacity) has none.
+    pub(crate) fn history(&mut self, index: u32, change: impl FnOnce(&mut History)) {
+        if index >= self.state.slot_capacity {
+            return;
+        }
+        let before = self.state.history(index);
+        let mut after = before;
+        change(&mut after);
+        if before != after {
+            // Published before the record, so that readers stopping at the mark see it.
+            self.node(|n| n.history_high_water = n.history_high_water.max(index + 1));
+            self.state.set_history(after);
+            self.steps.push(Step::History { before, after });
         }
     }
 

@@ -5,6 +5,7 @@
 use crate::event::{Counts, Detail, WorkerId};
 use crate::lifecycle::{EventKind, ExitReason, GenerationState, RunEnd, RunState, WorkerState};
 use crate::process::Identity;
+use crate::region::layout::CRASH_TIMES;
 
 /// One record of the generation table. `id == 0`: the record is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +113,58 @@ pub(crate) struct Node {
     pub verdict_generation: u64,
     pub verdict: u32,
     pub verdict_ns: u64,
+    /// When a configuration was last committed (0: never).
+    pub last_success_ns: u64,
+    /// Verdicts on reloads and upgrades, and the failed ones among them.
+    pub reload_verdicts: u64,
+    pub reload_failures: u64,
+    /// The crash-loop rule of the newest configuration (0 crashes: off).
+    pub crash_loop_intensity: u32,
+    pub crash_loop_period_ms: u64,
+    /// Highest worker index with a crash history, plus one.
+    pub history_high_water: u32,
+}
+
+/// The crash history of one worker index. Only indexes that ever crashed are
+/// decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct History {
+    /// Its position in the table: the worker index.
+    pub index: u32,
+    /// Crashes recorded; the next goes to `times[crashes % CRASH_TIMES]`.
+    pub crashes: u64,
+    /// The last crashed worker.
+    pub last_pid: u32,
+    pub last_generation: u64,
+    pub looping: bool,
+    /// When the current or last loop began (wall clock).
+    pub loop_since_ns: u64,
+    /// Monotonic times of the last crashes.
+    pub times: [u64; CRASH_TIMES],
+}
+
+impl History {
+    /// The last crashed worker.
+    pub(crate) fn last_worker(&self) -> WorkerId {
+        WorkerId {
+            generation: self.last_generation,
+            pid: self.last_pid,
+            index: self.index,
+        }
+    }
+
+    /// The crashes recorded within `period_ns` before `now` (monotonic), and the
+    /// time of the newest. Times after `now` come from a clock that was reset and
+    /// are not counted.
+    pub(crate) fn recent(&self, now: u64, period_ns: u64) -> (u32, Option<u64>) {
+        let kept = self.crashes.min(CRASH_TIMES as u64) as usize;
+        let in_period = self.times[..kept]
+            .iter()
+            .filter(|&&t| t <= now && now - t <= period_ns)
+            .count() as u32;
+        let newest = self.times[..kept].iter().copied().filter(|&t| t <= now).max();
+        (in_period, newest)
+    }
 }
 
 /// The registry as the rules see it: the node, the generation records in use and
@@ -128,6 +181,8 @@ pub(crate) struct State {
     pub slots: Vec<Slot>,
     /// The slot table's capacity (only its beginning is decoded).
     pub slot_capacity: u32,
+    /// The crash histories of the indexes that ever crashed, by index.
+    pub histories: Vec<History>,
 }
 
 impl State {
@@ -159,6 +214,26 @@ impl State {
         } else {
             let at = self.generations.partition_point(|x| x.record < g.record);
             self.generations.insert(at, g);
+        }
+    }
+
+    /// The crash history of worker index `index` (a blank one if it never crashed).
+    pub(crate) fn history(&self, index: u32) -> History {
+        self.histories
+            .iter()
+            .find(|h| h.index == index)
+            .copied()
+            .unwrap_or(History {
+                index,
+                ..History::default()
+            })
+    }
+
+    /// Stores the crash history `h` at its index.
+    pub(crate) fn set_history(&mut self, h: History) {
+        match self.histories.binary_search_by_key(&h.index, |x| x.index) {
+            Ok(at) => self.histories[at] = h,
+            Err(at) => self.histories.insert(at, h),
         }
     }
 

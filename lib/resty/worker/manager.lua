@@ -51,6 +51,7 @@ local id_out = ffi.new("uint64_t[1]")
 local event_out = ffi.new("struct wm_event")
 local generation_out = ffi.new("struct wm_generation")
 local worker_out = ffi.new("struct wm_worker")
+local crash_loop_out = ffi.new("struct wm_crash_loop")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
@@ -64,7 +65,8 @@ local path_len = ffi.new("size_t[1]")
 local EVENTS, START_KINDS, RUN_ENDS, REASONS, DETECTIONS, ABORT_CAUSES, LOCK_OPS
 local GENERATION_STATES, WORKER_STATES, RUN_STATES
 
--- Option name -> { type, default, minimum, maximum } (numbers are seconds).
+-- Option name -> { type, default, minimum, maximum, unit } (numbers are seconds
+-- unless a unit says otherwise; a count must be whole).
 local OPTIONS = {
   shm = { "string" },
   path = { "string" },
@@ -73,6 +75,10 @@ local OPTIONS = {
   failed = { "number", 5, 0.001, 86400 },
   lock_timeout = { "number", 30, 0.001, 3600 },
   start_timeout = { "number", 60, 0.001, 86400 },
+  -- A worker index is in a crash loop when it crashes more than
+  -- crash_loop_intensity times within crash_loop_period (0: never).
+  crash_loop_intensity = { "number", 5, 0, cdefs.MAX_CRASH_LOOP_INTENSITY, "crashes" },
+  crash_loop_period = { "number", 30, 0.001, 86400 },
   -- Accepted for compatibility, without effect: exits are reported at the real
   -- exit whether or not exit_worker_by_lua is wired.
   exit_hook = { "boolean", false },
@@ -80,6 +86,8 @@ local OPTIONS = {
   on_generation_abort = { "function" },
   on_worker_hang = { "function" },
   on_worker_recover = { "function" },
+  on_worker_crash_loop = { "function" },
+  on_worker_crash_loop_end = { "function" },
 }
 
 -- Module state. It is created in the master by init_by_lua and inherited by every
@@ -185,6 +193,11 @@ local function describe(e)
   elseif name == "lock_recovered" then
     info.holder_pid = e.other_pid
     info.holder_op = LOCK_OPS[e.detail]
+  elseif name == "worker_crash_loop" then
+    info.crashes = e.detail
+    info.period = tonumber(e.value) / 1000
+  elseif name == "worker_crash_loop_end" then
+    info.lasted = tonumber(e.value) / 1000
   end
   return info
 end
@@ -227,6 +240,12 @@ local function dispatch(events)
     elseif name == "worker_crash" then
       ngx_log(WARN, LOG_PREFIX, "worker ", info.worker, " (index ", info.index,
               ") died without exiting")
+    elseif name == "worker_crash_loop" then
+      ngx_log(ERR, LOG_PREFIX, "worker index ", info.index, " is in a crash loop: ",
+              info.crashes, " crashes within ", info.period, " s")
+    elseif name == "worker_crash_loop_end" then
+      ngx_log(WARN, LOG_PREFIX, "worker index ", info.index, " left its crash loop after ",
+              info.lasted, " s")
     end
     if cb then
       local id = info.worker or info.generation
@@ -383,9 +402,12 @@ local function validate(opts)
     if type(value) ~= spec[1] then
       error("option '" .. name .. "' must be a " .. spec[1] .. ", got " .. type(value), 3)
     end
-    if spec[3] and (value < spec[3] or value > spec[4] or value ~= value) then
-      error("option '" .. name .. "' must be between " .. spec[3] .. " and " .. spec[4]
-            .. " seconds, got " .. tostring(value), 3)
+    local unit = spec[5] or "seconds"
+    if spec[3] and (value < spec[3] or value > spec[4] or value ~= value
+                    or (unit ~= "seconds" and value % 1 ~= 0)) then
+      error("option '" .. name .. "' must be " .. (unit ~= "seconds" and "a whole number " or "")
+            .. "between " .. spec[3] .. " and " .. spec[4] .. " " .. unit
+            .. ", got " .. tostring(value), 3)
     end
     valid[name] = value
   end
@@ -505,12 +527,15 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
     generation_abort = valid.on_generation_abort,
     worker_hang = valid.on_worker_hang,
     worker_recover = valid.on_worker_recover,
+    worker_crash_loop = valid.on_worker_crash_loop,
+    worker_crash_loop_end = valid.on_worker_crash_loop_end,
   }
   local workers = ngx.worker.count and ngx.worker.count() or 0
   local ok
   ok, err = locked("registering the generation", C.wm_register_generation,
                    ms(valid.interval), ms(valid.failed), ms(valid.start_timeout),
-                   workers, id_out, errbuf, errlen)
+                   workers, valid.crash_loop_intensity, ms(valid.crash_loop_period),
+                   id_out, errbuf, errlen)
   if not ok then
     -- Closed now, not by its finalizer, which is the end of the VM's tracking.
     C.wm_close(ffi.gc(handle, nil))
@@ -612,7 +637,8 @@ end
 --- A snapshot of the registry, read without waiting for the lock (under it only
 -- inside a callback, where this process holds it): a status page never stalls
 -- behind a callback.
--- @return a table `{ run_state, next_seq, consistent, generation,
+-- @return a table `{ run_state, next_seq, consistent, generation, last_verdict,
+-- last_success, reloads, reload_failures, crash_loops = {...},
 -- generations = {...}, workers = {...} }`, or nil and an error
 function _M.status()
   if not C then
@@ -630,6 +656,10 @@ function _M.status()
     generation = generation,
     generations = {},
     workers = {},
+    crash_loops = {},
+    reloads = tonumber(st.reload_verdicts),
+    reload_failures = tonumber(st.reload_failures),
+    last_success = st.last_success_ns ~= 0 and tonumber(st.last_success_ns) / 1e9 or nil,
   }
   if st.verdict_generation ~= 0 then
     status.last_verdict = {
@@ -672,6 +702,17 @@ function _M.status()
         respawns = w.respawns,
         heartbeat_age = tonumber(w.heartbeat_age_ms) / 1000,
         registered = tonumber(w.registered_ns) / 1e9,
+      }
+    end
+  end
+  for i = 0, st.crash_loops - 1 do
+    if C.wm_snapshot_crash_loop(handle, i, crash_loop_out, err_args()) == 0 then
+      local l = crash_loop_out
+      status.crash_loops[#status.crash_loops + 1] = {
+        index = l.index,
+        last_crashed = tostring(tonumber(l.last_generation)) .. "-" .. tostring(l.last_pid),
+        recent_crashes = l.recent_crashes,
+        since = tonumber(l.since_ns) / 1e9,
       }
     end
   end

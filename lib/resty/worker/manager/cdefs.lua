@@ -39,6 +39,10 @@ struct wm_status {
   uint64_t verdict_generation;
   uint32_t verdict;
   uint64_t verdict_ns;
+  uint64_t last_success_ns;
+  uint64_t reload_verdicts;
+  uint64_t reload_failures;
+  uint32_t crash_loops;
 };
 struct wm_generation {
   uint64_t id;
@@ -54,6 +58,13 @@ struct wm_generation {
   uint64_t crashes;
   uint64_t registered_ns;
   uint64_t committed_ns;
+};
+struct wm_crash_loop {
+  uint32_t index;
+  uint32_t last_pid;
+  uint64_t last_generation;
+  uint32_t recent_crashes;
+  uint64_t since_ns;
 };
 struct wm_worker {
   uint64_t generation;
@@ -91,6 +102,8 @@ int wm_register_generation(struct wm_handle *h,
                            uint64_t failed_ms,
                            uint64_t start_timeout_ms,
                            uint32_t expected_workers,
+                           uint32_t crash_loop_intensity,
+                           uint64_t crash_loop_period_ms,
                            uint64_t *id,
                            char *errbuf,
                            size_t *errbuf_len);
@@ -126,6 +139,11 @@ int wm_snapshot_generation(struct wm_handle *h,
                            struct wm_generation *out,
                            char *errbuf,
                            size_t *errbuf_len);
+int wm_snapshot_crash_loop(struct wm_handle *h,
+                           uint32_t i,
+                           struct wm_crash_loop *out,
+                           char *errbuf,
+                           size_t *errbuf_len);
 int wm_snapshot_worker(struct wm_handle *h,
                        uint32_t i,
                        struct wm_worker *out,
@@ -135,7 +153,7 @@ int wm_snapshot_worker(struct wm_handle *h,
 
 -- The header's #defines, without their WM_ prefix.
 local _M = {
-  ABI_VERSION = 5,
+  ABI_VERSION = 6,
   OK = 0,
   ERR_IO = 1,
   ERR_SYMLINK = 2,
@@ -166,6 +184,7 @@ local _M = {
   ERR_SHARED = 27,
   VERDICT_COMMITTED = 1,
   VERDICT_FAILED = 2,
+  MAX_CRASH_LOOP_INTENSITY = 10,
   NAMES_EVENT_KIND = 1,
   NAMES_START_KIND = 2,
   NAMES_RUN_END = 3,
