@@ -119,6 +119,16 @@ fn ok<T>(result: crate::Result<T>) -> T {
     }
 }
 
+/// Every generation's settings: a crash-loop rule that two kills of one index within
+/// a few operations trip, and that a hang's or a tick's wait ends.
+fn config() -> GenerationConfig {
+    GenerationConfig {
+        crash_loop_intensity: 1,
+        crash_loop_period: Duration::from_secs(5),
+        ..GenerationConfig::default()
+    }
+}
+
 impl Node {
     fn new() -> Node {
         let mut model = Model::new(CAPACITIES);
@@ -169,10 +179,7 @@ impl Node {
 
     /// Registers a generation of `master`; `None` when the table is full.
     fn register(&mut self, master: u32, expected: StartKind) -> Option<u64> {
-        match self
-            .model
-            .register_generation(master, &GenerationConfig::default())
-        {
+        match self.model.register_generation(master, &config()) {
             Ok(id) => {
                 let kind = match self.last_event().detail {
                     Detail::MasterStart { kind, .. } => kind,
@@ -452,6 +459,26 @@ impl Node {
             ends.values().all(|&n| n == 1),
             "a worker ended twice: {ends:?}"
         );
+        // Per index, a crash loop begins after more crashes than the intensity
+        // allows, and loops and their ends alternate.
+        let mut crashes: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut looping: BTreeMap<u32, bool> = BTreeMap::new();
+        for e in self.model.events() {
+            match e.detail {
+                Detail::WorkerCrash { worker, .. } => *crashes.entry(worker.index).or_default() += 1,
+                Detail::WorkerCrashLoop { worker, crashes: n, .. } => {
+                    let seen = crashes.get(&worker.index).copied().unwrap_or(0);
+                    assert!(n > 1 && n <= seen, "loop of index {} after {seen} crashes: {e}", worker.index);
+                    let was = looping.insert(worker.index, true).unwrap_or(false);
+                    assert!(!was, "index {} entered a loop twice: {e}", worker.index);
+                }
+                Detail::WorkerCrashLoopEnd { worker, .. } => {
+                    let was = looping.insert(worker.index, false).unwrap_or(false);
+                    assert!(was, "index {} left a loop it was not in: {e}", worker.index);
+                }
+                _ => {}
+            }
+        }
         assert!(
             generation_ends.values().all(|&n| n == 1),
             "a generation ended twice: {generation_ends:?}"
@@ -559,4 +586,73 @@ fn a_death_inside_the_lock_after_any_write_is_reported_once() {
             }
         }
     }
+}
+
+/// Index 0 crashes three times; the sweeper dies after each possible write of the
+/// sweep that finds the third crash. Whatever the death, the loop is reported once,
+/// counting each crash once, and its end once, after a quiet period.
+#[test]
+fn a_crash_loop_is_reported_once_whatever_the_sweeper_s_death() {
+    for steps in 0..8 {
+        let mut m = Model::new(CAPACITIES);
+        m.spawn(OBSERVER, 1);
+        m.spawn(10, 1);
+        let rule = GenerationConfig {
+            crash_loop_intensity: 2,
+            crash_loop_period: Duration::from_secs(10),
+            ..GenerationConfig::default()
+        };
+        let g = ok(m.register_generation(10, &rule));
+        let mut pid = 100;
+        for crash in 0..3 {
+            pid += 1;
+            m.spawn(pid, 10);
+            ok(m.register_worker(pid, g, 0));
+            m.advance(Duration::from_secs(1));
+            m.kill(pid);
+            if crash == 2 {
+                m.spawn(50, 10);
+                m.sweep_dies_after(50, steps);
+            }
+            m.sweep(OBSERVER);
+        }
+        let of = |m: &Model, kind: EventKind| m.events().iter().filter(|e| e.kind() == kind).count();
+        assert_eq!(of(&m, EventKind::WorkerCrash), 3, "steps {steps}");
+        assert_eq!(of(&m, EventKind::WorkerCrashLoop), 1, "steps {steps}");
+        let looped = m
+            .events()
+            .iter()
+            .find_map(|e| match e.detail {
+                Detail::WorkerCrashLoop { crashes, .. } => Some(crashes),
+                _ => None,
+            });
+        assert_eq!(looped, Some(3), "steps {steps}");
+        m.advance(Duration::from_secs(9));
+        m.sweep(OBSERVER);
+        assert_eq!(of(&m, EventKind::WorkerCrashLoopEnd), 0, "steps {steps}");
+        m.advance(Duration::from_secs(2));
+        m.sweep(OBSERVER);
+        assert_eq!(of(&m, EventKind::WorkerCrashLoopEnd), 1, "steps {steps}");
+        m.sweep(OBSERVER);
+        assert_eq!(of(&m, EventKind::WorkerCrashLoopEnd), 1, "steps {steps}");
+    }
+}
+
+/// With an intensity of 0 the rule is off.
+#[test]
+fn an_intensity_of_zero_reports_no_loop() {
+    let mut m = Model::new(CAPACITIES);
+    m.spawn(10, 1);
+    let off = GenerationConfig {
+        crash_loop_intensity: 0,
+        ..GenerationConfig::default()
+    };
+    let g = ok(m.register_generation(10, &off));
+    for pid in 101..110 {
+        m.spawn(pid, 10);
+        ok(m.register_worker(pid, g, 0));
+        m.kill(pid);
+        m.sweep(10);
+    }
+    assert!(m.events().iter().all(|e| e.kind() != EventKind::WorkerCrashLoop));
 }
