@@ -83,6 +83,9 @@ struct Fields {
     hung_for: Option<f64>,
     holder_pid: Option<u32>,
     holder_op: Option<String>,
+    crashes: Option<u32>,
+    period: Option<f64>,
+    lasted: Option<f64>,
 }
 
 fn required<T>(key: &str, value: Option<T>) -> Result<T, String> {
@@ -178,6 +181,15 @@ pub fn from_json(value: Value) -> Result<Event, String> {
         EventKind::LockRecovered => Detail::LockRecovered {
             holder_pid: required("holder_pid", f.holder_pid)?,
             holder_op: named("holder_op", f.holder_op)?,
+        },
+        EventKind::WorkerCrashLoop => Detail::WorkerCrashLoop {
+            worker: the_worker()?,
+            crashes: required("crashes", f.crashes)?,
+            period: seconds("period", f.period)?,
+        },
+        EventKind::WorkerCrashLoopEnd => Detail::WorkerCrashLoopEnd {
+            worker: the_worker()?,
+            lasted: seconds("lasted", f.lasted)?,
         },
         other => return Err(format!("{other}: an event kind newer than the tests")),
     };

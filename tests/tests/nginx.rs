@@ -1066,3 +1066,68 @@ fn the_heartbeat_path_is_jit_compiled() {
     assert!(!traces.contains("---"), "a trace aborted: {traces}");
     quit(&nginx, master);
 }
+
+/// A worker killed again and again: a crash loop, reported once to its callback,
+/// in `status()`, in the metrics and by the observer, then its end once the index
+/// has been quiet for the period (seen at the next tick: at most `interval` later).
+#[test]
+fn a_worker_killed_again_and_again_is_a_crash_loop_then_its_end() {
+    let _serial = serial();
+    for config in Config::both(|c| {
+        c.workers = 1;
+        c.opts = "crash_loop_intensity = 2, crash_loop_period = 3,".into();
+        c.locations = r#"
+            location = /loops {
+                content_by_lua_block {
+                    local st = require("resty.worker.manager").status()
+                    ngx.print(#st.crash_loops, " ", st.crash_loops[1] and st.crash_loops[1].index or "-")
+                }
+            }"#
+        .into();
+    }) {
+        let (nginx, master) = start(&config);
+        nginx.wait_n(EventKind::WorkerStart, 1);
+        for kill in 1..=3 {
+            let victim = nginx.workers(master)[0];
+            signal(victim, libc::SIGKILL);
+            nginx.wait(&format!("respawn {kill}"), |ev| {
+                ev.iter().filter(|e| replaced(e).is_some()).count() >= kill
+            });
+        }
+        let loops = nginx.wait_n(EventKind::WorkerCrashLoop, 1);
+        assert_eq!(loops.len(), 1);
+        assert!(
+            matches!(
+                loops[0].event().detail,
+                Detail::WorkerCrashLoop { worker, crashes: 3, period } if worker.index == 0 && period == Duration::from_secs(3)
+            ),
+            "{}",
+            loops[0].event()
+        );
+        let snapshot = Observer::open(nginx.registry()).unwrap().snapshot();
+        assert_eq!(
+            snapshot.crash_loops.iter().map(|l| l.index).collect::<Vec<_>>(),
+            [0]
+        );
+        assert!(
+            nginx
+                .get("/metrics")
+                .contains("\nworker_manager_workers_crash_looping 1\n"),
+            "{}",
+            nginx.get("/metrics")
+        );
+        assert_eq!(nginx.get("/loops"), "1 0");
+        let ends = nginx.wait_n(EventKind::WorkerCrashLoopEnd, 1);
+        assert!(
+            matches!(ends[0].event().detail, Detail::WorkerCrashLoopEnd { worker, lasted } if worker.index == 0 && lasted >= Duration::from_secs(3)),
+            "{}",
+            ends[0].event()
+        );
+        assert!(nginx
+            .get("/metrics")
+            .contains("\nworker_manager_workers_crash_looping 0\n"));
+        assert_eq!(nginx.get("/loops"), "0 -");
+        assert_eq!(nginx.named(EventKind::WorkerCrashLoop).len(), 1);
+        quit(&nginx, master);
+    }
+}

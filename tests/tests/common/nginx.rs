@@ -431,6 +431,8 @@ impl Nginx {
             on_generation_abort = WM_RECORD("generation_abort"),
             on_worker_hang = WM_RECORD("worker_hang"),
             on_worker_recover = WM_RECORD("worker_recover"),
+            on_worker_crash_loop = WM_RECORD("worker_crash_loop"),
+            on_worker_crash_loop_end = WM_RECORD("worker_crash_loop_end"),
             {opts}
         }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
     }}
