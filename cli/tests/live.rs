@@ -230,7 +230,7 @@ fn metrics_from_the_cli_and_from_lua_parse_and_agree() {
     let path = nginx.registry().display().to_string();
     for text in [&from_lua, &run.stdout] {
         let samples = parse_exposition(text);
-        let info = format!("worker_manager_registry_info{{layout_version=\"2\",path=\"{path}\"}}");
+        let info = format!("worker_manager_registry_info{{layout_version=\"3\",path=\"{path}\"}}");
         assert_eq!(sample(&samples, &info), 1.0);
         assert_eq!(
             sample(

@@ -54,7 +54,7 @@ fn a_short_file_is_truncated() {
             err,
             Error::Truncated {
                 len: 5000,
-                expected: 274432,
+                expected: 405504,
                 ..
             }
         ),
@@ -271,10 +271,10 @@ fn a_full_file_system_is_no_space_at_creation() {
     let dir = scratch.path("tiny");
     let _tiny = Tmpfs::mount(&dir, "size=64k");
     let err = open(&dir.join("registry.wm")).unwrap_err();
-    assert!(matches!(err, Error::NoSpace { bytes: 274432, .. }), "{err}");
+    assert!(matches!(err, Error::NoSpace { bytes: 405504, .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("no space left to reserve 274432 bytes"),
+            .contains("no space left to reserve 405504 bytes"),
         "{err}"
     );
     // The empty file left behind is created properly once there is room.

@@ -47,11 +47,15 @@ fn option_cases() -> Vec<Case> {
         ("failed", "number"),
         ("lock_timeout", "number"),
         ("start_timeout", "number"),
+        ("crash_loop_intensity", "number"),
+        ("crash_loop_period", "number"),
         ("exit_hook", "boolean"),
         ("on_worker_crash", "function"),
         ("on_generation_abort", "function"),
         ("on_worker_hang", "function"),
         ("on_worker_recover", "function"),
+        ("on_worker_crash_loop", "function"),
+        ("on_worker_crash_loop_end", "function"),
     ];
     for (name, ty) in options {
         for (value, got) in wrong.iter().filter(|(_, got)| *got != ty) {
@@ -67,6 +71,7 @@ fn option_cases() -> Vec<Case> {
         ("failed", "86400"),
         ("lock_timeout", "3600"),
         ("start_timeout", "86400"),
+        ("crash_loop_period", "86400"),
     ] {
         for value in [
             "0",
@@ -82,6 +87,12 @@ fn option_cases() -> Vec<Case> {
                 format!("option '{name}' must be between 0.001 and {max} seconds"),
             ));
         }
+    }
+    for value in ["-1", "11", "1.5", "0/0", "math.huge"] {
+        cases.push(case(
+            format!("init({{ path = P, crash_loop_intensity = {value} }})"),
+            "option 'crash_loop_intensity' must be a whole number between 0 and 10 crashes",
+        ));
     }
     for (key, shown) in [("intervall", "intervall"), ("SHM", "SHM"), ("[1]", "1")] {
         cases.push(case(
@@ -264,7 +275,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
         .unwrap()
         .set_len(5000)
         .unwrap();
-    fs::write(file("zero.wm"), vec![0u8; 274432]).unwrap();
+    fs::write(file("zero.wm"), vec![0u8; 405504]).unwrap();
     fs::write(file("foreign.wm"), "not a registry\n".repeat(20000)).unwrap();
     valid_registry(&file("newer.wm"));
     patch_header(&file("newer.wm"), HeaderField::LayoutVersion, 99);
@@ -291,7 +302,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
         (file("foreign.wm"), "is not a worker-manager registry"),
         (
             file("newer.wm"),
-            "was written by layout version 99; this build reads version 2",
+            "was written by layout version 99; this build reads version 3",
         ),
         (file("dir.wm"), "open failed: Is a directory"),
         (
@@ -299,7 +310,7 @@ fn every_bad_registry_file_is_refused_by_cause_and_left_as_it_was() {
             "open failed: No such file or directory",
         ),
         (file("ro/registry.wm"), "open failed: Read-only file system"),
-        (tiny.clone(), "no space left to reserve 274432 bytes"),
+        (tiny.clone(), "no space left to reserve 405504 bytes"),
         (taken.clone(), "is in use by another running master"),
     ];
     let before: Vec<Option<Vec<u8>>> = cases.iter().map(|(p, _)| fs::read(p).ok()).collect();

@@ -99,7 +99,7 @@ pub(crate) struct Header {
     pub reload_failures: AtomicU64,
     /// The crash-loop rule of the newest registered configuration: more than
     /// `crash_loop_intensity` crashes of one worker index within
-    /// `crash_loop_period_ms` (see `docs/design.md` 4.7).
+    /// `crash_loop_period_ms` (see `docs/design.md` 4.8).
     pub crash_loop_period_ms: AtomicU64,
     pub crash_loop_intensity: AtomicU32,
     /// Highest worker index with a crash history, plus one: reads stop there.
