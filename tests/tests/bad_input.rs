@@ -88,14 +88,14 @@ fn a_foreign_file_is_refused() {
 #[test]
 fn newer_and_older_layouts_are_refused() {
     let scratch = Scratch::new();
-    let path = patched(&scratch, HeaderField::LayoutVersion, 3);
+    let path = patched(&scratch, HeaderField::LayoutVersion, 4);
     let err = open(&path).unwrap_err();
     assert!(
         matches!(
             err,
             Error::NewerLayout {
-                found: 3,
-                supported: 2,
+                found: 4,
+                supported: 3,
                 ..
             }
         ),
@@ -104,11 +104,11 @@ fn newer_and_older_layouts_are_refused() {
     assert!(err.to_string().contains("remove it or upgrade"), "{err}");
 
     let scratch = Scratch::new();
-    // Version 1: the layout before journal entries carried their counters.
-    let path = patched(&scratch, HeaderField::LayoutVersion, 1);
+    // Version 2: the layout before the crash histories.
+    let path = patched(&scratch, HeaderField::LayoutVersion, 2);
     assert!(matches!(
         open(&path).unwrap_err(),
-        Error::OlderLayout { found: 1, .. }
+        Error::OlderLayout { found: 2, .. }
     ));
 }
 
