@@ -92,7 +92,11 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
             "gauge",
             "When nginx last committed a configuration it loaded.",
         );
-        out.sample("last_reload_success_timestamp_seconds", &[], unix_seconds(t));
+        out.sample(
+            "last_reload_success_timestamp_seconds",
+            &[],
+            unix_seconds(t),
+        );
     }
     out.family(
         "reloads_total",

@@ -73,6 +73,6 @@ pub use registry::{
 pub use rules::model;
 pub use rules::SUPERSEDED_GRACE;
 pub use snapshot::{
-    Counter, CounterValue, CrashLoop, EventTally, GenerationInfo, LockHolder, Snapshot, Stats, Verdict,
-    WorkerInfo,
+    Counter, CounterValue, CrashLoop, EventTally, GenerationInfo, LockHolder, Snapshot, Stats,
+    Verdict, WorkerInfo,
 };

@@ -1106,7 +1106,11 @@ fn a_worker_killed_again_and_again_is_a_crash_loop_then_its_end() {
         );
         let snapshot = Observer::open(nginx.registry()).unwrap().snapshot();
         assert_eq!(
-            snapshot.crash_loops.iter().map(|l| l.index).collect::<Vec<_>>(),
+            snapshot
+                .crash_loops
+                .iter()
+                .map(|l| l.index)
+                .collect::<Vec<_>>(),
             [0]
         );
         assert!(

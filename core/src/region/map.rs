@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::layout::{
-    Capacities, CrashHistory, EventRecord, GenerationRecord, Header, Offsets, WorkerSlot, HEADER_SIZE,
-    LAYOUT_VERSION, MAGIC, RECORD_SIZE,
+    Capacities, CrashHistory, EventRecord, GenerationRecord, Header, Offsets, WorkerSlot,
+    HEADER_SIZE, LAYOUT_VERSION, MAGIC, RECORD_SIZE,
 };
 use crate::clock;
 use crate::error::{Error, Result};

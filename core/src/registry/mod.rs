@@ -21,12 +21,10 @@ use crate::event::{Event, WorkerId};
 use crate::lifecycle::{Detection, LockOp};
 use crate::lock::TryLocked;
 use crate::process::Identity;
+use crate::region::layout::CRASH_TIMES;
 use crate::region::map::{FileId, Region};
 use crate::region::{Capacities, Opened};
-use crate::region::layout::CRASH_TIMES;
-use crate::rules::{
-    self, Caller, CrashLoopRule, Now, Plan, Processes, Settings, SlotProbe, State,
-};
+use crate::rules::{self, Caller, CrashLoopRule, Now, Plan, Processes, Settings, SlotProbe, State};
 use crate::snapshot::{self, Snapshot};
 use crate::sys;
 use crate::tables;

@@ -366,19 +366,24 @@ fn crash_loops(plan: &mut Plan) {
         let (recent, newest) = h.recent(now.mono, period_ns);
         let worker = h.last_worker();
         if !h.looping && node.crash_loop_intensity != 0 && recent > node.crash_loop_intensity {
-            news.push((worker, Detail::WorkerCrashLoop {
+            news.push((
                 worker,
-                crashes: recent,
-                period: Duration::from_millis(node.crash_loop_period_ms),
-            }));
+                Detail::WorkerCrashLoop {
+                    worker,
+                    crashes: recent,
+                    period: Duration::from_millis(node.crash_loop_period_ms),
+                },
+            ));
         } else if h.looping
-            && (node.crash_loop_intensity == 0
-                || newest.map_or(true, |t| now.mono - t > period_ns))
+            && (node.crash_loop_intensity == 0 || newest.map_or(true, |t| now.mono - t > period_ns))
         {
-            news.push((worker, Detail::WorkerCrashLoopEnd {
+            news.push((
                 worker,
-                lasted: Duration::from_nanos(now.real.saturating_sub(h.loop_since_ns)),
-            }));
+                Detail::WorkerCrashLoopEnd {
+                    worker,
+                    lasted: Duration::from_nanos(now.real.saturating_sub(h.loop_since_ns)),
+                },
+            ));
         }
     }
     for (worker, detail) in news {

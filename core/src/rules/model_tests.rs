@@ -465,10 +465,18 @@ impl Node {
         let mut looping: BTreeMap<u32, bool> = BTreeMap::new();
         for e in self.model.events() {
             match e.detail {
-                Detail::WorkerCrash { worker, .. } => *crashes.entry(worker.index).or_default() += 1,
-                Detail::WorkerCrashLoop { worker, crashes: n, .. } => {
+                Detail::WorkerCrash { worker, .. } => {
+                    *crashes.entry(worker.index).or_default() += 1
+                }
+                Detail::WorkerCrashLoop {
+                    worker, crashes: n, ..
+                } => {
                     let seen = crashes.get(&worker.index).copied().unwrap_or(0);
-                    assert!(n > 1 && n <= seen, "loop of index {} after {seen} crashes: {e}", worker.index);
+                    assert!(
+                        n > 1 && n <= seen,
+                        "loop of index {} after {seen} crashes: {e}",
+                        worker.index
+                    );
                     let was = looping.insert(worker.index, true).unwrap_or(false);
                     assert!(!was, "index {} entered a loop twice: {e}", worker.index);
                 }
@@ -616,16 +624,14 @@ fn a_crash_loop_is_reported_once_whatever_the_sweeper_s_death() {
             }
             m.sweep(OBSERVER);
         }
-        let of = |m: &Model, kind: EventKind| m.events().iter().filter(|e| e.kind() == kind).count();
+        let of =
+            |m: &Model, kind: EventKind| m.events().iter().filter(|e| e.kind() == kind).count();
         assert_eq!(of(&m, EventKind::WorkerCrash), 3, "steps {steps}");
         assert_eq!(of(&m, EventKind::WorkerCrashLoop), 1, "steps {steps}");
-        let looped = m
-            .events()
-            .iter()
-            .find_map(|e| match e.detail {
-                Detail::WorkerCrashLoop { crashes, .. } => Some(crashes),
-                _ => None,
-            });
+        let looped = m.events().iter().find_map(|e| match e.detail {
+            Detail::WorkerCrashLoop { crashes, .. } => Some(crashes),
+            _ => None,
+        });
         assert_eq!(looped, Some(3), "steps {steps}");
         m.advance(Duration::from_secs(9));
         m.sweep(OBSERVER);
@@ -654,5 +660,8 @@ fn an_intensity_of_zero_reports_no_loop() {
         m.kill(pid);
         m.sweep(10);
     }
-    assert!(m.events().iter().all(|e| e.kind() != EventKind::WorkerCrashLoop));
+    assert!(m
+        .events()
+        .iter()
+        .all(|e| e.kind() != EventKind::WorkerCrashLoop));
 }

@@ -162,7 +162,11 @@ impl History {
             .iter()
             .filter(|&&t| t <= now && now - t <= period_ns)
             .count() as u32;
-        let newest = self.times[..kept].iter().copied().filter(|&t| t <= now).max();
+        let newest = self.times[..kept]
+            .iter()
+            .copied()
+            .filter(|&t| t <= now)
+            .max();
         (in_period, newest)
     }
 }
