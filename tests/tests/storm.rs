@@ -160,19 +160,57 @@ fn check_journal(journal: &Journal) {
     }
 }
 
+/// Per worker index, crash loops and their ends alternate, each loop counting more
+/// crashes than the default intensity (5) and no more than the index had; the
+/// indexes the snapshot has looping are those whose last word was a loop. Returns
+/// how many loops began.
+fn check_crash_loops(journal: &Journal, s: &Snapshot) -> usize {
+    let mut crashes: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut looping: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut loops = 0;
+    for e in &journal.events {
+        match e.detail {
+            Detail::WorkerCrash { worker, .. } => *crashes.entry(worker.index).or_default() += 1,
+            Detail::WorkerCrashLoop {
+                worker, crashes: n, ..
+            } => {
+                let seen = crashes.get(&worker.index).copied().unwrap_or(0);
+                assert!(n > 5 && n <= seen, "{e}: after {seen} crashes");
+                assert!(
+                    !looping.insert(worker.index, true).unwrap_or(false),
+                    "{e}: twice"
+                );
+                loops += 1;
+            }
+            Detail::WorkerCrashLoopEnd { worker, .. } => {
+                assert!(
+                    looping.insert(worker.index, false).unwrap_or(false),
+                    "{e}: not looping"
+                );
+            }
+            _ => {}
+        }
+    }
+    let expected: BTreeSet<u32> = looping
+        .iter()
+        .filter(|(_, &l)| l)
+        .map(|(&i, _)| i)
+        .collect();
+    let shown: BTreeSet<u32> = s.crash_loops.iter().map(|l| l.index).collect();
+    assert_eq!(shown, expected, "crash loops in the snapshot");
+    loops
+}
+
 /// Every callback of a node-level event in the journal ran at least once, and at most
 /// once unless flagged as a redelivery (its first process died before it returned);
 /// returns how many ran as redeliveries.
 fn check_deliveries(nginx: &Nginx, journal: &Journal) -> usize {
     let mut first: BTreeMap<u64, usize> = BTreeMap::new();
     let mut again: BTreeMap<u64, usize> = BTreeMap::new();
-    for kind in [
-        EventKind::WorkerCrash,
-        EventKind::MasterExit,
-        EventKind::GenerationAbort,
-        EventKind::WorkerHang,
-        EventKind::WorkerRecover,
-    ] {
+    let node_level = EventKind::ALL
+        .iter()
+        .filter(|k| k.is_node_level() && **k != EventKind::LockRecovered);
+    for &kind in node_level {
         for e in nginx.named(kind) {
             let runs = if e.event().redelivered {
                 &mut again
@@ -303,13 +341,14 @@ fn a_kill_storm_leaves_one_crash_per_kill_and_the_registry_exact() {
         );
     }
 
+    let loops = check_crash_loops(&journal, &s);
     let redelivered = check_deliveries(&nginx, &journal);
     check_journal(&journal);
     nginx.wait_status(&format!("live={workers} "));
     eprintln!(
         "kill storm: {} kills, {} of registered workers, {} crashes ({} holding the \
-         lock), {} lock recoveries, {} holders targeted, {redelivered} callbacks \
-         redelivered after their process died, none lost",
+         lock), {} lock recoveries, {} holders targeted, {loops} crash loops, \
+         {redelivered} callbacks redelivered after their process died, none lost",
         killed.len(),
         registered.len(),
         crashes.len(),
