@@ -54,7 +54,12 @@ declare -A packages=(
     [install]=coreutils
     [/usr/share/doc/lua-cjson/copyright]=lua-cjson
     [/usr/lib/python3/dist-packages/prometheus_client/parser.py]=python3-prometheus-client
+    [/usr/bin/promtool]=prometheus
+    [/usr/bin/prometheus]=prometheus
 )
+# Packages installed without what they recommend: prometheus recommends its node
+# exporter, a service with timers of its own that no test uses.
+no_recommends=(prometheus)
 
 missing=()
 for need in "${!packages[@]}"; do
@@ -73,7 +78,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "installing: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # The tests run the packages' programs in their own prefixes, never their
+    # services (nginx on port 80, prometheus on 9090): a policy-rc.d that refuses
+    # every start keeps the packages' install scripts from starting them, for this
+    # install only (Docker images ship one of their own, which stays).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        printf '#!/bin/sh\n# scripts/install-deps.sh: no service starts while it installs\nexit 101\n' \
+            >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+    fi
+    plain=() lean=()
+    for package in "${missing[@]}"; do
+        if [[ " ${no_recommends[*]} " == *" $package "* ]]; then
+            lean+=("$package")
+        else
+            plain+=("$package")
+        fi
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "${#plain[@]}" -gt 0 ]; then
+        apt-get install -y -qq "${plain[@]}"
+    fi
+    if [ "${#lean[@]}" -gt 0 ]; then
+        apt-get install -y -qq --no-install-recommends "${lean[@]}"
+    fi
 fi
 
 need_cargo
