@@ -71,7 +71,8 @@ fn image() -> &'static Image {
         drop(Registry::open(&fresh_path, &impatient()).unwrap());
         let fresh = fs::read(&fresh_path).unwrap();
         fs::remove_file(&fresh_path).unwrap();
-        let records = (caps.generations + caps.workers + caps.events) as usize;
+        // Generations, slots, journal entries, crash histories (one per slot).
+        let records = (caps.generations + 2 * caps.workers + caps.events) as usize;
         assert_eq!(fresh.len(), HEADER_SIZE + RECORD_SIZE * records, "layout");
         let mutex = fresh[LOCK_OFFSET..LOCK_OFFSET + MUTEX_SIZE].to_vec();
         let first_slot = record_offset(caps.generations);
@@ -94,7 +95,8 @@ fn image() -> &'static Image {
     })
 }
 
-/// Where record `index` of the tables (generations, then slots, then events) starts.
+/// Where record `index` of the tables (generations, then slots, then events, then
+/// crash histories) starts.
 fn record_offset(index: u32) -> usize {
     HEADER_SIZE + RECORD_SIZE * index as usize
 }
@@ -205,6 +207,7 @@ enum Place {
     Generation(u8, u8),
     Slot(u16, u8),
     Event(u16, u8),
+    History(u16, u8),
     Anywhere(u32),
 }
 
@@ -292,6 +295,12 @@ fn patched(image: &Image, length: &Length, patches: &[Patch]) -> Vec<u8> {
             Place::Generation(r, f) => table(0, caps.generations, r.into(), f),
             Place::Slot(r, f) => table(caps.generations, caps.workers, r.into(), f),
             Place::Event(r, f) => table(caps.generations + caps.workers, caps.events, r.into(), f),
+            Place::History(r, f) => table(
+                caps.generations + caps.workers + caps.events,
+                caps.workers,
+                r.into(),
+                f,
+            ),
             Place::Anywhere(at) => at as usize % bytes.len(),
         };
         let value: Vec<u8> = match &patch.value {
@@ -369,7 +378,7 @@ fn check_reading(snapshot: &Snapshot, caps: Capacities, events: &[worker_manager
 fn read(path: &Path, from_seq: u64) -> Result<(), Error> {
     let observer = Observer::open(path)?;
     let caps = observer.capacities();
-    let records = caps.generations + caps.workers + caps.events;
+    let records = caps.generations + 2 * caps.workers + caps.events;
     assert_eq!(observer.size(), record_offset(records) as u64);
     let snapshot = observer.snapshot();
     let next = observer.next_seq();

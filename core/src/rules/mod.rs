@@ -780,8 +780,10 @@ pub(crate) fn announce_exit(plan: &mut Plan, slot: u32, worker: WorkerId) -> Res
     report_exit(plan, worker, record, true);
     plan.slot(slot, |s| s.state = Some(WorkerState::Exiting));
     let state = plan.state();
-    if state.census().live(worker.generation) == 0
-        && successor_reason(state, &generation_at(plan, record)) == ExitReason::Stop
+    let g = generation_at(plan, record);
+    if g.has_workers_to_end()
+        && state.census().live(worker.generation) == 0
+        && successor_reason(state, &g) == ExitReason::Stop
     {
         master_exit(plan, record, true);
     }

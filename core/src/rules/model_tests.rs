@@ -665,3 +665,44 @@ fn an_intensity_of_zero_reports_no_loop() {
         .iter()
         .all(|e| e.kind() != EventKind::WorkerCrashLoop));
 }
+
+/// A damaged file: a generation record in use whose state says free. A worker of it
+/// announcing its exit changes no state the record does not have (found by fuzzing:
+/// the node's stop ended it from `Free`).
+#[test]
+fn a_record_whose_state_is_damaged_is_not_ended() {
+    use super::plan::{Now, Plan};
+    use super::state::{Generation, Slot, State};
+    use crate::event::WorkerId;
+    use crate::lifecycle::WorkerState;
+
+    let worker = WorkerId {
+        generation: 1,
+        pid: 10,
+        index: 0,
+    };
+    let state = State {
+        generations: vec![Generation {
+            record: 0,
+            id: 1,
+            state: Some(GenerationState::Free),
+            ..Generation::default()
+        }],
+        slots: vec![Slot {
+            slot: 0,
+            state: Some(WorkerState::Running),
+            pid: worker.pid,
+            generation: 1,
+            ..Slot::default()
+        }],
+        slot_capacity: 1,
+        ..State::default()
+    };
+    let mut plan = Plan::new(state, Now::default());
+    ok(super::announce_exit(&mut plan, 0, worker));
+    assert!(plan
+        .state()
+        .generations
+        .iter()
+        .all(|g| g.state == Some(GenerationState::Free)));
+}
