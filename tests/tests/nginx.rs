@@ -164,6 +164,18 @@ fn reloads_including_two_in_a_row_and_a_new_worker_count() {
         nginx.wait("only the three workers", |_| {
             nginx.workers(master).len() == 3
         });
+        // Each reload got a verdict, committed but for those superseded.
+        let s = Observer::open(nginx.registry()).unwrap().snapshot();
+        let aborted = events
+            .iter()
+            .filter(|e| e.is(EventKind::GenerationAbort))
+            .count() as u64;
+        assert_eq!(
+            (s.reload_verdicts, s.reload_failures),
+            (newest - 1, aborted)
+        );
+        let committed = s.generations.iter().find(|g| g.id == newest).unwrap();
+        assert_eq!(s.last_success, committed.committed);
         quit(&nginx, master);
     }
 }
@@ -380,6 +392,12 @@ fn a_reload_that_fails_after_init_by_lua_is_aborted_and_the_old_workers_later_st
         );
         assert!(of_gen(&events, EventKind::WorkerStart, 2).is_empty());
         assert!(nginx.get("/status").starts_with("live=2 "), "still serving");
+        // The verdict is counted, and the last success is still the start's.
+        let s = Observer::open(nginx.registry()).unwrap().snapshot();
+        assert_eq!((s.reload_verdicts, s.reload_failures), (1, 1));
+        assert!(s.verdict.is_some_and(|v| v.generation == 2 && !v.committed));
+        let started = s.generations.iter().find(|g| g.id == 1).unwrap();
+        assert_eq!(s.last_success, started.committed);
         quit(&nginx, master);
         let exits = of_gen(&nginx.events(), EventKind::WorkerExit, 1);
         assert_eq!(exits.len(), 2);
@@ -1132,6 +1150,86 @@ fn a_worker_killed_again_and_again_is_a_crash_loop_then_its_end() {
             .contains("\nworker_manager_workers_crash_looping 0\n"));
         assert_eq!(nginx.get("/loops"), "0 -");
         assert_eq!(nginx.named(EventKind::WorkerCrashLoop).len(), 1);
+        quit(&nginx, master);
+    }
+}
+
+/// A request that outlives a reload keeps its old worker: the oldest draining
+/// generation's age shows it, in the snapshot and the metrics, until that worker
+/// is gone.
+#[test]
+fn an_old_worker_kept_by_a_long_request_is_a_draining_generation() {
+    let _serial = serial();
+    // The request ends when the test creates this file (readable by nginx's
+    // unprivileged workers), or after a minute.
+    let release =
+        RemoveOnDrop(std::env::temp_dir().join(format!("wm-release-{}", std::process::id())));
+    for config in Config::both(|c| {
+        c.workers = 1;
+        c.locations = format!(
+            r#"
+            location = /slow {{
+                content_by_lua_block {{
+                    ngx.log(ngx.WARN, "the slow request started")
+                    for _ = 1, 1200 do
+                        local f = io.open("{}")
+                        if f then f:close() break end
+                        ngx.sleep(0.05)
+                    end
+                    ngx.say("done")
+                }}
+            }}"#,
+            release.0.display()
+        );
+    }) {
+        let _ = std::fs::remove_file(&release.0);
+        let (nginx, master) = start(&config);
+        nginx.wait_n(EventKind::WorkerStart, 1);
+        let port = nginx.port;
+        let slow = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(s, "GET /slow HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut response = String::new();
+            s.read_to_string(&mut response).unwrap();
+            response
+        });
+        nginx.wait("the slow request", |_| {
+            nginx.stderr().contains("the slow request started")
+        });
+        signal(master, libc::SIGHUP);
+        nginx.wait("the new worker", |ev| {
+            !of_gen(ev, EventKind::WorkerStart, 2).is_empty()
+        });
+        let observer = Observer::open(nginx.registry()).unwrap();
+        let s = observer.snapshot();
+        assert!(
+            of_gen(&nginx.events(), EventKind::MasterExit, 1).is_empty(),
+            "the old worker is still serving"
+        );
+        let draining = s.oldest_draining(SystemTime::now());
+        assert!(
+            draining.is_some_and(|d| d < common::STEP_TIMEOUT),
+            "{draining:?}"
+        );
+        let metric = |text: &str| -> f64 {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("worker_manager_oldest_draining_generation_age_seconds ")
+                })
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let text = worker_manager::exposition::prometheus(&s, observer.path());
+        assert!(metric(&text) > 0.0, "{text}");
+        std::fs::write(&release.0, "").unwrap();
+        assert!(slow.join().unwrap().contains("done"));
+        nginx.wait_n(EventKind::MasterExit, 1);
+        let s = observer.snapshot();
+        assert_eq!(s.oldest_draining(SystemTime::now()), None);
+        let text = worker_manager::exposition::prometheus(&s, observer.path());
+        assert_eq!(metric(&text), 0.0);
         quit(&nginx, master);
     }
 }
