@@ -63,7 +63,7 @@ pub use lifecycle::{
     StartKind, WorkerState,
 };
 pub use observer::Observer;
-pub use process::Identity;
+pub use process::{Identity, Signal};
 pub use region::{Capacities, Opened};
 pub use registry::{GenerationConfig, LockHold, Options, Registry, Worker};
 /// The rules over a node in memory, for tests (feature `model`).
