@@ -101,6 +101,21 @@ pub(crate) fn unlock_file(fd: BorrowedFd<'_>) -> io::Result<()> {
     errno_result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).map(drop)
 }
 
+/// Exclusive `flock` on an open file if nobody holds it: `Ok(false)` when another
+/// open file description does. Released when the descriptor is closed.
+pub(crate) fn try_lock_file(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: `fd` is a valid open descriptor for the duration of the call.
+        let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        match errno_result(ret) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `pidfd_open(pid, 0)`: a descriptor that refers to the process that has `pid` now,
 /// and to no other process ever, even once the pid is reused (Linux 5.3).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
