@@ -54,6 +54,7 @@ declare -A packages=(
     [install]=coreutils
     [/usr/share/doc/lua-cjson/copyright]=lua-cjson
     [/usr/lib/python3/dist-packages/prometheus_client/parser.py]=python3-prometheus-client
+    [systemd-analyze]=systemd
 )
 
 missing=()

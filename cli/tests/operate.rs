@@ -2,17 +2,19 @@
 //! `worker-manager reload` and `upgrade` report nginx's verdict (committed, given up
 //! after `init_by_lua`, rejected before it) with nginx's own error lines; a failed
 //! upgrade leaves the old master serving and nothing else running; every bad input
-//! is refused before any signal. Serialized: one nginx at a time.
+//! is refused before any signal; the systemd drop-in's own command line fails a
+//! reload nginx rejects. Serialized: one nginx at a time.
 
 mod common;
 
+use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::nginx::{alive, serial, signal, start, Config, Nginx};
-use common::{cli, cli_on, spawn, Run, CLI};
+use common::{cli, cli_on, output, spawn, Run, CLI};
 use serde_json::Value;
 use worker_manager::EventKind;
 
@@ -534,4 +536,124 @@ fn an_upgrade_in_progress_is_refused_unless_the_pid_file_names_the_master_to_rel
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(json["master_pid"], new);
     assert!(alive(old));
+}
+
+/// The drop-in's settings (`Environment=`) and the command its `ExecReload=` runs.
+struct DropIn {
+    environment: HashMap<String, String>,
+    exec_reload: String,
+}
+
+fn drop_in_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/systemd/nginx.service.d/worker-manager.conf")
+}
+
+impl DropIn {
+    fn read() -> DropIn {
+        let text = fs::read_to_string(drop_in_path()).unwrap();
+        let mut environment = HashMap::new();
+        let mut reloads = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(setting) = line.strip_prefix("Environment=") {
+                let setting = setting.trim_matches('"');
+                let (key, value) = setting.split_once('=').unwrap();
+                environment.insert(key.to_string(), value.to_string());
+            } else if let Some(command) = line.strip_prefix("ExecReload=") {
+                reloads.push(command.to_string());
+            }
+        }
+        // An empty ExecReload= first clears the packaged `nginx -s reload`.
+        assert_eq!(reloads.len(), 2, "{reloads:?}");
+        assert_eq!(reloads[0], "", "{reloads:?}");
+        DropIn {
+            environment,
+            exec_reload: reloads.pop().unwrap(),
+        }
+    }
+
+    /// The command as systemd runs it: `$NAME` split at whitespace into words,
+    /// `${NAME}` one word.
+    fn argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        for word in self.exec_reload.split_whitespace() {
+            if let Some(name) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) {
+                argv.push(self.environment[name].clone());
+            } else if let Some(name) = word.strip_prefix('$') {
+                argv.extend(self.environment[name].split_whitespace().map(String::from));
+            } else {
+                argv.push(word.to_string());
+            }
+        }
+        argv
+    }
+}
+
+#[test]
+fn the_systemd_drop_in_s_command_line_fails_a_reload_nginx_rejects() {
+    let _serial = serial();
+    let mut drop_in = DropIn::read();
+    // Edited as its comments say: where the registry is, where nginx's pid file is.
+    assert_eq!(drop_in.environment["WM_PID_FILE"], "/run/nginx.pid");
+    assert!(drop_in.environment.contains_key("WM_REGISTRY"));
+    let argv = drop_in.argv();
+    assert_eq!(
+        argv[0], "/usr/local/bin/worker-manager",
+        "where make install puts it"
+    );
+    assert_eq!(argv[1], "reload");
+
+    // systemd itself reads it, over Debian's nginx.service, with the binary where
+    // this build has it.
+    let units = tempfile::tempdir().unwrap();
+    let service = Path::new("/lib/systemd/system/nginx.service");
+    fs::copy(service, units.path().join("nginx.service")).unwrap();
+    fs::create_dir(units.path().join("nginx.service.d")).unwrap();
+    fs::write(
+        units.path().join("nginx.service.d/worker-manager.conf"),
+        fs::read_to_string(drop_in_path())
+            .unwrap()
+            .replace("/usr/local/bin/worker-manager", CLI),
+    )
+    .unwrap();
+    let verify = output(
+        Command::new("systemd-analyze")
+            .args(["verify", "nginx.service"])
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", units.path().display())),
+    );
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let (nginx, master) = start(&daemon());
+    nginx.wait_n(EventKind::WorkerStart, 2);
+    drop_in.environment.insert(
+        "WM_REGISTRY".into(),
+        format!("--path {}", nginx.registry().display()),
+    );
+    drop_in.environment.insert(
+        "WM_PID_FILE".into(),
+        nginx.prefix().join("logs/nginx.pid").display().to_string(),
+    );
+    let reload = || -> Run {
+        let argv = drop_in.argv();
+        output(Command::new(CLI).args(&argv[1..])).into()
+    };
+
+    let run = reload();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("reload committed: generation 2"),
+        "{run:?}"
+    );
+
+    let (config, _taken) = with_a_taken_port(&daemon());
+    nginx.write_config(&config);
+    let run = reload();
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("reload failed"), "{run:?}");
+    assert!(run.stdout.contains("still could not bind()"), "{run:?}");
+    answers(&nginx, master);
 }
