@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -40,7 +40,8 @@ impl OperatorLock {
     /// # Errors
     ///
     /// [`Error::Io`] when the lock file cannot be opened or created (its directory
-    /// not writable, a symbolic link at its path: never followed) or locked.
+    /// not writable, a symbolic link at its path: never followed) or locked;
+    /// [`Error::ForeignOwner`] when another user owns it.
     pub fn try_acquire(registry: &Path) -> Result<std::result::Result<OperatorLock, Option<u32>>> {
         let path = Self::path_for(registry);
         let io = |op: &'static str| {
@@ -56,6 +57,15 @@ impl OperatorLock {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io("open the operator lock file"))?;
+        // Another user's file would let that user hold every operator off.
+        let owner = file
+            .metadata()
+            .map_err(io("fstat the operator lock file"))?
+            .uid();
+        let euid = sys::geteuid();
+        if owner != euid {
+            return Err(Error::ForeignOwner { path, owner, euid });
+        }
         if !sys::try_lock_file(file.as_fd()).map_err(io("flock the operator lock file"))? {
             let mut text = String::new();
             let holder = file
@@ -95,6 +105,21 @@ mod tests {
         drop(first);
         let again = OperatorLock::try_acquire(&registry).unwrap();
         assert!(again.is_ok());
+    }
+
+    #[test]
+    fn another_user_s_lock_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("registry.wm");
+        let lock = OperatorLock::path_for(&registry);
+        std::fs::write(&lock, "").unwrap();
+        let nobody = 65534;
+        std::os::unix::fs::chown(&lock, Some(nobody), None)
+            .expect("chown needs root, as the test suite runs");
+        match OperatorLock::try_acquire(&registry) {
+            Err(Error::ForeignOwner { owner, .. }) => assert_eq!(owner, nobody),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
