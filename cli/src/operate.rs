@@ -256,6 +256,24 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The log is added at the end, once every process involved is known.
+    fn new(
+        verdict: &'static str,
+        code: u8,
+        message: String,
+        generation: Option<u64>,
+        new_master: Option<u32>,
+    ) -> Outcome {
+        Outcome {
+            verdict,
+            code,
+            message,
+            generation,
+            new_master,
+            log: Vec::new(),
+        }
+    }
+
     fn refused(failure: Failure) -> Outcome {
         Outcome {
             verdict: "refused",
@@ -526,24 +544,6 @@ impl<W: Write> Operation<'_, '_, W> {
             .collect()
     }
 
-    fn outcome(
-        &self,
-        verdict: &'static str,
-        code: u8,
-        message: String,
-        generation: Option<u64>,
-        new_master: Option<u32>,
-    ) -> Outcome {
-        Outcome {
-            verdict,
-            code,
-            message,
-            generation,
-            new_master,
-            log: Vec::new(),
-        }
-    }
-
     fn elapsed(&self) -> String {
         format!("{:.2}s", self.report.started.elapsed().as_secs_f64())
     }
@@ -671,7 +671,7 @@ impl<W: Write> Operation<'_, '_, W> {
                     "new master {} exited before its configuration served",
                     m.pid
                 );
-                return Wait::Ended(self.outcome(
+                return Wait::Ended(Outcome::new(
                     "failed",
                     exit::REJECTED,
                     message,
@@ -694,7 +694,7 @@ impl<W: Write> Operation<'_, '_, W> {
                         self.timeout
                     )
                 };
-                return Wait::Ended(self.outcome(
+                return Wait::Ended(Outcome::new(
                     "timeout",
                     exit::TIMEOUT,
                     message,
@@ -726,7 +726,7 @@ impl<W: Write> Operation<'_, '_, W> {
             "nginx gave generation {id} up after {} ({cause}){why}",
             self.elapsed()
         );
-        self.outcome("failed", exit::REJECTED, message, Some(id), new_master)
+        Outcome::new("failed", exit::REJECTED, message, Some(id), new_master)
     }
 
     /// An error-log line that says nginx rejected the configuration before it
@@ -760,7 +760,7 @@ impl<W: Write> Operation<'_, '_, W> {
         let message = format!("{what} ({}): {}", self.elapsed(), line.text);
         // A new binary that failed this early is named by its log lines alone.
         self.involved.extend(line.pid);
-        self.outcome("rejected", exit::REJECTED, message, None, None)
+        Outcome::new("rejected", exit::REJECTED, message, None, None)
     }
 
     /// No generation registered within the timeout, and the log (if known) said
@@ -780,7 +780,7 @@ impl<W: Write> Operation<'_, '_, W> {
                 self.timeout
             ),
         };
-        self.outcome("timeout", exit::TIMEOUT, message, None, None)
+        Outcome::new("timeout", exit::TIMEOUT, message, None, None)
     }
 
     /// What serves after a failure: the master signalled, unless it is gone too.
@@ -797,7 +797,7 @@ impl<W: Write> Operation<'_, '_, W> {
     }
 
     fn master_gone(&self, generation: Option<u64>) -> Outcome {
-        self.outcome(
+        Outcome::new(
             "error",
             exit::FAILURE,
             format!(
@@ -824,7 +824,7 @@ impl<W: Write> Operation<'_, '_, W> {
                     self.master.identity.pid,
                     self.elapsed()
                 );
-                self.outcome("committed", exit::OK, message, Some(id), None)
+                Outcome::new("committed", exit::OK, message, Some(id), None)
             }
         }
     }
@@ -844,7 +844,7 @@ impl<W: Write> Operation<'_, '_, W> {
         };
         // The old workers stop; the old master stays, should the new one fail now.
         if let Err(e) = self.send(old, Signal::Winch, "old master") {
-            let outcome = self.outcome("error", exit::FAILURE, e, Some(id), Some(new.pid));
+            let outcome = Outcome::new("error", exit::FAILURE, e, Some(id), Some(new.pid));
             return self.undo(outcome, Some(new));
         }
         let deadline = Instant::now() + self.timeout;
@@ -867,14 +867,14 @@ impl<W: Write> Operation<'_, '_, W> {
                     "new master {} exited after the old workers were told to stop: the old master {} starts its workers again (nginx does when its new binary exits); see the error log",
                     new.pid, old.pid
                 );
-                return self.outcome("failed", exit::REJECTED, message, Some(id), Some(new.pid));
+                return Outcome::new("failed", exit::REJECTED, message, Some(id), Some(new.pid));
             }
             if Instant::now() >= deadline {
                 let message = format!(
                     "new master {} serves generation {id}, but the old master {}'s workers have not all exited within {:?} (long requests or connections?): send SIGQUIT to {} once they have, or SIGHUP to it to take them back",
                     new.pid, old.pid, self.timeout, old.pid
                 );
-                return self.outcome("timeout", exit::TIMEOUT, message, Some(id), Some(new.pid));
+                return Outcome::new("timeout", exit::TIMEOUT, message, Some(id), Some(new.pid));
             }
         }
         if !new.is_alive() {
@@ -882,17 +882,17 @@ impl<W: Write> Operation<'_, '_, W> {
                 "new master {} exited before the old master {} was told to quit: send SIGHUP to {} to start its workers again",
                 new.pid, old.pid, old.pid
             );
-            return self.outcome("failed", exit::REJECTED, message, Some(id), Some(new.pid));
+            return Outcome::new("failed", exit::REJECTED, message, Some(id), Some(new.pid));
         }
         if let Err(e) = self.send(old, Signal::Quit, "old master") {
-            return self.outcome("error", exit::FAILURE, e, Some(id), Some(new.pid));
+            return Outcome::new("error", exit::FAILURE, e, Some(id), Some(new.pid));
         }
         if !self.wait_gone(old) {
             let message = format!(
                 "new master {} serves generation {id}, but the old master {} has not exited within {:?}",
                 new.pid, old.pid, self.timeout
             );
-            return self.outcome("timeout", exit::TIMEOUT, message, Some(id), Some(new.pid));
+            return Outcome::new("timeout", exit::TIMEOUT, message, Some(id), Some(new.pid));
         }
         self.report.step(format!("old master {} exited", old.pid));
         let message = format!(
@@ -900,7 +900,7 @@ impl<W: Write> Operation<'_, '_, W> {
             new.pid,
             self.elapsed()
         );
-        self.outcome("committed", exit::OK, message, Some(id), Some(new.pid))
+        Outcome::new("committed", exit::OK, message, Some(id), Some(new.pid))
     }
 
     /// Waits up to the timeout for `process` to be gone.
@@ -920,27 +920,33 @@ impl<W: Write> Operation<'_, '_, W> {
     fn undo(&mut self, mut outcome: Outcome, new: Option<Identity>) -> Outcome {
         let mut said = Vec::new();
         if let Some(new) = new {
-            let mut stopped = !new.is_alive();
+            let mut gone = !new.is_alive();
+            let mut signalled = false;
             for signal in [Signal::Quit, Signal::Term] {
-                if stopped {
+                if gone {
                     break;
                 }
                 match new.signal(signal) {
                     Ok(()) => {
                         self.report
                             .step(format!("sent {signal} to new master {}", new.pid));
-                        stopped = self.wait_gone(new);
+                        signalled = true;
+                        gone = self.wait_gone(new);
                     }
-                    Err(Error::ProcessGone { .. }) => stopped = true,
+                    Err(Error::ProcessGone { .. }) => gone = true,
                     Err(e) => {
                         said.push(format!("the new master could not be stopped: {e}"));
                         break;
                     }
                 }
             }
-            if stopped {
+            if gone {
                 self.report.step(format!("new master {} exited", new.pid));
-                said.push(format!("new master {} stopped", new.pid));
+                said.push(if signalled {
+                    format!("new master {} stopped", new.pid)
+                } else {
+                    format!("new master {} exited by itself", new.pid)
+                });
             } else {
                 said.push(format!(
                     "new master {} is still running: stop it (kill -9 {})",
