@@ -99,20 +99,28 @@ enum Command {
         #[command(flatten)]
         registry: Location,
     },
-    /// Acts on nginx: reloads its configuration (SIGHUP to the master the registry
-    /// names) and waits for nginx's verdict: exit 0 once the new configuration is
-    /// committed and its workers started, non-zero when nginx rejects it (the old
-    /// one serves on) or gives no verdict in time.
+    /// Acts on nginx: reloads its configuration and waits for nginx's verdict.
+    ///
+    /// Sends SIGHUP to the master the registry names, as `nginx -s reload` does, then
+    /// waits: exit 0 once the new configuration is committed and its workers
+    /// started; 7 when nginx rejects it or gives it up (the old one serves on), with
+    /// nginx's error lines; 8 when no verdict comes in time. Refuses before any
+    /// signal (6) when the registry's master is gone, the pid file names another, or
+    /// a reload is already in flight.
+    #[command(after_help = EXIT_CODES)]
     Reload {
         #[command(flatten)]
         registry: Location,
         #[command(flatten)]
         operate: OperateArgs,
     },
-    /// Acts on nginx: binary upgrade (SIGUSR2 to the master the registry names; once
-    /// the new master's configuration is committed and its workers started, SIGWINCH
-    /// and SIGQUIT to the old master). A new master that fails is stopped and the old
-    /// one serves on. nginx must have been started by its absolute path.
+    /// Acts on nginx: binary upgrade, the old master kept until the new one serves.
+    ///
+    /// Sends SIGUSR2 to the master the registry names; once the new master's
+    /// configuration is committed and its workers started, SIGWINCH and SIGQUIT to
+    /// the old master. A new master that fails, or is not ready in time, is stopped
+    /// and the old one serves on. nginx must have been started by its absolute path.
+    #[command(after_help = EXIT_CODES)]
     Upgrade {
         #[command(flatten)]
         registry: Location,
