@@ -159,6 +159,24 @@ impl Identity {
             .map(|stat| stat.ppid)
     }
 
+    /// Whether this very process has a handler for `signal` (`SigCgt` in
+    /// `/proc/<pid>/status`); false once it is gone. nginx installs its handlers
+    /// only once its configuration is loaded: before that, and as it exits after
+    /// giving a configuration up, a signal has its default action (SIGQUIT dumps
+    /// core).
+    pub fn handles(&self, signal: Signal) -> bool {
+        let Ok(status) = fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
+            return false;
+        };
+        let caught = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+        // Read after the status: the process it describes is this one.
+        let mine = read_stat(self.pid).is_some_and(|stat| stat.is(self));
+        mine && caught.is_some_and(|mask| mask & (1 << (signal.number() - 1)) != 0)
+    }
+
     /// Sends `signal` to this very process, never to another that reuses its pid.
     ///
     /// The process is pinned with a pidfd before its start time is compared with
@@ -349,6 +367,30 @@ mod tests {
             .signal(Signal::Term)
             .unwrap();
         assert_eq!(killed_by(&mut child), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_handler_is_seen_once_installed() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "trap 'exit 0' USR2; while :; do sleep 0.05; done"])
+            .spawn()
+            .unwrap();
+        let id = Identity::of(child.id()).unwrap();
+        assert!(!id.handles(Signal::Quit));
+        // The shell installs its trap a moment after it starts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !id.handles(Signal::Usr2) {
+            assert!(std::time::Instant::now() < deadline, "no USR2 handler");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let recycled = Identity {
+            start_time: id.start_time + 1,
+            ..id
+        };
+        assert!(!recycled.handles(Signal::Usr2));
+        id.signal(Signal::Usr2).unwrap();
+        assert!(child.wait().unwrap().success(), "its handler ran");
+        assert!(!id.handles(Signal::Usr2));
     }
 
     #[test]
