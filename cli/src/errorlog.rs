@@ -82,6 +82,26 @@ impl Line {
         self.level <= Level::Warn
     }
 
+    /// What it says, after the level and the pid.
+    pub fn message(&self) -> &str {
+        let after_level = self.text.split_once("] ").map_or("", |(_, rest)| rest);
+        match self.pid {
+            // `<pid>#<thread>: `
+            Some(_) => after_level.split_once(": ").map_or(after_level, |(_, m)| m),
+            None => after_level,
+        }
+    }
+
+    /// Whether this is the copy nginx writes to its stderr of `previous`, a line of
+    /// its log: a process whose log is not set up yet writes both, and the log may
+    /// be its stderr.
+    pub fn echoes(&self, previous: &Line) -> bool {
+        self.pid.is_none()
+            && previous.pid.is_some()
+            && self.level == previous.level
+            && self.message() == previous.message()
+    }
+
     /// Whether `pid` wrote it, or nginx's stderr did (no pid).
     pub fn is_from(&self, pid: u32) -> bool {
         self.pid.map_or(true, |p| p == pid)
@@ -202,6 +222,12 @@ mod tests {
         assert_eq!(line.level, Level::Notice);
         assert!(!line.is_worth_showing());
         assert_eq!(Line::parse("stack traceback:"), None);
+        let logged =
+            Line::parse("2026/11/24 10:00:00 [emerg] 7#7: still could not bind()").unwrap();
+        let echoed = Line::parse("nginx: [emerg] still could not bind()").unwrap();
+        assert_eq!(logged.message(), "still could not bind()");
+        assert_eq!(echoed.message(), "still could not bind()");
+        assert!(echoed.echoes(&logged) && !logged.echoes(&echoed));
         assert_eq!(Line::parse("2026/11/24 10:00:00 [loud] 1#1: x"), None);
         assert_eq!(Line::parse(""), None);
     }

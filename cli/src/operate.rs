@@ -524,8 +524,9 @@ impl<W: Write> Operation<'_, '_, W> {
     }
 
     /// The log lines worth showing of the processes involved (the masters, a new
-    /// binary, the workers of `generation`) and of nginx's stderr. Other workers'
-    /// lines (the requests they serve) are not the operation's.
+    /// binary, the workers of `generation`) and of nginx's stderr, but for the copies
+    /// of log lines on stderr. Other workers' lines (the requests they serve) are not
+    /// the operation's.
     fn shown(&self, generation: Option<u64>) -> Vec<String> {
         let mut pids = self.involved.clone();
         if let Some(id) = generation {
@@ -537,11 +538,14 @@ impl<W: Write> Operation<'_, '_, W> {
                     .map(|w| w.id.pid),
             );
         }
-        self.lines()
-            .iter()
-            .filter(|l| l.is_worth_showing() && pids.iter().any(|&p| l.is_from(p)))
-            .map(|l| l.text.clone())
-            .collect()
+        let mut shown: Vec<&Line> = Vec::new();
+        for line in self.lines() {
+            let echo = shown.last().is_some_and(|previous| line.echoes(previous));
+            if line.is_worth_showing() && pids.iter().any(|&p| line.is_from(p)) && !echo {
+                shown.push(line);
+            }
+        }
+        shown.into_iter().map(|l| l.text.clone()).collect()
     }
 
     fn elapsed(&self) -> String {
@@ -665,6 +669,19 @@ impl<W: Write> Operation<'_, '_, W> {
                     n => format!("generation {id}: {n} of {n} workers started"),
                 });
                 return Wait::Ready(id);
+            }
+            // nginx's [emerg] is fatal: the new master will give its configuration
+            // up (a port it cannot bind: after 2.5 s of retries) or exit.
+            let fatal = new.and_then(|m| self.emerg(|l| l.pid == Some(m.pid)));
+            if let (Some(m), Some(line)) = (*new, fatal) {
+                let message = format!("new master {} failed: {}", m.pid, line.text);
+                return Wait::Ended(Outcome::new(
+                    "failed",
+                    exit::REJECTED,
+                    message,
+                    Some(id),
+                    Some(m.pid),
+                ));
             }
             if let Some(m) = new.filter(|m| !m.is_alive()) {
                 let message = format!(
@@ -916,7 +933,7 @@ impl<W: Write> Operation<'_, '_, W> {
     }
 
     /// After a failed upgrade: stops the new master if it still runs (SIGQUIT, then
-    /// SIGTERM), and says what serves.
+    /// SIGTERM, each given the timeout), and says what serves.
     fn undo(&mut self, mut outcome: Outcome, new: Option<Identity>) -> Outcome {
         let mut said = Vec::new();
         if let Some(new) = new {
@@ -925,6 +942,17 @@ impl<W: Write> Operation<'_, '_, W> {
             for signal in [Signal::Quit, Signal::Term] {
                 if gone {
                     break;
+                }
+                if signal == Signal::Quit && !new.handles(signal) {
+                    // Still loading its configuration (a port it retries), or exiting
+                    // after giving it up: SIGQUIT would kill it with a core dump.
+                    // Given the time, it gives up and exits by itself.
+                    self.report.step(format!(
+                        "new master {} handles no signal yet (loading or exiting): waiting for it to exit",
+                        new.pid
+                    ));
+                    gone = self.wait_gone(new);
+                    continue;
                 }
                 match new.signal(signal) {
                     Ok(()) => {
