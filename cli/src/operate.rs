@@ -489,8 +489,15 @@ enum Wait {
 
 impl<W: Write> Operation<'_, '_, W> {
     /// Sends `signal` to `whom` (its role, for the report), checked against its
-    /// identity.
+    /// identity, and only if it handles it: nginx does from the end of its start,
+    /// while a signal's default action would end a process that does not.
     fn send(&mut self, whom: Identity, signal: Signal, role: &str) -> Result<(), String> {
+        if !whom.handles(signal) {
+            return Err(format!(
+                "{role} {} has no handler for {signal}, which would terminate it: is it nginx, and done starting? {signal} not sent",
+                whom.pid
+            ));
+        }
         match whom.signal(signal) {
             Ok(()) => {
                 self.report

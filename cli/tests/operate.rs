@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use common::nginx::{alive, serial, signal, start, Config, Nginx};
 use common::{cli, cli_on, output, spawn, Run, CLI};
 use serde_json::Value;
-use worker_manager::EventKind;
+use worker_manager::{EventKind, GenerationConfig, Options, Registry};
 
 /// Runs `worker-manager VERB --path PATH --json EXTRA...`: the run, and the JSON
 /// object it printed, whose `exit_code` is checked against the real one.
@@ -389,6 +389,30 @@ fn a_master_that_is_gone_is_refused() {
             cause.contains(&format!(
                 "the master of generation 1, pid {master}, is gone"
             )),
+            "{cause}"
+        );
+    }
+}
+
+/// A master that does not handle SIGHUP (not nginx, or not done starting) would be
+/// ended by it: refused. The master here is this test process, registered through
+/// the library as a server other than nginx would be.
+#[test]
+fn a_master_without_a_handler_for_the_signal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.wm");
+    let registry = Registry::open(&path, &Options::default()).unwrap();
+    let generation = registry
+        .register_generation(&GenerationConfig::default(), |_| {})
+        .unwrap();
+    registry.commit_generation(generation, |_| {}).unwrap();
+    let me = std::process::id();
+    for (verb, signal) in [("reload", "SIGHUP"), ("upgrade", "SIGUSR2")] {
+        let (run, json) = operate(verb, &path, &[]);
+        assert_eq!(run.code, 6, "{run:?}");
+        let cause = json["cause"].as_str().unwrap();
+        assert!(
+            cause.contains(&format!("master {me} has no handler for {signal}")),
             "{cause}"
         );
     }
