@@ -169,7 +169,7 @@ fn in_flight(
 /// Why `verb` may not act on `master` while a binary upgrade leaves another master
 /// live: nginx answers SIGHUP to an old master whose new binary runs by starting its
 /// old workers again (the way back from an upgrade), not by reloading, and ignores
-/// SIGUSR2 until one of the two has quit.
+/// SIGUSR2 until the old master has quit.
 fn upgrading(masters: &[Master], master: Master, verb: Verb) -> Option<String> {
     let mut others = masters
         .iter()
@@ -184,12 +184,24 @@ fn upgrading(masters: &[Master], master: Master, verb: Verb) -> Option<String> {
                     child.identity.pid, child.generation, child.identity.pid
                 )
             }),
-        Verb::Upgrade => others.next().map(|other| {
-            format!(
-                "a binary upgrade is in progress: masters {pid} and {} are live, and nginx ignores SIGUSR2 until one of them has quit; finish it (SIGQUIT to the old master) or roll it back (SIGQUIT to the new one) first",
-                other.identity.pid
-            )
-        }),
+        Verb::Upgrade => others
+            .next()
+            .map(|other| {
+                format!(
+                    "a binary upgrade is in progress: masters {pid} and {} are live, and nginx ignores SIGUSR2 until one of them has quit; finish it (SIGQUIT to the old master) or roll it back (SIGQUIT to the new one) first",
+                    other.identity.pid
+                )
+            })
+            .or_else(|| {
+                // The old master of a finished upgrade whose workers are gone is
+                // no longer in the registry, but nginx still waits for it.
+                let parent = master.identity.parent()?;
+                started_as(parent).map(|_| {
+                    format!(
+                        "master {pid} came from a binary upgrade of master {parent}, which still runs: nginx ignores SIGUSR2 until it has quit; send {parent} SIGQUIT first"
+                    )
+                })
+            }),
     }
 }
 
@@ -391,10 +403,11 @@ fn attempt<W: Write>(
         None => None,
     };
     let alive = |id: &Identity| id.is_alive();
-    let master = choose(&masters(&before), pid_file, alive, &path).map_err(refusal)?;
+    let masters = masters(&before);
+    let master = choose(&masters, pid_file, alive, &path).map_err(refusal)?;
     report.master = Some(master.identity.pid);
     report.previous = Some(master.generation);
-    if let Some(why) = upgrading(&masters(&before), master, report.verb) {
+    if let Some(why) = upgrading(&masters, master, report.verb) {
         return Err(refusal(why));
     }
     if let Some(g) = in_flight(&before, master.generation, alive) {

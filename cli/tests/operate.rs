@@ -562,6 +562,22 @@ fn an_upgrade_in_progress_is_refused_unless_the_pid_file_names_the_master_to_rel
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(json["master_pid"], new);
     assert!(alive(old));
+    // The old workers gone, the old master left: nothing of it in the registry, but
+    // nginx would still ignore an upgrade.
+    signal(old, libc::SIGWINCH);
+    nginx.wait("the old generation's end", |ev| {
+        ev.iter()
+            .any(|e| e.is(EventKind::MasterExit) && e.generation() == 1)
+    });
+    let (run, json) = operate("upgrade", &path, &[]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let cause = json["cause"].as_str().unwrap();
+    assert!(
+        cause.contains(&format!(
+            "master {new} came from a binary upgrade of master {old}, which still runs"
+        )),
+        "{cause}"
+    );
 }
 
 /// The drop-in's settings (`Environment=`) and the command its `ExecReload=` runs.
