@@ -73,11 +73,13 @@ fn serves(g: &GenerationInfo) -> bool {
         )
 }
 
-/// The masters of the configurations that serve, newest first, each once.
+/// The masters of the configurations that serve, newest first, each once: the live
+/// one (found through its workers when the recorded one was nginx's pre-daemon
+/// process), else the recorded one, gone.
 fn masters(s: &Snapshot) -> Vec<Master> {
     let mut out: Vec<Master> = Vec::new();
     for g in s.generations.iter().rev().filter(|g| serves(g)) {
-        let identity = master_of(g);
+        let identity = s.live_master(g).unwrap_or_else(|| master_of(g));
         if out.iter().all(|m| m.identity != identity) {
             out.push(Master {
                 identity,
@@ -879,6 +881,13 @@ impl<W: Write> Operation<'_, '_, W> {
         let Some(new) = new else {
             unreachable!("a ready upgrade has a new master");
         };
+        let s = self.observer.snapshot();
+        let old_generations: Vec<u64> = s
+            .generations
+            .iter()
+            .filter(|g| s.live_master(g) == Some(old))
+            .map(|g| g.id)
+            .collect();
         // The old workers stop; the old master stays, should the new one fail now.
         if let Err(e) = self.send(old, Signal::Winch, "old master") {
             let outcome = Outcome::new("error", exit::FAILURE, e, Some(id), Some(new.pid));
@@ -888,10 +897,9 @@ impl<W: Write> Operation<'_, '_, W> {
         loop {
             self.wait(deadline);
             let s = self.observer.snapshot();
-            let old_serves = s
-                .generations
-                .iter()
-                .any(|g| master_of(g) == old && g.state != Some(GenerationState::Exited));
+            let old_serves = s.generations.iter().any(|g| {
+                old_generations.contains(&g.id) && g.state != Some(GenerationState::Exited)
+            });
             if !old_serves {
                 self.report.step(format!(
                     "generation {} ended: the old master's workers exited",
