@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::nginx::{alive, serial, signal, start, Config, Nginx};
+use common::nginx::{alive, serial, signal, slowdown, start, Config, Nginx};
 use common::{cli, cli_on, output, spawn, Run, CLI};
 use serde_json::Value;
 use worker_manager::{EventKind, GenerationConfig, Options, Registry};
@@ -331,7 +331,8 @@ fn an_upgrade_whose_workers_never_start_is_stopped_at_the_timeout() {
     nginx.write_config(&config);
     fs::write(&hold, "").unwrap();
 
-    let (run, json) = operate("upgrade", &nginx.registry(), &["--timeout", "3"]);
+    let timeout = (3 * slowdown()).to_string();
+    let (run, json) = operate("upgrade", &nginx.registry(), &["--timeout", &timeout]);
     if let Some(new) = json["new_master_pid"].as_u64() {
         nginx.adopt(new as u32);
     }
