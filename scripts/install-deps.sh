@@ -56,6 +56,7 @@ declare -A packages=(
     [/usr/lib/python3/dist-packages/prometheus_client/parser.py]=python3-prometheus-client
     [/usr/bin/promtool]=prometheus
     [/usr/bin/prometheus]=prometheus
+    [systemd-analyze]=systemd
 )
 # Packages installed without what they recommend: prometheus recommends its node
 # exporter, a service with timers of its own that no test uses.

@@ -1,16 +1,25 @@
 //! `worker-manager`: a node's generations, workers, events and metrics, read from
 //! outside the server. Read-only: the registry is mapped without write access and
 //! its lock is never taken (see `docs/design.md` section 7).
+//!
+//! Except the operator verbs, `reload` and `upgrade` (`operate.rs`), which act on
+//! the server and say so: they signal the master the registry names (SIGHUP; SIGUSR2,
+//! SIGWINCH and SIGQUIT) and wait for nginx's verdict on the configuration. They too
+//! only read the registry; they take a lock of their own beside it, so that two of
+//! them never act on one node at once.
 
 #![forbid(unsafe_code)]
 
+mod errorlog;
 mod events;
+mod operate;
 mod status;
 mod text;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use worker_manager::{exposition, naming, Error, Observer};
@@ -25,22 +34,38 @@ mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const UNREADABLE: u8 = 4;
     pub const INCOMPATIBLE: u8 = 5;
+    /// `reload`, `upgrade`: refused before any signal; nginx was not touched.
+    pub const REFUSED: u8 = 6;
+    /// `reload`, `upgrade`: nginx rejected or gave up the configuration; the old
+    /// one serves on.
+    pub const REJECTED: u8 = 7;
+    /// `reload`, `upgrade`: no verdict within `--timeout`.
+    pub const TIMEOUT: u8 = 8;
 }
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
-  1  other failure (output could not be written; the followed registry was replaced)
+  0  success (reload, upgrade: nginx committed the configuration and its workers
+     started)
+  1  other failure (output could not be written; the followed registry was
+     replaced; the master exited during a reload or upgrade)
   2  bad arguments
   3  no registry at the path (is the server running with this prefix and name?)
   4  the registry cannot be read: permission, symlink, not a regular file,
      truncated or not initialised
   5  the registry is not one this build reads: foreign file, or another layout
-     version";
+     version
+  6  reload, upgrade: refused before signalling (master gone, pid file disagrees,
+     two masters, a reload or upgrade already in flight or running); nginx was not
+     touched
+  7  reload, upgrade: nginx rejected or gave up the configuration; the old one
+     serves on (upgrade: the new master was stopped)
+  8  reload, upgrade: no verdict within --timeout";
 
 /// Reads a worker-manager registry: the generations and workers of an nginx (or any
 /// pre-fork server) node, its event journal, and Prometheus metrics. Never writes
-/// the registry and never waits on the server's lock.
+/// the registry and never waits on the server's lock. The operator verbs `reload`
+/// and `upgrade` act on nginx: they signal its master and wait for its verdict.
 #[derive(Debug, Parser)]
 #[command(name = "worker-manager", version, after_help = EXIT_CODES)]
 struct Cli {
@@ -74,6 +99,79 @@ enum Command {
         #[command(flatten)]
         registry: Location,
     },
+    /// Acts on nginx: reloads its configuration and waits for nginx's verdict.
+    ///
+    /// Sends SIGHUP to the master the registry names, as `nginx -s reload` does, then
+    /// waits: exit 0 once the new configuration is committed and its workers
+    /// started; 7 when nginx rejects it or gives it up (the old one serves on), with
+    /// nginx's error lines; 8 when no verdict comes in time. Refuses before any
+    /// signal (6) when the registry's master is gone, the pid file names another, or
+    /// a reload is already in flight.
+    #[command(after_help = EXIT_CODES)]
+    Reload {
+        #[command(flatten)]
+        registry: Location,
+        #[command(flatten)]
+        operate: OperateArgs,
+    },
+    /// Acts on nginx: binary upgrade, the old master kept until the new one serves.
+    ///
+    /// Sends SIGUSR2 to the master the registry names; once the new master's
+    /// configuration is committed and its workers started, SIGWINCH and SIGQUIT to
+    /// the old master. A new master that fails, or is not ready in time, is stopped
+    /// and the old one serves on. nginx must have been started by its absolute path.
+    #[command(after_help = EXIT_CODES)]
+    Upgrade {
+        #[command(flatten)]
+        registry: Location,
+        #[command(flatten)]
+        operate: OperateArgs,
+    },
+}
+
+/// The options of the operator verbs.
+#[derive(Debug, Args)]
+struct OperateArgs {
+    /// How long to wait for nginx's verdict (for an upgrade: each of its steps), in
+    /// seconds. nginx retries a busy port for about 2.5 s before it gives a
+    /// configuration up.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    timeout: Duration,
+    /// nginx's pid file: act on the master it names, which must be one the registry
+    /// names (the way to choose while a binary upgrade leaves two masters).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// nginx's error log, whose lines since the signal are shown. Default: the file
+    /// the master's stderr is, where nginx keeps its error log.
+    #[arg(long, value_name = "FILE")]
+    error_log: Option<PathBuf>,
+    /// One JSON object (schema in docs/cli.md) at the end instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl OperateArgs {
+    fn options(&self) -> operate::Options {
+        operate::Options {
+            timeout: self.timeout,
+            pid_file: self.pid_file.clone(),
+            error_log: self.error_log.clone(),
+            json: self.json,
+        }
+    }
+}
+
+/// A positive, finite number of seconds, at most a day.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{text} seconds: give more than 0 and at most 86400"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Where the registry is: a file, or the nginx prefix and `shm` name that the Lua
@@ -221,6 +319,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let observer = registry.open()?;
             let text = exposition::prometheus(&observer.snapshot(), observer.path());
             out.write_all(text.as_bytes())
+        }
+        Command::Reload { registry, operate } => {
+            return operate::run(
+                &mut out,
+                operate::Verb::Reload,
+                &registry,
+                &operate.options(),
+            );
+        }
+        Command::Upgrade { registry, operate } => {
+            return operate::run(
+                &mut out,
+                operate::Verb::Upgrade,
+                &registry,
+                &operate.options(),
+            );
         }
     };
     written(result.and_then(|()| out.flush()))

@@ -122,6 +122,21 @@ pub enum Error {
     /// The worker handle no longer matches its slot.
     #[error("worker {0} is not registered (already exited, or declared dead)")]
     NotRegistered(String),
+
+    /// A process to be signalled is not the one its [`Identity`](crate::Identity)
+    /// names: it exited, or its pid now belongs to another process. Nothing was sent.
+    #[error("process {pid} is gone (it exited, or its pid now belongs to another process): {signal} not sent")]
+    ProcessGone { pid: u32, signal: &'static str },
+
+    /// A signal could not be sent to a live process (permission, a kernel without
+    /// pidfds).
+    #[error("cannot send {signal} to process {pid}: {source}")]
+    Signal {
+        pid: u32,
+        signal: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The library's result type.

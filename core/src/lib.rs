@@ -46,6 +46,7 @@ pub mod lifecycle;
 mod lock;
 pub mod naming;
 mod observer;
+mod operator;
 mod process;
 mod region;
 mod registry;
@@ -63,7 +64,8 @@ pub use lifecycle::{
     StartKind, WorkerState,
 };
 pub use observer::Observer;
-pub use process::Identity;
+pub use operator::OperatorLock;
+pub use process::{Identity, Signal};
 pub use region::{Capacities, Opened};
 pub use registry::{
     GenerationConfig, LockHold, Options, Registry, Worker, MAX_CRASH_LOOP_INTENSITY,

@@ -9,6 +9,7 @@ use crate::event::{Counts, WorkerId};
 use crate::lifecycle::{
     EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind, WorkerState,
 };
+use crate::process::Identity;
 use crate::region::layout::Stat;
 use crate::region::map::Region;
 use crate::region::Capacities;
@@ -61,6 +62,8 @@ pub struct WorkerInfo {
     /// The process's start time in clock ticks since boot (with its pid, its
     /// [`Identity`](crate::Identity)).
     pub start_time: u64,
+    /// Its parent when it registered: in nginx, its master.
+    pub ppid: u32,
     pub registered: SystemTime,
     /// Time since its last heartbeat.
     pub heartbeat_age: Duration,
@@ -322,6 +325,39 @@ impl Snapshot {
             .map(|since| now.duration_since(since).unwrap_or_default())
     }
 
+    /// The live master of `generation`: the one it recorded, or, once that one is
+    /// gone, the parent its workers registered under and still have. With nginx's
+    /// `daemon on` the process that registers the first generation exits after
+    /// forking the real master, the workers' parent; the registry adopts it at its
+    /// next operation, which a reader cannot wait for. `None` when neither lives.
+    pub fn live_master(&self, generation: &GenerationInfo) -> Option<Identity> {
+        let recorded = Identity {
+            pid: generation.master_pid,
+            start_time: generation.master_start_time,
+        };
+        if recorded.is_alive() {
+            return Some(recorded);
+        }
+        self.workers
+            .iter()
+            .filter(|w| {
+                w.id.generation == generation.id
+                    && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
+            })
+            .find_map(|w| {
+                let worker = Identity {
+                    pid: w.id.pid,
+                    start_time: w.start_time,
+                };
+                // Still its parent (not reparented: its master lives), and no
+                // younger than the worker (not a process that reused the pid since).
+                if worker.parent()? != w.ppid {
+                    return None;
+                }
+                Identity::of(w.ppid).filter(|m| m.start_time <= w.start_time)
+            })
+    }
+
     /// The live workers, in slot order.
     pub fn live_workers(&self) -> impl Iterator<Item = &WorkerInfo> {
         self.workers
@@ -343,6 +379,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
                 id: worker_id(s),
                 state,
                 start_time: s.start_time.load(Relaxed),
+                ppid: s.ppid.load(Relaxed),
                 registered: clock::from_unix_nanos(s.registered_ns.load(Relaxed)),
                 heartbeat_age: Duration::from_nanos(
                     now.saturating_sub(s.heartbeat_mono_ns.load(Acquire)),

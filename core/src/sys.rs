@@ -3,7 +3,7 @@
 //! `Result`; none keeps a pointer past the call.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Once;
@@ -99,6 +99,50 @@ pub(crate) fn lock_file(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub(crate) fn unlock_file(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: `fd` is a valid open descriptor for the duration of the call.
     errno_result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) }).map(drop)
+}
+
+/// Exclusive `flock` on an open file if nobody holds it: `Ok(false)` when another
+/// open file description does. Released when the descriptor is closed.
+pub(crate) fn try_lock_file(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: `fd` is a valid open descriptor for the duration of the call.
+        let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        match errno_result(ret) {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that refers to the process that has `pid` now,
+/// and to no other process ever, even once the pid is reused (Linux 5.3).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor
+    // or -1 with errno set.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = errno_result(ret as libc::c_int)?;
+    // SAFETY: the kernel just returned `fd`, open and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `pidfd_send_signal(fd, signal, NULL, 0)`: sends `signal` to the process `fd`
+/// refers to, as `kill` would (Linux 5.1); ESRCH once it has exited.
+pub(crate) fn pidfd_send_signal(fd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: `fd` is a valid pidfd for the duration of the call; a NULL siginfo
+    // makes the kernel fill one in as `kill` does; flags must be 0.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    errno_result(ret as libc::c_int).map(drop)
 }
 
 /// Reserves the blocks of `[0, len)` so that stores into a mapping of the file can

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: a real nginx with resty.worker.manager in a temporary prefix, driven
-# through start, reload, kill -9 of a worker, binary upgrade and stop, printing the
+# through start, reload, reloads nginx gives up or rejects (and `worker-manager
+# reload` catching one), kill -9 of a worker, binary upgrade and stop, printing the
 # events as the callbacks record them. Leaves nothing running.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ nginx=/usr/sbin/nginx   # by its absolute path: a binary upgrade re-executes it
 
 prefix=$(mktemp -d /tmp/wm-demo.XXXXXX)
 chmod 755 "$prefix"     # the workers run as nobody
-mkdir -p "$prefix/conf" "$prefix/logs"
+mkdir -p "$prefix/conf/extra" "$prefix/logs"
 events=$prefix/events.log
 : > "$events"
 chmod 666 "$events"
@@ -74,6 +75,21 @@ kill -HUP "$master"
 until_seen "cause=failed" 1
 rm "$prefix/fail-next-reload"
 
+step "worker-manager reload: a configuration nginx rejects (a syntax error) fails the command with nginx's own line, and the old configuration serves on"
+echo "this_is_not_a_directive on;" > "$prefix/conf/extra/broken.conf"
+status=0
+"$cli" reload --path "$prefix/registry.wm" || status=$?
+echo "exit code $status"
+if [ "$status" -ne 7 ]; then
+    echo "worker-manager reload should have failed with exit code 7" >&2
+    exit 1
+fi
+rm "$prefix/conf/extra/broken.conf"
+
+step "worker-manager reload of the fixed configuration: exit 0 once nginx committed it and its workers started"
+"$cli" reload --path "$prefix/registry.wm"
+until_seen "^  master_exit" 2
+
 step "kill -9 of a worker: one worker_crash, and the respawn says respawn=true"
 victim=$(pgrep -P "$master" | head -n 1)
 kill -9 "$victim"
@@ -85,7 +101,7 @@ step "what an operator sees from outside nginx: worker-manager status (read-only
 step "binary upgrade (SIGUSR2, then SIGWINCH and SIGQUIT to the old master): kind=upgrade, ids go on"
 kill -USR2 "$master"
 until_seen "kind=upgrade" 1
-until_seen "^  worker_start   id=4-" 2
+until_seen "^  worker_start   id=5-" 2
 kill -WINCH "$master"
 until_seen "reason=upgrade" 3
 kill -QUIT "$master"

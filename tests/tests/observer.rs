@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Probe, Scratch, STEP_TIMEOUT};
-use worker_manager::{Observer, Snapshot, WorkerState};
+use worker_manager::{Identity, Observer, Snapshot, WorkerState};
 
 /// The invariants a consistent copy must satisfy, whatever moment it was taken at.
 fn check_consistent(s: &Snapshot) {
@@ -162,4 +162,38 @@ fn an_observer_refuses_what_is_not_a_registry_and_never_creates_one() {
     fs::write(&foreign, vec![0x41u8; 8192]).unwrap();
     let err = Observer::open(&foreign).unwrap_err().to_string();
     assert!(err.contains("not a worker-manager registry"), "{err}");
+}
+
+/// nginx with `daemon on`: the process that registered the first generation exits
+/// after forking the real master, which is the parent of the workers. Until the
+/// registry's next operation adopts it, a reader finds it as its workers' parent.
+#[test]
+fn a_generation_s_live_master_is_its_workers_parent_once_the_recorded_one_exited() {
+    let scratch = Scratch::new();
+    let mut starter = Probe::spawn(&scratch.registry());
+    let generation = starter.generation();
+    let mut workers = scratch.workers(generation, 2);
+    let observer = Observer::open(scratch.registry()).unwrap();
+    let s = observer.snapshot();
+    let recorded = s.live_master(&s.generations[0]).expect("a live master");
+    assert_eq!(recorded.pid, starter.pid);
+
+    starter.kill9();
+    let s = observer.snapshot();
+    let g = &s.generations[0];
+    assert_eq!(
+        g.master_pid, starter.pid,
+        "nothing adopted the real master yet"
+    );
+    assert_eq!(
+        s.live_master(g),
+        Some(Identity::current()),
+        "the workers' parent: this test"
+    );
+
+    for worker in &mut workers {
+        worker.kill9();
+    }
+    let s = observer.snapshot();
+    assert_eq!(s.live_master(&s.generations[0]), None, "no worker to ask");
 }
