@@ -164,29 +164,30 @@ struct EventTally {
 fn generations(s: &Snapshot) -> Vec<Generation> {
     s.generations
         .iter()
-        .map(|g| Generation {
-            id: g.id,
-            kind: g.kind.map(|k| k.as_str()),
-            state: g.state.map(|k| k.as_str()),
-            previous_run: g.previous_run.map(|r| r.as_str()),
-            master_pid: g.master_pid,
-            master_alive: Identity {
-                pid: g.master_pid,
-                start_time: g.master_start_time,
+        .map(|g| {
+            // With nginx's `daemon on`, the first generation's recorded master is
+            // the pre-daemon process, gone; its live master is its workers' parent.
+            let master = s.live_master(g);
+            Generation {
+                id: g.id,
+                kind: g.kind.map(|k| k.as_str()),
+                state: g.state.map(|k| k.as_str()),
+                previous_run: g.previous_run.map(|r| r.as_str()),
+                master_pid: master.map_or(g.master_pid, |m| m.pid),
+                master_alive: master.is_some(),
+                started: unix_seconds(g.registered),
+                age_seconds: since(g.registered).as_secs_f64(),
+                live_workers: g.live_workers,
+                expected_workers: g.expected_workers,
+                workers_started: g.workers_started,
+                respawns: g.respawns,
+                crashes: g.crashes,
+                exit_reason: g.exit_reason.map(|r| r.as_str()),
+                exited: g.exited.map(unix_seconds),
+                committed: g.committed.map(unix_seconds),
+                interval_seconds: g.interval.as_secs_f64(),
+                failed_seconds: g.failed.as_secs_f64(),
             }
-            .is_alive(),
-            started: unix_seconds(g.registered),
-            age_seconds: since(g.registered).as_secs_f64(),
-            live_workers: g.live_workers,
-            expected_workers: g.expected_workers,
-            workers_started: g.workers_started,
-            respawns: g.respawns,
-            crashes: g.crashes,
-            exit_reason: g.exit_reason.map(|r| r.as_str()),
-            exited: g.exited.map(unix_seconds),
-            committed: g.committed.map(unix_seconds),
-            interval_seconds: g.interval.as_secs_f64(),
-            failed_seconds: g.failed.as_secs_f64(),
         })
         .collect()
 }
