@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: a real nginx with resty.worker.manager in a temporary prefix, driven
 # through start, reload, reloads nginx gives up or rejects (and `worker-manager
-# reload` catching one), kill -9 of a worker, binary upgrade and stop, printing the
-# events as the callbacks record them. Leaves nothing running.
+# reload` catching one), kill -9 of a worker, a crash loop, a binary upgrade by
+# `worker-manager upgrade`, and stop, printing the events as the callbacks record
+# them. Leaves nothing running.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -98,14 +99,21 @@ until_seen "respawn=true" 1
 step "what an operator sees from outside nginx: worker-manager status (read-only, lock-free)"
 "$cli" status --path "$prefix/registry.wm"
 
-step "binary upgrade (SIGUSR2, then SIGWINCH and SIGQUIT to the old master): kind=upgrade, ids go on"
-kill -USR2 "$master"
-until_seen "kind=upgrade" 1
-until_seen "^  worker_start   id=5-" 2
-kill -WINCH "$master"
+step "kill -9 of every worker, six times over: each worker index crashes more than 5 times within 30 s, a crash loop"
+respawns=1
+for round in 1 2 3 4 5 6; do
+    for victim in $(pgrep -P "$master"); do
+        kill -9 "$victim"
+    done
+    respawns=$((respawns + 2))
+    until_seen "respawn=true" "$respawns"
+done
+until_seen "^  crash_loop" 2
+"$cli" status --path "$prefix/registry.wm" | grep "CRASH LOOP"
+
+step "binary upgrade with worker-manager upgrade: SIGUSR2, and once the new master's workers serve, SIGWINCH and SIGQUIT to the old one; kind=upgrade, ids go on"
+"$cli" upgrade --path "$prefix/registry.wm"
 until_seen "reason=upgrade" 3
-kill -QUIT "$master"
-while kill -0 "$master" 2>/dev/null; do sleep 0.05; done
 new_master=$(cat "$prefix/logs/nginx.pid")
 
 step "graceful stop (SIGQUIT): reason=stop, and the last master_exit has n_next=nil"
