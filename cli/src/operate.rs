@@ -694,29 +694,22 @@ impl<W: Write> Operation<'_, '_, W> {
             }
             // nginx's [emerg] is fatal: the new master will give its configuration
             // up (a port it cannot bind: after 2.5 s of retries) or exit.
-            let fatal = new.and_then(|m| self.emerg(|l| l.pid == Some(m.pid)));
-            if let (Some(m), Some(line)) = (*new, fatal) {
-                let message = format!("new master {} failed: {}", m.pid, line.text);
-                return Wait::Ended(Outcome::new(
-                    "failed",
-                    exit::REJECTED,
-                    message,
-                    Some(id),
-                    Some(m.pid),
-                ));
-            }
-            if let Some(m) = new.filter(|m| !m.is_alive()) {
-                let message = format!(
-                    "new master {} exited before its configuration served",
-                    m.pid
-                );
-                return Wait::Ended(Outcome::new(
-                    "failed",
-                    exit::REJECTED,
-                    message,
-                    Some(id),
-                    Some(m.pid),
-                ));
+            if let Some(m) = *new {
+                let failure = match self.emerg(|l| l.pid == Some(m.pid)) {
+                    Some(line) => Some(format!("failed: {}", line.text)),
+                    None => (!m.is_alive())
+                        .then(|| "exited before its configuration served".to_string()),
+                };
+                if let Some(what) = failure {
+                    let message = format!("new master {} {what}", m.pid);
+                    return Wait::Ended(Outcome::new(
+                        "failed",
+                        exit::REJECTED,
+                        message,
+                        Some(id),
+                        Some(m.pid),
+                    ));
+                }
             }
             if !old.is_alive() {
                 return Wait::Ended(self.master_gone(Some(id)));
