@@ -1062,6 +1062,10 @@ mod tests {
             crash_loop_intensity: 5,
             crash_loop_period: Duration::from_secs(30),
             crash_loops: Vec::new(),
+            leader: None,
+            leader_term: 0,
+            leader_cause: None,
+            leader_changes: Vec::new(),
         }
     }
 

@@ -33,6 +33,7 @@ struct Status<'a> {
     crash_loop: CrashLoops,
     /// How long the oldest generation with workers left has been superseded.
     oldest_draining_seconds: Option<f64>,
+    leader: Leader,
     generations: Vec<Generation>,
     workers: Vec<Worker>,
     stats: Stats,
@@ -52,6 +53,18 @@ struct Verdict {
 struct Reloads {
     total: u64,
     failed: u64,
+}
+
+/// The node's leader.
+#[derive(Serialize)]
+struct Leader {
+    /// Its worker id; null when no worker leads.
+    worker: Option<String>,
+    pid: Option<u32>,
+    index: Option<u32>,
+    term: u64,
+    /// Why it last changed.
+    cause: Option<&'static str>,
 }
 
 /// The crash-loop rule and the indexes in a loop.
@@ -293,6 +306,13 @@ pub fn json(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Resu
         oldest_draining_seconds: s
             .oldest_draining(SystemTime::now())
             .map(|d| d.as_secs_f64()),
+        leader: Leader {
+            worker: s.leader.map(|w| w.to_string()),
+            pid: s.leader.map(|w| w.pid),
+            index: s.leader.map(|w| w.index),
+            term: s.leader_term,
+            cause: s.leader_cause.map(|c| c.as_str()),
+        },
         generations: generations(s),
         workers: workers(s),
         stats: Stats(s.stats.counters()),
@@ -370,6 +390,21 @@ pub fn table(out: &mut impl Write, observer: &Observer, s: &Snapshot) -> io::Res
             verdict_name(v.committed),
             timestamp(v.time)
         )?;
+    }
+    if s.leader_term > 0 {
+        let cause = s.leader_cause.map_or("?", |c| c.as_str());
+        match s.leader {
+            Some(w) => writeln!(
+                out,
+                "leader    {w} (index {}), term {}, since a change by {cause}",
+                w.index, s.leader_term
+            )?,
+            None => writeln!(
+                out,
+                "leader    none (term {}, last change by {cause})",
+                s.leader_term
+            )?,
+        }
     }
     if s.reload_verdicts > 0 {
         writeln!(

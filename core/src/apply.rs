@@ -104,6 +104,18 @@ fn node(h: &Header, before: &Node, after: &Node) {
         after.crash_loop_period_ms,
         false,
     );
+    set_u32(&h.leader_pid, before.leader_pid, after.leader_pid, false);
+    for (field, (&b, &a)) in h
+        .leader_changes
+        .iter()
+        .zip(before.leader_changes.iter().zip(&after.leader_changes))
+    {
+        set_u64(field, b, a, false);
+    }
+    // Workers read it without the lock: after the pid it goes with.
+    if before.leader != after.leader {
+        h.leader.store(after.leader.0, Release);
+    }
     if after.history_high_water > before.history_high_water {
         h.history_high_water
             .fetch_max(after.history_high_water, Relaxed);
@@ -217,6 +229,12 @@ fn slot(s: &WorkerSlot, before: &Slot, after: &Slot) {
     );
     set_u32(&s.ppid, before.ppid, after.ppid, whole);
     set_u32(&s.respawns, before.respawns, after.respawns, whole);
+    set_u32(
+        &s.leaving,
+        u32::from(before.leaving),
+        u32::from(after.leaving),
+        whole,
+    );
     if let (true, Some(state)) = (before.state != after.state, after.state) {
         s.state.store(state.code(), Release);
     }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
-use crate::lifecycle::{AbortCause, Detection, EventKind, ExitReason, LockOp, RunEnd, StartKind};
+use crate::lifecycle::{
+    AbortCause, Detection, EventKind, ExitReason, LeaderCause, LockOp, RunEnd, StartKind,
+};
 
 /// A worker, as the original library names it: `"<generation>-<pid>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +96,15 @@ pub enum Detail {
         /// From the loop's start to its end.
         lasted: Duration,
     },
+    LeaderElected {
+        /// The new leader; `None`: no worker may lead now.
+        leader: Option<WorkerId>,
+        /// The previous leader's pid (0: there was none).
+        previous_pid: u32,
+        /// Leadership changes so far, this one included.
+        term: u64,
+        cause: LeaderCause,
+    },
 }
 
 /// One lifecycle event, as journalled and as handed to callbacks.
@@ -127,6 +138,7 @@ impl Detail {
             Detail::LockRecovered { .. } => EventKind::LockRecovered,
             Detail::WorkerCrashLoop { .. } => EventKind::WorkerCrashLoop,
             Detail::WorkerCrashLoopEnd { .. } => EventKind::WorkerCrashLoopEnd,
+            Detail::LeaderElected { .. } => EventKind::LeaderElected,
         }
     }
 }
@@ -146,6 +158,7 @@ impl Event {
             | Detail::WorkerRecover { worker, .. }
             | Detail::WorkerCrashLoop { worker, .. }
             | Detail::WorkerCrashLoopEnd { worker, .. } => Some(worker),
+            Detail::LeaderElected { leader, .. } => leader,
             _ => None,
         }
     }
@@ -224,6 +237,16 @@ impl Event {
             Detail::WorkerCrashLoopEnd { lasted, .. } => {
                 json!({ "lasted": lasted.as_secs_f64() })
             }
+            Detail::LeaderElected {
+                previous_pid,
+                term,
+                cause,
+                ..
+            } => json!({
+                "term": term,
+                "cause": cause.as_str(),
+                "previous_pid": (previous_pid != 0).then_some(previous_pid),
+            }),
         };
         if let Value::Object(fields) = detail {
             o.extend(fields);
@@ -301,6 +324,18 @@ impl fmt::Display for Event {
             Detail::WorkerCrashLoopEnd { worker, lasted } => {
                 write!(f, " index={} lasted={lasted:?}", worker.index)
             }
+            Detail::LeaderElected {
+                leader,
+                previous_pid,
+                term,
+                cause,
+            } => {
+                match leader {
+                    Some(w) => write!(f, " leader={w} index={}", w.index)?,
+                    None => f.write_str(" leader=none")?,
+                }
+                write!(f, " term={term} cause={cause} previous_pid={previous_pid}")
+            }
         }?;
         if self.redelivered {
             f.write_str(" redelivered")?;
@@ -322,7 +357,8 @@ pub struct Encoded {
     /// The code of its kind.
     pub kind: u32,
     /// By kind, the code of the start kind, exit reason, detection, abort cause or
-    /// lock operation; for a crash loop, the crashes within its period.
+    /// lock operation; for a crash loop, the crashes within its period; for a
+    /// leader's election, its cause.
     pub detail: u32,
     pub generation: u64,
     /// The worker's pid; the master's for master_start.
@@ -333,13 +369,13 @@ pub struct Encoded {
     pub n_mine: i32,
     pub n_next: i32,
     /// The replaced worker of a respawn, the detecting process of a crash, the dead
-    /// holder of a lock recovery.
+    /// holder of a lock recovery, the previous leader.
     pub other_pid: u32,
     /// `RESPAWN` or `HELD_LOCK` (by kind), and `REDELIVERED` (`WM_EVENT_*` in C).
     pub flags: u32,
     /// For master_start: the code of the previous run's end (0: none); for hang and
     /// recover, milliseconds; for a crash loop, its period, for its end, its length,
-    /// in milliseconds.
+    /// in milliseconds; for a leader's election, the term.
     pub value: u64,
 }
 
@@ -432,6 +468,16 @@ impl Event {
                 e.value = clock::millis(period);
             }
             Detail::WorkerCrashLoopEnd { lasted, .. } => e.value = clock::millis(lasted),
+            Detail::LeaderElected {
+                previous_pid,
+                term,
+                cause,
+                ..
+            } => {
+                e.other_pid = previous_pid;
+                e.detail = cause.code();
+                e.value = term;
+            }
         }
         e
     }
@@ -492,6 +538,12 @@ impl Event {
             EventKind::WorkerCrashLoopEnd => Detail::WorkerCrashLoopEnd {
                 worker,
                 lasted: clock::from_millis(e.value),
+            },
+            EventKind::LeaderElected => Detail::LeaderElected {
+                leader: (e.index >= 0).then_some(worker),
+                previous_pid: e.other_pid,
+                term: e.value,
+                cause: LeaderCause::from_code(e.detail)?,
             },
         };
         Some(Event {

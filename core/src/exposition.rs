@@ -127,6 +127,36 @@ pub fn prometheus(snapshot: &Snapshot, path: &Path) -> String {
         "Worker indexes in a crash loop: more than the crash-loop intensity of crashes within its period.",
     );
     out.sample("workers_crash_looping", &[], s.crash_loops.len());
+    out.family(
+        "leader_term",
+        "gauge",
+        "Leadership changes so far: it grows at every change of the node's leader.",
+    );
+    out.sample("leader_term", &[], s.leader_term);
+    out.family(
+        "leader_info",
+        "gauge",
+        "The node's leader (absent when no worker leads).",
+    );
+    if let Some(w) = s.leader {
+        out.sample(
+            "leader_info",
+            &[
+                ("worker", &w.to_string()),
+                ("generation", &w.generation.to_string()),
+                ("index", &w.index.to_string()),
+            ],
+            1,
+        );
+    }
+    out.family(
+        "leader_changes_total",
+        "counter",
+        "Leadership changes by cause: start, reload, upgrade, death, hang, exit.",
+    );
+    for &(cause, n) in &s.leader_changes {
+        out.sample("leader_changes_total", &[("cause", cause.as_str())], n);
+    }
 
     out.family(
         "generation_info",

@@ -41,6 +41,7 @@ mod error;
 mod event;
 pub mod exposition;
 mod journal;
+pub mod leader;
 pub mod lifecycle;
 #[allow(unsafe_code)]
 mod lock;
@@ -60,8 +61,8 @@ pub use change::{LIVE_WRITER_PATIENCE, OBSERVE_PATIENCE};
 pub use error::{Error, Result};
 pub use event::{Counts, Detail, Encoded, Event, WorkerId};
 pub use lifecycle::{
-    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
-    StartKind, WorkerState,
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LeaderCause, LockOp, RunEnd,
+    RunState, StartKind, WorkerState,
 };
 pub use observer::Observer;
 pub use operator::OperatorLock;

@@ -109,6 +109,24 @@ coded_enum! {
 }
 
 coded_enum! {
+    /// Why the node's leadership changed (`docs/design.md` 4.9).
+    LeaderCause {
+        /// There was no leader: a first worker, or one after a vacancy.
+        Start = 1 => "start",
+        /// The leader began its graceful exit for a reload.
+        Reload = 2 => "reload",
+        /// The leader began its graceful exit for a binary upgrade.
+        Upgrade = 3 => "upgrade",
+        /// The leader died without exiting.
+        Death = 4 => "death",
+        /// The leader's heartbeat was overdue past `failed`.
+        Hang = 5 => "hang",
+        /// The leader exited otherwise (the node stops, a fast stop).
+        Exit = 6 => "exit",
+    }
+}
+
+coded_enum! {
     /// The state of a tracked generation.
     GenerationState {
         /// The record is unused.
@@ -205,6 +223,8 @@ coded_enum! {
         WorkerCrashLoop = 10 => "worker_crash_loop",
         /// An index in a crash loop has not crashed for the rule's whole period.
         WorkerCrashLoopEnd = 11 => "worker_crash_loop_end",
+        /// The node's leadership changed: a new leader, or none.
+        LeaderElected = 12 => "leader_elected",
     }
 }
 

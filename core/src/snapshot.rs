@@ -7,10 +7,11 @@ use crate::change;
 use crate::clock::{self, monotonic_ns};
 use crate::event::{Counts, WorkerId};
 use crate::lifecycle::{
-    EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind, WorkerState,
+    EventKind, ExitReason, GenerationState, LeaderCause, LockOp, RunEnd, RunState, StartKind,
+    WorkerState,
 };
 use crate::process::Identity;
-use crate::region::layout::Stat;
+use crate::region::layout::{Stat, LEADER_CAUSES};
 use crate::region::map::Region;
 use crate::region::Capacities;
 use crate::rules::state::Census;
@@ -262,6 +263,13 @@ pub struct Snapshot {
     pub crash_loop_period: Duration,
     /// The worker indexes in a crash loop now.
     pub crash_loops: Vec<CrashLoop>,
+    /// The node's leader, `None` when no worker leads.
+    pub leader: Option<WorkerId>,
+    /// Leadership changes so far, and the cause of the last one.
+    pub leader_term: u64,
+    pub leader_cause: Option<LeaderCause>,
+    /// Leadership changes by cause, in code order.
+    pub leader_changes: Vec<(LeaderCause, u64)>,
 }
 
 /// A worker index in a crash loop.
@@ -424,6 +432,7 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
         .collect();
     generations.sort_by_key(|g| g.id);
     let stat = |s: Stat| h.stats[s as usize].load(Relaxed);
+    let (leader, leader_word) = region.leader();
     let holder = h.lock_holder_pid.load(Relaxed);
     Snapshot {
         consistent: true,
@@ -464,6 +473,16 @@ pub(crate) fn capture<A>(region: &Region<A>) -> Snapshot {
         crash_loop_intensity: h.crash_loop_intensity.load(Relaxed),
         crash_loop_period: clock::from_millis(h.crash_loop_period_ms.load(Relaxed)),
         crash_loops: crash_loops(region, now),
+        leader,
+        leader_term: leader_word.term(),
+        leader_cause: leader_word.cause(),
+        leader_changes: LeaderCause::ALL
+            .iter()
+            .map(|&c| {
+                let n = h.leader_changes[c.code() as usize % LEADER_CAUSES].load(Relaxed);
+                (c, n)
+            })
+            .collect(),
         verdict: match (h.verdict_generation.load(Relaxed), h.verdict.load(Relaxed)) {
             (0, _) => None,
             (generation, code) => Some(Verdict {

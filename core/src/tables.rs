@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::event::WorkerId;
+use crate::leader::LeaderWord;
 use crate::lifecycle::{GenerationState, RunState, WorkerState};
 use crate::process::Identity;
 use crate::region::layout::{CrashHistory, GenerationRecord, WorkerSlot};
@@ -77,6 +78,7 @@ fn slot(i: u32, s: &WorkerSlot) -> Slot {
         replaced_pid: s.replaced_pid.load(Relaxed),
         ppid: s.ppid.load(Relaxed),
         respawns: s.respawns.load(Relaxed),
+        leaving: s.leaving.load(Relaxed) != 0,
     }
 }
 
@@ -103,6 +105,9 @@ pub(crate) fn decode_into(region: &Region, state: &mut State) {
         crash_loop_intensity: h.crash_loop_intensity.load(Relaxed),
         crash_loop_period_ms: h.crash_loop_period_ms.load(Relaxed),
         history_high_water: h.history_high_water.load(Relaxed),
+        leader: LeaderWord(h.leader.load(Relaxed)),
+        leader_pid: h.leader_pid.load(Relaxed),
+        leader_changes: std::array::from_fn(|i| h.leader_changes[i].load(Relaxed)),
     };
     state.generations.clear();
     state.free.clear();
@@ -143,6 +148,24 @@ pub(crate) fn history(i: u32, r: &CrashHistory) -> Option<History> {
 }
 
 impl<A> Region<A> {
+    /// The leader word: one atomic load.
+    pub(crate) fn leader_word(&self) -> LeaderWord {
+        LeaderWord(self.header().leader.load(Acquire))
+    }
+
+    /// The leader word, and the leader: the worker in the slot it names, if that slot
+    /// still holds the leader's process.
+    pub(crate) fn leader(&self) -> (Option<WorkerId>, LeaderWord) {
+        let h = self.header();
+        let word = self.leader_word();
+        let leader = word
+            .slot()
+            .filter(|&s| s < self.capacities().workers)
+            .map(|s| worker_id(self.slot(s)))
+            .filter(|w| w.pid == h.leader_pid.load(Relaxed));
+        (leader, word)
+    }
+
     pub(crate) fn generations(&self) -> impl Iterator<Item = &GenerationRecord> {
         (0..self.capacities().generations)
             .map(|i| self.generation(i))

@@ -12,7 +12,7 @@
 /**
  * The version of this ABI; the Lua side refuses a library with another one.
  */
-#define WM_ABI_VERSION 6
+#define WM_ABI_VERSION 7
 
 #define WM_OK 0
 
@@ -168,6 +168,33 @@
 struct wm_handle;
 
 /**
+ * The node's leader, from `wm_leader`.
+ */
+struct wm_leader {
+  /**
+   * Leadership changes so far (0: there never was a leader).
+   */
+  uint64_t term;
+  /**
+   * The cause code of the last change (0: none yet).
+   */
+  uint32_t cause;
+  /**
+   * The leader's pid; 0 when no worker leads.
+   */
+  uint32_t pid;
+  uint64_t generation;
+  /**
+   * The leader's index; -1 when no worker leads.
+   */
+  int32_t index;
+  /**
+   * 1 when the handle's worker leads.
+   */
+  int mine;
+};
+
+/**
  * An event as fixed fields: what the journal stores (see `docs/design.md`, journal
  * entry), and what the C ABI hands out as `struct wm_event`, so a change here is a
  * change of the ABI's version. Counts of -1 mean none (`nil` in Lua).
@@ -187,7 +214,8 @@ struct wm_event {
   uint32_t kind;
   /**
    * By kind, the code of the start kind, exit reason, detection, abort cause or
-   * lock operation; for a crash loop, the crashes within its period.
+   * lock operation; for a crash loop, the crashes within its period; for a
+   * leader's election, its cause.
    */
   uint32_t detail;
   uint64_t generation;
@@ -204,7 +232,7 @@ struct wm_event {
   int32_t n_next;
   /**
    * The replaced worker of a respawn, the detecting process of a crash, the dead
-   * holder of a lock recovery.
+   * holder of a lock recovery, the previous leader.
    */
   uint32_t other_pid;
   /**
@@ -214,7 +242,7 @@ struct wm_event {
   /**
    * For master_start: the code of the previous run's end (0: none); for hang and
    * recover, milliseconds; for a crash loop, its period, for its end, its length,
-   * in milliseconds.
+   * in milliseconds; for a leader's election, the term.
    */
   uint64_t value;
 };
@@ -504,6 +532,51 @@ int wm_register_worker(struct wm_handle *h,
  * bytes with `errbuf_len` valid for reads and writes.
  */
 int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+
+/**
+ * Whether the handle's worker leads the node: `*leads` receives 1 or 0 (0 in a
+ * process with no worker). One atomic load: no lock, no system call.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `leads` is valid for a write; `errbuf` is NULL,
+ * or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_is_leader(struct wm_handle *h, int *leads, char *errbuf, size_t *errbuf_len);
+
+/**
+ * The leader word (`worker_manager::leader::LeaderWord`): `*word` changes at every
+ * change of leadership, so a worker compares it with the last one it saw. One
+ * atomic load.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `word` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_leader_word(struct wm_handle *h, uint64_t *word, char *errbuf, size_t *errbuf_len);
+
+/**
+ * The node's leader and term, read without the lock.
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+ * valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_leader(struct wm_handle *h, struct wm_leader *out, char *errbuf, size_t *errbuf_len);
+
+/**
+ * The handle's worker began its graceful exit while its process goes on (nginx:
+ * its pending timers run early): it is no longer elected, and if it leads, the
+ * leadership moves now (`Registry::resign`).
+ *
+ * # Safety
+ *
+ * `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+ * bytes with `errbuf_len` valid for reads and writes.
+ */
+int wm_resign(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
  * The handle's worker began a graceful shutdown, and its process goes on for a

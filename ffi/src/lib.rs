@@ -42,7 +42,7 @@ use worker_manager::{
 };
 
 /// The version of this ABI; the Lua side refuses a library with another one.
-pub const WM_ABI_VERSION: u32 = 6;
+pub const WM_ABI_VERSION: u32 = 7;
 
 pub const WM_OK: c_int = 0;
 pub const WM_ERR_IO: c_int = 1;
@@ -183,6 +183,24 @@ pub struct wm_crash_loop {
     pub recent_crashes: u32,
     /// When the loop began.
     pub since_ns: u64,
+}
+
+/// The node's leader, from `wm_leader`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+pub struct wm_leader {
+    /// Leadership changes so far (0: there never was a leader).
+    pub term: u64,
+    /// The cause code of the last change (0: none yet).
+    pub cause: u32,
+    /// The leader's pid; 0 when no worker leads.
+    pub pid: u32,
+    pub generation: u64,
+    /// The leader's index; -1 when no worker leads.
+    pub index: i32,
+    /// 1 when the handle's worker leads.
+    pub mine: c_int,
 }
 
 /// A worker slot in use in a snapshot (a live worker, an exiting one, a tombstone).
@@ -827,6 +845,121 @@ pub unsafe extern "C" fn wm_heartbeat(
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
             let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
             handle.registry.heartbeat(worker)?;
+            Ok(())
+        })
+    }
+}
+
+/// Whether the handle's worker leads the node: `*leads` receives 1 or 0 (0 in a
+/// process with no worker). One atomic load: no lock, no system call.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `leads` is valid for a write; `errbuf` is NULL,
+/// or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_is_leader(
+    h: *mut wm_handle,
+    leads: *mut c_int,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let mine = handle
+                .worker
+                .as_ref()
+                .is_some_and(|w| handle.registry.is_leader(w));
+            // SAFETY: guaranteed by the caller.
+            *leads = c_int::from(mine);
+            Ok(())
+        })
+    }
+}
+
+/// The leader word (`worker_manager::leader::LeaderWord`): `*word` changes at every
+/// change of leadership, so a worker compares it with the last one it saw. One
+/// atomic load.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `word` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_leader_word(
+    h: *mut wm_handle,
+    word: *mut u64,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            // SAFETY: guaranteed by the caller.
+            *word = handle.registry.leader_word().0;
+            Ok(())
+        })
+    }
+}
+
+/// The node's leader and term, read without the lock.
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `out` is valid for a write; `errbuf` is NULL, or
+/// valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_leader(
+    h: *mut wm_handle,
+    out: *mut wm_leader,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let (leader, word) = handle.registry.leader();
+            let mine = handle
+                .worker
+                .as_ref()
+                .is_some_and(|w| word.is(w.slot_index()));
+            // SAFETY: guaranteed by the caller.
+            *out = wm_leader {
+                term: word.term(),
+                cause: word.cause().map_or(0, |c| c.code()),
+                pid: leader.map_or(0, |w| w.pid),
+                generation: leader.map_or(0, |w| w.generation),
+                index: leader.map_or(-1, |w| w.index as i32),
+                mine: c_int::from(mine),
+            };
+            Ok(())
+        })
+    }
+}
+
+/// The handle's worker began its graceful exit while its process goes on (nginx:
+/// its pending timers run early): it is no longer elected, and if it leads, the
+/// leadership moves now (`Registry::resign`).
+///
+/// # Safety
+///
+/// `h` is NULL or an open handle; `errbuf` is NULL, or valid for `*errbuf_len`
+/// bytes with `errbuf_len` valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn wm_resign(
+    h: *mut wm_handle,
+    errbuf: *mut c_char,
+    errbuf_len: *mut usize,
+) -> c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
+            let events = &mut handle.events;
+            handle
+                .registry
+                .resign(worker, |e| events.push(e.encode()))?;
             Ok(())
         })
     }

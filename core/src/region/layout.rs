@@ -104,7 +104,18 @@ pub(crate) struct Header {
     pub crash_loop_intensity: AtomicU32,
     /// Highest worker index with a crash history, plus one: reads stop there.
     pub history_high_water: AtomicU32,
+    /// The node's leader, term and the cause of the last change, in one word that
+    /// workers read without the lock ([`LeaderWord`](crate::leader::LeaderWord)).
+    pub leader: AtomicU64,
+    /// The leader's pid: its slot may be taken over by a respawn.
+    pub leader_pid: AtomicU32,
+    pub _reserved5: AtomicU32,
+    /// Leadership changes, by cause code.
+    pub leader_changes: [AtomicU64; LEADER_CAUSES],
 }
+
+/// Per-cause leadership counters: room for every cause code.
+pub(crate) const LEADER_CAUSES: usize = 8;
 
 /// Crash times kept per worker index: a loop is more than `intensity` crashes
 /// within the period, so `intensity` can be at most `CRASH_TIMES - 1`.
@@ -174,6 +185,8 @@ pub(crate) struct WorkerSlot {
     pub ppid: AtomicU32,
     /// How many dead workers of this generation and index precede this one.
     pub respawns: AtomicU32,
+    /// 1 once the worker began its graceful exit: it is no leader's successor.
+    pub leaving: AtomicU32,
 }
 
 #[repr(C)]

@@ -18,6 +18,7 @@ use crate::change::Change;
 use crate::clock::{self, monotonic_ns, realtime_ns};
 use crate::error::{Error, Result};
 use crate::event::{Event, WorkerId};
+use crate::leader::LeaderWord;
 use crate::lifecycle::{Detection, LockOp};
 use crate::lock::TryLocked;
 use crate::process::Identity;
@@ -142,6 +143,11 @@ pub struct Worker {
 impl Worker {
     pub fn id(&self) -> WorkerId {
         self.id
+    }
+
+    /// Its slot in the registry, which the leader word names.
+    pub fn slot_index(&self) -> u32 {
+        self.slot
     }
 }
 
@@ -340,6 +346,7 @@ impl Registry {
         let outcome = self.plan().and_then(|(mut plan, probes)| {
             rules::sweep(&mut plan, &probes, 0, sys::getpid(), &System);
             let outcome = body(&mut plan);
+            rules::lead(&mut plan);
             events.extend(self.apply(plan));
             outcome
         });
@@ -429,6 +436,40 @@ impl Registry {
         }
         slot.heartbeat_mono_ns.store(monotonic_ns(), Relaxed);
         Ok(())
+    }
+
+    /// Whether `worker` is the node's leader now: one atomic load, no lock, no system
+    /// call (`docs/design.md` 4.9). A worker that lost the leadership (it hung, it
+    /// began its exit) sees it at once.
+    pub fn is_leader(&self, worker: &Worker) -> bool {
+        self.leader_word().is(worker.slot)
+    }
+
+    /// The leader word: the leader's slot, the term and the cause of the last change,
+    /// read with one atomic load. A worker compares it with the last one it saw to
+    /// learn of a change without the lock.
+    pub fn leader_word(&self) -> LeaderWord {
+        self.region.leader_word()
+    }
+
+    /// The node's leader (read without the lock: the slot the leader word names, if
+    /// it still holds the leader's process) and the leader word.
+    pub fn leader(&self) -> (Option<WorkerId>, LeaderWord) {
+        self.region.leader()
+    }
+
+    /// The worker began its graceful exit while its process goes on (nginx: its
+    /// pending timers run early): it is no longer elected, and if it leads, the
+    /// leadership moves now, `leader_elected` with the exit's cause.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] when its slot no longer holds this worker; the lock's
+    /// errors.
+    pub fn resign(&self, worker: &Worker, mut on_event: impl FnMut(&Event)) -> Result<()> {
+        self.locked(LockOp::ExitWorker, &mut on_event, |plan| {
+            rules::resign(plan, worker.slot, worker.id)
+        })
     }
 
     /// The worker exits: `graceful` for a graceful shutdown (reload, upgrade, quit),

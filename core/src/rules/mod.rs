@@ -22,12 +22,13 @@ use std::time::Duration;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::event::{Detail, Event, WorkerId};
+use crate::leader::LeaderWord;
 use crate::lifecycle::{
-    AbortCause, Detection, ExitReason, GenerationState, LockOp, RunEnd, RunState, StartKind,
-    WorkerState,
+    AbortCause, Detection, ExitReason, GenerationState, LeaderCause, LockOp, RunEnd, RunState,
+    StartKind, WorkerState,
 };
 use crate::process::Identity;
-use crate::region::layout::CRASH_TIMES;
+use crate::region::layout::{CRASH_TIMES, LEADER_CAUSES};
 use crate::snapshot::{VERDICT_COMMITTED, VERDICT_FAILED};
 
 pub(crate) use plan::{Now, Plan, Step};
@@ -688,6 +689,7 @@ pub(crate) fn register_worker(
             ppid: caller.parent,
             // The tombstone's own count, while the slot still holds it.
             respawns: replaces.map_or(0, |_| previous.respawns.saturating_add(1)),
+            leaving: false,
         };
     });
     plan.node(|n| n.slot_high_water = n.slot_high_water.max(slot + 1));
@@ -828,6 +830,120 @@ pub(crate) fn commit_generation(plan: &mut Plan, generation: u64) -> Result<()> 
     Ok(())
 }
 
+/// The worker in `slot` began its graceful exit, its process going on (nginx: its
+/// pending timers run early): it will not be elected, and if it leads, the
+/// leadership moves at the end of the operation (see [`lead`]).
+pub(crate) fn resign(plan: &mut Plan, slot: u32, worker: WorkerId) -> Result<()> {
+    own_slot(plan.state(), slot, worker)?;
+    plan.slot(slot, |s| s.leaving = true);
+    Ok(())
+}
+
+// ----- leadership -------------------------------------------------------------------
+
+/// Whether the worker in `s` may lead: running, beating, not leaving.
+fn may_lead(s: &Slot) -> bool {
+    s.is(WorkerState::Running) && !s.hung && !s.leaving
+}
+
+/// Keeps the node's leader while it may lead; otherwise elects the next one, in the
+/// same operation (`docs/design.md` 4.9): a worker of the newest committed
+/// generation if there is one, of the same index as the previous leader if it can
+/// (a respawn takes over its dead predecessor's leadership in its own
+/// registration), else the lowest index. Run at the end of every operation.
+pub(crate) fn lead(plan: &mut Plan) {
+    let state = plan.state();
+    let node = state.node;
+    let held = node.leader.slot();
+    // The slot still held by the leader's process.
+    let current = held
+        .and_then(|i| state.slots.get(i as usize))
+        .filter(|s| s.pid == node.leader_pid && s.present());
+    if current.is_some_and(may_lead) {
+        return;
+    }
+    let (cause, index) = match current {
+        _ if held.is_none() => (LeaderCause::Start, None),
+        Some(s) if s.hung && !s.leaving && s.is(WorkerState::Running) => {
+            (LeaderCause::Hang, Some(s.index))
+        }
+        Some(s) => {
+            let reason = state
+                .generation(s.generation)
+                .map_or(ExitReason::Stop, |g| {
+                    g.exit_reason()
+                        .unwrap_or_else(|| successor_reason(state, g))
+                });
+            (leaving_cause(reason), Some(s.index))
+        }
+        None => gone(plan, node.leader_pid),
+    };
+    let state = plan.state();
+    let newest = state.census().newest();
+    let next = state
+        .slots
+        .iter()
+        .filter(|s| may_lead(s) && state.generation(s.generation).is_some())
+        .min_by_key(|s| {
+            (
+                s.generation != newest,
+                std::cmp::Reverse(s.generation),
+                Some(s.index) != index,
+                s.index,
+            )
+        })
+        .map(|s| (s.slot, s.worker()));
+    if next.is_none() && held.is_none() {
+        return;
+    }
+    let term = node.leader.term().saturating_add(1);
+    let detail = Detail::LeaderElected {
+        leader: next.map(|(_, w)| w),
+        previous_pid: if held.is_some() { node.leader_pid } else { 0 },
+        term,
+        cause,
+    };
+    let generation = next.map_or(0, |(_, w)| w.generation);
+    plan.event(generation, detail, |plan| {
+        set_leader(plan, next.map(|(slot, w)| (slot, w.pid)), cause, term)
+    });
+}
+
+/// Why a leader that left gracefully leaves.
+fn leaving_cause(reason: ExitReason) -> LeaderCause {
+    match reason {
+        ExitReason::Reload => LeaderCause::Reload,
+        ExitReason::Upgrade => LeaderCause::Upgrade,
+        ExitReason::Stop | ExitReason::FastStop => LeaderCause::Exit,
+    }
+}
+
+/// How the leader `pid`, whose slot no longer holds it, went, and its index: its
+/// crash or its exit in this operation (the slot may be its respawn's already).
+fn gone(plan: &Plan, pid: u32) -> (LeaderCause, Option<u32>) {
+    plan.journalled()
+        .find_map(|e| match e.detail {
+            Detail::WorkerCrash { worker, .. } if worker.pid == pid => {
+                Some((LeaderCause::Death, Some(worker.index)))
+            }
+            Detail::WorkerExit { worker, reason } if worker.pid == pid => {
+                Some((leaving_cause(reason), Some(worker.index)))
+            }
+            _ => None,
+        })
+        .unwrap_or((LeaderCause::Exit, None))
+}
+
+/// What follows a `leader_elected` entry.
+fn set_leader(plan: &mut Plan, leader: Option<(u32, u32)>, cause: LeaderCause, term: u64) {
+    plan.node(|n| {
+        n.leader = LeaderWord::new(leader.map(|(slot, _)| slot), cause, term);
+        n.leader_pid = leader.map_or(0, |(_, pid)| pid);
+        let count = &mut n.leader_changes[cause.code() as usize % LEADER_CAUSES];
+        *count = count.saturating_add(1);
+    });
+}
+
 // ----- the repair -------------------------------------------------------------------
 
 /// Puts the registry back into a consistent state after the lock's holder died:
@@ -917,6 +1033,17 @@ pub(crate) fn settle(plan: &mut Plan, last: &Event) {
         Detail::WorkerCrashLoop { worker, .. } | Detail::WorkerCrashLoopEnd { worker, .. } => {
             let looping = matches!(last.detail, Detail::WorkerCrashLoop { .. });
             set_looping(plan, worker.index, looping);
+        }
+        Detail::LeaderElected {
+            leader,
+            term,
+            cause,
+            ..
+        } => {
+            if plan.state().node.leader.term() < term {
+                let slot = leader.and_then(|w| running(plan, w)).map(|s| s.slot);
+                set_leader(plan, slot.zip(leader.map(|w| w.pid)), cause, term);
+            }
         }
         Detail::MasterStart { .. } | Detail::WorkerStart { .. } | Detail::LockRecovered { .. } => {}
     }

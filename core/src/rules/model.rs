@@ -234,6 +234,7 @@ impl Model {
         let probes = self.probe(plan.state());
         super::sweep(&mut plan, &probes, 0, pid, &self.processes);
         let outcome = body(self, &mut plan);
+        super::lead(&mut plan);
         let (after, steps) = plan.into_parts();
         self.apply(steps, dies_after);
         if dies_after.is_some() {
@@ -375,6 +376,28 @@ impl Model {
             m.workers.remove(&pid);
             super::exit_worker(plan, slot, id, graceful, &m.processes)
         })
+    }
+
+    /// The worker `pid` begins its graceful exit (its process goes on).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] for a process that is not a registered worker.
+    pub fn resign(&mut self, pid: u32) -> Result<()> {
+        let (slot, id) = *self
+            .workers
+            .get(&pid)
+            .ok_or_else(|| Error::NotRegistered(pid.to_string()))?;
+        self.operation(pid, LockOp::ExitWorker, None, |_, plan| {
+            super::resign(plan, slot, id)
+        })
+    }
+
+    /// The leader's pid (`None`: no leader) and the term, as the registry's header
+    /// holds them.
+    pub fn leader(&self) -> (Option<u32>, u64) {
+        let node = self.state.node;
+        (node.leader.slot().map(|_| node.leader_pid), node.leader.term())
     }
 
     /// `pid` closes the configuration of `generation` (the end of a Lua VM).

@@ -148,8 +148,14 @@ impl Node {
         self.next_pid
     }
 
+    /// The last event but for a leader's election, which ends any operation.
     fn last_event(&self) -> &Event {
-        self.model.events().last().expect("an event")
+        self.model
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e.kind() != EventKind::LeaderElected)
+            .expect("an event")
     }
 
     /// `master` starts `workers` workers of `generation`; `death` kills one of them
@@ -217,6 +223,12 @@ impl Node {
             .map(|(&pid, _)| pid)
             .collect();
         let dying = death.and_then(|d| Some((*leaving.get(d.pick % leaving.len().max(1))?, d)));
+        if graceful {
+            // nginx runs their pending timers early, where they resign.
+            for &pid in &leaving {
+                ok(self.model.resign(pid));
+            }
+        }
         for pid in leaving {
             self.workers.remove(&pid);
             self.hung.remove(&pid);
@@ -459,6 +471,34 @@ impl Node {
             ends.values().all(|&n| n == 1),
             "a worker ended twice: {ends:?}"
         );
+        // At most one leader, a live worker; one whenever a live worker may lead.
+        let (leader, term) = self.model.leader();
+        if let Some(pid) = leader {
+            assert!(self.workers.contains_key(&pid), "leader {pid} is not a live worker");
+        } else {
+            assert!(
+                self.workers.keys().all(|pid| self.hung.contains(pid)),
+                "no leader among {:?} (hung: {:?})",
+                self.workers.keys(),
+                self.hung
+            );
+        }
+        // Every change journalled: terms one by one, each naming the leader before.
+        let mut last = (0, 0);
+        for e in self.model.events() {
+            if let Detail::LeaderElected {
+                leader,
+                previous_pid,
+                term,
+                ..
+            } = e.detail
+            {
+                assert_eq!(term, last.0 + 1, "{e}");
+                assert_eq!(previous_pid, last.1, "{e}");
+                last = (term, leader.map_or(0, |w| w.pid));
+            }
+        }
+        assert_eq!(last, (term, leader.unwrap_or(0)));
         // Per index, a crash loop begins after more crashes than the intensity
         // allows, and loops and their ends alternate.
         let mut crashes: BTreeMap<u32, u32> = BTreeMap::new();
@@ -705,4 +745,69 @@ fn a_record_whose_state_is_damaged_is_not_ended() {
         .generations
         .iter()
         .all(|g| g.state == Some(GenerationState::Free)));
+}
+
+/// The leader's causes, one by one: the first worker leads (start); a reload leaves
+/// it leading until it resigns (reload), then a new worker of the same index leads;
+/// its respawn takes over a dead leader in its own registration (death); a hung
+/// leader is replaced (hang); the last leader's exit leaves no leader (exit).
+#[test]
+fn leadership_moves_only_when_the_leader_cannot_lead() {
+    use crate::lifecycle::LeaderCause;
+    let last_cause = |m: &Model| {
+        m.events().iter().rev().find_map(|e| match e.detail {
+            Detail::LeaderElected { cause, .. } => Some(cause),
+            _ => None,
+        })
+    };
+    let mut m = Model::new(CAPACITIES);
+    m.spawn(10, 1);
+    let g1 = ok(m.register_generation(10, &GenerationConfig::default()));
+    for (pid, index) in [(11, 0), (12, 1)] {
+        m.spawn(pid, 10);
+        ok(m.register_worker(pid, g1, index));
+    }
+    assert_eq!(m.leader(), (Some(11), 1));
+    assert_eq!(last_cause(&m), Some(LeaderCause::Start));
+
+    // A reload: the new workers start, the old leader leads on until it resigns.
+    let g2 = ok(m.register_generation(10, &GenerationConfig::default()));
+    m.configuration_closed(10, g1);
+    for (pid, index) in [(21, 0), (22, 1)] {
+        m.spawn(pid, 10);
+        ok(m.register_worker(pid, g2, index));
+    }
+    ok(m.resign(12));
+    assert_eq!(m.leader(), (Some(11), 1));
+    ok(m.resign(11));
+    assert_eq!(m.leader(), (Some(21), 2));
+    assert_eq!(last_cause(&m), Some(LeaderCause::Reload));
+    ok(m.exit_worker(11, true));
+    ok(m.exit_worker(12, true));
+    assert_eq!(m.leader(), (Some(21), 2));
+
+    // kill -9 of the leader: its respawn leads from its registration.
+    m.kill(21);
+    m.spawn(23, 10);
+    ok(m.register_worker(23, g2, 0));
+    assert_eq!(m.leader(), (Some(23), 3));
+    assert_eq!(last_cause(&m), Some(LeaderCause::Death));
+
+    // The leader hangs: the other worker leads; the hung one does not come back.
+    m.advance(Duration::from_secs(16));
+    m.heartbeat(22);
+    m.sweep(22);
+    assert_eq!(m.leader(), (Some(22), 4));
+    assert_eq!(last_cause(&m), Some(LeaderCause::Hang));
+    m.heartbeat(23);
+    m.sweep(23);
+    assert_eq!(m.leader(), (Some(22), 4));
+
+    // A fast stop: the leader's exit hands over to the last worker, whose exit
+    // leaves none.
+    ok(m.exit_worker(22, false));
+    assert_eq!(m.leader(), (Some(23), 5));
+    assert_eq!(last_cause(&m), Some(LeaderCause::Exit));
+    ok(m.exit_worker(23, false));
+    assert_eq!(m.leader(), (None, 6));
 }

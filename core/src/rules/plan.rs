@@ -69,6 +69,14 @@ impl Plan {
         self.now
     }
 
+    /// The events recorded so far.
+    pub(crate) fn journalled(&self) -> impl Iterator<Item = &Event> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Journal(e) => Some(e),
+            _ => None,
+        })
+    }
+
     /// The steps, and the state they lead to.
     pub(crate) fn into_parts(self) -> (State, Vec<Step>) {
         (self.state, self.steps)

@@ -5,7 +5,8 @@
 use crate::event::{Counts, Detail, WorkerId};
 use crate::lifecycle::{EventKind, ExitReason, GenerationState, RunEnd, RunState, WorkerState};
 use crate::process::Identity;
-use crate::region::layout::CRASH_TIMES;
+use crate::leader::LeaderWord;
+use crate::region::layout::{CRASH_TIMES, LEADER_CAUSES};
 
 /// One record of the generation table. `id == 0`: the record is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +78,8 @@ pub(crate) struct Slot {
     pub ppid: u32,
     /// How many dead workers of this generation and index precede this one.
     pub respawns: u32,
+    /// It began its graceful exit: it is no leader's successor.
+    pub leaving: bool,
 }
 
 impl Slot {
@@ -123,6 +126,12 @@ pub(crate) struct Node {
     pub crash_loop_period_ms: u64,
     /// Highest worker index with a crash history, plus one.
     pub history_high_water: u32,
+    /// The leader, the last change's cause and the term.
+    pub leader: LeaderWord,
+    /// The leader's pid (its slot may be a respawn's by now).
+    pub leader_pid: u32,
+    /// Leadership changes by cause code.
+    pub leader_changes: [u64; LEADER_CAUSES],
 }
 
 /// The crash history of one worker index. Only indexes that ever crashed are

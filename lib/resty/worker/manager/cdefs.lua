@@ -15,6 +15,14 @@ local concat = table.concat
 -- BEGIN generated from ffi/include/worker_manager.h
 ffi.cdef([[
 struct wm_handle;
+struct wm_leader {
+  uint64_t term;
+  uint32_t cause;
+  uint32_t pid;
+  uint64_t generation;
+  int32_t index;
+  int mine;
+};
 struct wm_event {
   uint64_t seq;
   uint64_t time_ns;
@@ -117,6 +125,10 @@ int wm_register_worker(struct wm_handle *h,
                        char *errbuf,
                        size_t *errbuf_len);
 int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
+int wm_is_leader(struct wm_handle *h, int *leads, char *errbuf, size_t *errbuf_len);
+int wm_leader_word(struct wm_handle *h, uint64_t *word, char *errbuf, size_t *errbuf_len);
+int wm_leader(struct wm_handle *h, struct wm_leader *out, char *errbuf, size_t *errbuf_len);
+int wm_resign(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 int wm_announce_exit(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 int wm_exit_worker(struct wm_handle *h, int graceful, char *errbuf, size_t *errbuf_len);
 int wm_sweep(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
@@ -153,7 +165,7 @@ int wm_snapshot_worker(struct wm_handle *h,
 
 -- The header's #defines, without their WM_ prefix.
 local _M = {
-  ABI_VERSION = 6,
+  ABI_VERSION = 7,
   OK = 0,
   ERR_IO = 1,
   ERR_SYMLINK = 2,
