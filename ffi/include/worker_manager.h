@@ -163,6 +163,12 @@
 #define WM_NAMES_RUN_STATE 10
 
 /**
+ * `wm_name`: why the leadership changed (`wm_event.detail` of leader_elected,
+ * `wm_leader.cause`).
+ */
+#define WM_NAMES_LEADER_CAUSE 11
+
+/**
  * A tracker: one Lua VM's view of one registry.
  */
 struct wm_handle;
@@ -192,6 +198,13 @@ struct wm_leader {
    * 1 when the handle's worker leads.
    */
   int mine;
+  /**
+   * The counts of the handle's worker's generation, as its callbacks get them
+   * (-1: nil); all -1 in a process with no worker.
+   */
+  int32_t n_prev;
+  int32_t n_mine;
+  int32_t n_next;
 };
 
 /**
@@ -535,14 +548,16 @@ int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
 
 /**
  * Whether the handle's worker leads the node: `*leads` receives 1 or 0 (0 in a
- * process with no worker). One atomic load: no lock, no system call.
+ * process with no worker), and `*term` the term, both from one atomic load: no
+ * lock, no system call.
  *
  * # Safety
  *
- * `h` is NULL or an open handle; `leads` is valid for a write; `errbuf` is NULL,
- * or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+ * `h` is NULL or an open handle; `leads` and `term` are valid for a write;
+ * `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+ * reads and writes.
  */
-int wm_is_leader(struct wm_handle *h, int *leads, char *errbuf, size_t *errbuf_len);
+int wm_is_leader(struct wm_handle *h, int *leads, uint64_t *term, char *errbuf, size_t *errbuf_len);
 
 /**
  * The leader word (`worker_manager::leader::LeaderWord`): `*word` changes at every

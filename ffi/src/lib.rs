@@ -33,8 +33,8 @@ use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 
 use worker_manager::lifecycle::{
-    AbortCause, Detection, EventKind, ExitReason, GenerationState, LockOp, RunEnd, RunState,
-    StartKind, WorkerState,
+    AbortCause, Detection, EventKind, ExitReason, GenerationState, LeaderCause, LockOp, RunEnd,
+    RunState, StartKind, WorkerState,
 };
 use worker_manager::{
     clock, exposition, naming, Encoded, Error, Event, GenerationConfig, Options, Registry,
@@ -115,6 +115,9 @@ pub const WM_NAMES_GENERATION_STATE: u32 = 8;
 pub const WM_NAMES_WORKER_STATE: u32 = 9;
 /// `wm_name`: the states of a node run (`wm_status.run_state`).
 pub const WM_NAMES_RUN_STATE: u32 = 10;
+/// `wm_name`: why the leadership changed (`wm_event.detail` of leader_elected,
+/// `wm_leader.cause`).
+pub const WM_NAMES_LEADER_CAUSE: u32 = 11;
 
 /// One event: the core's fixed fields (`worker_manager::Encoded`), which the header
 /// declares as `struct wm_event`.
@@ -201,6 +204,11 @@ pub struct wm_leader {
     pub index: i32,
     /// 1 when the handle's worker leads.
     pub mine: c_int,
+    /// The counts of the handle's worker's generation, as its callbacks get them
+    /// (-1: nil); all -1 in a process with no worker.
+    pub n_prev: i32,
+    pub n_mine: i32,
+    pub n_next: i32,
 }
 
 /// A worker slot in use in a snapshot (a live worker, an exiting one, a tombstone).
@@ -470,6 +478,7 @@ fn name(names: u32, i: usize) -> Option<(u32, &'static str)> {
         ),
         WM_NAMES_WORKER_STATE => nth(WorkerState::ALL, i, WorkerState::code, WorkerState::as_str),
         WM_NAMES_RUN_STATE => nth(RunState::ALL, i, RunState::code, RunState::as_str),
+        WM_NAMES_LEADER_CAUSE => nth(LeaderCause::ALL, i, LeaderCause::code, LeaderCause::as_str),
         _ => None,
     }
 }
@@ -851,28 +860,34 @@ pub unsafe extern "C" fn wm_heartbeat(
 }
 
 /// Whether the handle's worker leads the node: `*leads` receives 1 or 0 (0 in a
-/// process with no worker). One atomic load: no lock, no system call.
+/// process with no worker), and `*term` the term, both from one atomic load: no
+/// lock, no system call.
 ///
 /// # Safety
 ///
-/// `h` is NULL or an open handle; `leads` is valid for a write; `errbuf` is NULL,
-/// or valid for `*errbuf_len` bytes with `errbuf_len` valid for reads and writes.
+/// `h` is NULL or an open handle; `leads` and `term` are valid for a write;
+/// `errbuf` is NULL, or valid for `*errbuf_len` bytes with `errbuf_len` valid for
+/// reads and writes.
 #[no_mangle]
 pub unsafe extern "C" fn wm_is_leader(
     h: *mut wm_handle,
     leads: *mut c_int,
+    term: *mut u64,
     errbuf: *mut c_char,
     errbuf_len: *mut usize,
 ) -> c_int {
     // SAFETY: guaranteed by the caller.
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
+            let word = handle.registry.leader_word();
             let mine = handle
                 .worker
                 .as_ref()
-                .is_some_and(|w| handle.registry.is_leader(w));
+                .is_some_and(|w| word.is(w.slot_index()));
             // SAFETY: guaranteed by the caller.
             *leads = c_int::from(mine);
+            // SAFETY: guaranteed by the caller.
+            *term = word.term();
             Ok(())
         })
     }
@@ -924,6 +939,11 @@ pub unsafe extern "C" fn wm_leader(
                 .worker
                 .as_ref()
                 .is_some_and(|w| word.is(w.slot_index()));
+            let counts = match &handle.worker {
+                Some(w) => Some(handle.registry.status()?.counts(w.id().generation)),
+                None => None,
+            };
+            let count = |c: Option<u32>| c.map_or(-1, |n| n.min(i32::MAX as u32) as i32);
             // SAFETY: guaranteed by the caller.
             *out = wm_leader {
                 term: word.term(),
@@ -932,6 +952,9 @@ pub unsafe extern "C" fn wm_leader(
                 generation: leader.map_or(0, |w| w.generation),
                 index: leader.map_or(-1, |w| w.index as i32),
                 mine: c_int::from(mine),
+                n_prev: count(counts.and_then(|c| c.prev)),
+                n_mine: count(counts.map(|c| c.mine)),
+                n_next: count(counts.and_then(|c| c.next)),
             };
             Ok(())
         })

@@ -16,8 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::Value;
 use worker_manager::{
-    AbortCause, Counts, Detail, Detection, Event, EventKind, ExitReason, LockOp, RunEnd, StartKind,
-    WorkerId,
+    AbortCause, Counts, Detail, Detection, Event, EventKind, ExitReason, LeaderCause, LockOp,
+    RunEnd, StartKind, WorkerId,
 };
 
 /// A lifecycle enum read from its name, as JSON and Lua spell it.
@@ -42,7 +42,16 @@ macro_rules! named {
     )+};
 }
 
-named!(EventKind, StartKind, RunEnd, ExitReason, Detection, AbortCause, LockOp);
+named!(
+    EventKind,
+    StartKind,
+    RunEnd,
+    ExitReason,
+    Detection,
+    AbortCause,
+    LockOp,
+    LeaderCause
+);
 
 /// `e` as one JSON object, as `worker-manager events --json` prints it, with
 /// `redelivered`.
@@ -86,6 +95,8 @@ struct Fields {
     crashes: Option<u32>,
     period: Option<f64>,
     lasted: Option<f64>,
+    term: Option<u64>,
+    previous_pid: Option<u32>,
 }
 
 fn required<T>(key: &str, value: Option<T>) -> Result<T, String> {
@@ -190,6 +201,12 @@ pub fn from_json(value: Value) -> Result<Event, String> {
         EventKind::WorkerCrashLoopEnd => Detail::WorkerCrashLoopEnd {
             worker: the_worker()?,
             lasted: seconds("lasted", f.lasted)?,
+        },
+        EventKind::LeaderElected => Detail::LeaderElected {
+            leader: f.worker.as_ref().map(|_| the_worker()).transpose()?,
+            previous_pid: f.previous_pid.unwrap_or(0),
+            term: required("term", f.term)?,
+            cause: named("cause", f.cause)?,
         },
         other => return Err(format!("{other}: an event kind newer than the tests")),
     };

@@ -397,7 +397,10 @@ impl Model {
     /// holds them.
     pub fn leader(&self) -> (Option<u32>, u64) {
         let node = self.state.node;
-        (node.leader.slot().map(|_| node.leader_pid), node.leader.term())
+        (
+            node.leader.slot().map(|_| node.leader_pid),
+            node.leader.term(),
+        )
     }
 
     /// `pid` closes the configuration of `generation` (the end of a Lua VM).

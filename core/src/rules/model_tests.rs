@@ -474,7 +474,10 @@ impl Node {
         // At most one leader, a live worker; one whenever a live worker may lead.
         let (leader, term) = self.model.leader();
         if let Some(pid) = leader {
-            assert!(self.workers.contains_key(&pid), "leader {pid} is not a live worker");
+            assert!(
+                self.workers.contains_key(&pid),
+                "leader {pid} is not a live worker"
+            );
         } else {
             assert!(
                 self.workers.keys().all(|pid| self.hung.contains(pid)),

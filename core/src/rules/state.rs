@@ -3,9 +3,9 @@
 //! writes the changes back.
 
 use crate::event::{Counts, Detail, WorkerId};
+use crate::leader::LeaderWord;
 use crate::lifecycle::{EventKind, ExitReason, GenerationState, RunEnd, RunState, WorkerState};
 use crate::process::Identity;
-use crate::leader::LeaderWord;
 use crate::region::layout::{CRASH_TIMES, LEADER_CAUSES};
 
 /// One record of the generation table. `id == 0`: the record is free.

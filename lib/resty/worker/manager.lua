@@ -52,6 +52,10 @@ local event_out = ffi.new("struct wm_event")
 local generation_out = ffi.new("struct wm_generation")
 local worker_out = ffi.new("struct wm_worker")
 local crash_loop_out = ffi.new("struct wm_crash_loop")
+local leads_out = ffi.new("int[1]")
+local term_out = ffi.new("uint64_t[1]")
+local word_out = ffi.new("uint64_t[1]")
+local leader_out = ffi.new("struct wm_leader")
 local text_out = ffi.new("const char *[1]")
 local len_out = ffi.new("size_t[1]")
 local acquired_out = ffi.new("int[1]")
@@ -63,7 +67,7 @@ local path_len = ffi.new("size_t[1]")
 -- The library's names of its codes, indexed by code, built from the library when it
 -- is loaded (see use).
 local EVENTS, START_KINDS, RUN_ENDS, REASONS, DETECTIONS, ABORT_CAUSES, LOCK_OPS
-local GENERATION_STATES, WORKER_STATES, RUN_STATES
+local GENERATION_STATES, WORKER_STATES, RUN_STATES, LEADER_CAUSES
 
 -- Option name -> { type, default, minimum, maximum, unit } (numbers are seconds
 -- unless a unit says otherwise; a count must be whole).
@@ -79,6 +83,9 @@ local OPTIONS = {
   -- crash_loop_intensity times within crash_loop_period (0: never).
   crash_loop_intensity = { "number", 5, 0, cdefs.MAX_CRASH_LOOP_INTENSITY, "crashes" },
   crash_loop_period = { "number", 30, 0.001, 86400 },
+  -- How often a worker checks, without the lock, whether it gained or lost the
+  -- leadership elsewhere than in its own operations.
+  leader_check = { "number", 1, 0.001, 86400 },
   -- Accepted for compatibility, without effect: exits are reported at the real
   -- exit whether or not exit_worker_by_lua is wired.
   exit_hook = { "boolean", false },
@@ -88,6 +95,8 @@ local OPTIONS = {
   on_worker_recover = { "function" },
   on_worker_crash_loop = { "function" },
   on_worker_crash_loop_end = { "function" },
+  on_leader_start = { "function" },
+  on_leader_stop = { "function" },
 }
 
 -- Module state. It is created in the master by init_by_lua and inherited by every
@@ -101,6 +110,10 @@ local registered = false -- this process registered a worker
 -- exits are reported only by on_exit_worker_by_lua.
 local single_process = false
 local worker_init_called = false
+-- Leadership as this worker last saw it: the leader word, and the term it gained
+-- the leadership in (nil: it does not lead).
+local seen_word
+local leading
 
 --- The error buffer, emptied, as the last two arguments of a library call.
 local function err_args()
@@ -144,6 +157,7 @@ local function use(lib)
   GENERATION_STATES = names(lib, cdefs.NAMES_GENERATION_STATE)
   WORKER_STATES = names(lib, cdefs.NAMES_WORKER_STATE)
   RUN_STATES = names(lib, cdefs.NAMES_RUN_STATE)
+  LEADER_CAUSES = names(lib, cdefs.NAMES_LEADER_CAUSE)
 end
 
 local function count(n)
@@ -198,6 +212,10 @@ local function describe(e)
     info.period = tonumber(e.value) / 1000
   elseif name == "worker_crash_loop_end" then
     info.lasted = tonumber(e.value) / 1000
+  elseif name == "leader_elected" then
+    info.term = tonumber(e.value)
+    info.cause = LEADER_CAUSES[e.detail]
+    info.previous_pid = e.other_pid ~= 0 and e.other_pid or nil
   end
   return info
 end
@@ -281,6 +299,43 @@ end
 -- the error buffer last) under the lock this process has just taken, then the
 -- callbacks of the events it produced, still under the lock; then releases it,
 -- whatever `op` and the callbacks did. Returns true, or nil and an error.
+--- Runs on_leader_start or on_leader_stop if this worker gained or lost the
+-- leadership since it last looked: one atomic load when nothing changed.
+local function check_leadership()
+  if C.wm_leader_word(handle, word_out, err_args()) ~= 0 or word_out[0] == seen_word then
+    return
+  end
+  seen_word = word_out[0]
+  if C.wm_leader(handle, leader_out, err_args()) ~= 0 then
+    ngx_log(ERR, LOG_PREFIX, "reading the leader: ", last_error())
+    return
+  end
+  local l = leader_out
+  local term = tonumber(l.term)
+  local mine = l.mine ~= 0
+  local info = {
+    term = term,
+    cause = LEADER_CAUSES[l.cause],
+    generation = generation,
+    pid = ngx.worker.pid(),
+    index = ngx.worker.id(),
+  }
+  info.worker = tostring(generation) .. "-" .. tostring(info.pid)
+  local stop = leading and (not mine or leading ~= term)
+  local start = mine and leading ~= term
+  for _, change in ipairs({ stop and "leader_stop" or false, start and "leader_start" or false }) do
+    if change then
+      leading = change == "leader_start" and term or nil
+      local cb = config["on_" .. change]
+      if cb then
+        info.event = change
+        run_callback(change, cb, info.worker, count(l.n_prev), count(l.n_mine),
+                     count(l.n_next), info)
+      end
+    end
+  end
+end
+
 local function run_held(what, op, ...)
   errlen[0] = ERRBUF_SIZE
   local called, rc = pcall(op, handle, ...)
@@ -306,6 +361,10 @@ local function run_held(what, op, ...)
   end
   if not ok then
     ngx_log(ERR, LOG_PREFIX, what, ": dispatching events: ", cb_err)
+  end
+  if registered and dispatching == 0 then
+    -- A change this operation made: this worker's own callbacks run at once.
+    check_leadership()
   end
   if err then
     ngx_log(ERR, LOG_PREFIX, what, ": ", err)
@@ -548,6 +607,39 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
   return true
 end
 
+--- Whether this worker leads the node, and the term, from one atomic load: no
+-- lock, no system call (JIT-compiled). A job that must not run twice checks both
+-- before each unit of work. False in a process that is no registered worker.
+-- @return true or false, and the term (a number that grows at every change)
+function _M.is_leader()
+  if not registered then
+    return false, 0
+  end
+  errlen[0] = ERRBUF_SIZE
+  if C.wm_is_leader(handle, leads_out, term_out, errbuf, errlen) ~= 0 then
+    return false, 0
+  end
+  return leads_out[0] ~= 0, tonumber(term_out[0])
+end
+
+--- The node's leader, read without the lock.
+-- @return its worker id (`"<generation>-<pid>"`, nil when no worker leads) and the
+-- term; or nil, nil and an error
+function _M.leader()
+  if not C then
+    return nil, nil, "on_init_by_lua has not run"
+  end
+  if C.wm_leader(handle, leader_out, err_args()) ~= 0 then
+    return nil, nil, last_error()
+  end
+  local l = leader_out
+  local id
+  if l.pid ~= 0 then
+    id = tostring(tonumber(l.generation)) .. "-" .. tostring(l.pid)
+  end
+  return id, tonumber(l.term)
+end
+
 --- Records a heartbeat of this worker now, as its timer does every `interval`: for
 -- code that keeps the event loop busy for long. No lock, no system call.
 -- @return true, or nil and an error
@@ -565,7 +657,8 @@ end
 local function tick(premature)
   if premature then
     -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
-    -- while longer; its exit is reported when it really exits.
+    -- while longer; its exit is reported when it really exits. It leads no more.
+    locked("resigning", C.wm_resign, errbuf, errlen)
     return
   end
   local ok, err = _M.heartbeat()
@@ -610,6 +703,17 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
   end
   registered = true
   single_process = require("ngx.process").type() == "single"
+  seen_word = nil
+  leading = nil
+  check_leadership()
+  local check_ok, check_err = ngx.timer.every(config.leader_check, function(premature)
+    if not premature then
+      check_leadership()
+    end
+  end)
+  if not check_ok then
+    ngx_log(ERR, LOG_PREFIX, "cannot start the leadership check timer: ", check_err)
+  end
   local timer_ok, timer_err = ngx.timer.every(config.interval, tick)
   if not timer_ok then
     ngx_log(ERR, LOG_PREFIX, "cannot start the heartbeat timer: ", timer_err)

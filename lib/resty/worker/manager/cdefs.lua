@@ -22,6 +22,9 @@ struct wm_leader {
   uint64_t generation;
   int32_t index;
   int mine;
+  int32_t n_prev;
+  int32_t n_mine;
+  int32_t n_next;
 };
 struct wm_event {
   uint64_t seq;
@@ -125,7 +128,7 @@ int wm_register_worker(struct wm_handle *h,
                        char *errbuf,
                        size_t *errbuf_len);
 int wm_heartbeat(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
-int wm_is_leader(struct wm_handle *h, int *leads, char *errbuf, size_t *errbuf_len);
+int wm_is_leader(struct wm_handle *h, int *leads, uint64_t *term, char *errbuf, size_t *errbuf_len);
 int wm_leader_word(struct wm_handle *h, uint64_t *word, char *errbuf, size_t *errbuf_len);
 int wm_leader(struct wm_handle *h, struct wm_leader *out, char *errbuf, size_t *errbuf_len);
 int wm_resign(struct wm_handle *h, char *errbuf, size_t *errbuf_len);
@@ -207,6 +210,7 @@ local _M = {
   NAMES_GENERATION_STATE = 8,
   NAMES_WORKER_STATE = 9,
   NAMES_RUN_STATE = 10,
+  NAMES_LEADER_CAUSE = 11,
   EVENT_RESPAWN = 1,
   EVENT_HELD_LOCK = 1,
   EVENT_REDELIVERED = 2,
