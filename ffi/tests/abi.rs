@@ -227,9 +227,25 @@ fn a_worker_lifetime_through_the_abi() {
         assert_eq!(call!(err, wm_snapshot_worker(h, 0, &mut w)), WM_OK);
         assert_eq!((w.pid, w.state), (std::process::id(), 1));
         assert_eq!(call!(err, wm_snapshot_worker(h, 1, &mut w)), WM_ERR_RANGE);
+        // The only worker leads, from the first term.
+        let (mut leads, mut term) = (0, 0u64);
+        assert_eq!(call!(err, wm_is_leader(h, &mut leads, &mut term)), WM_OK);
+        assert_eq!((leads, term), (1, 1));
+        let mut leader = wm_leader::default();
+        assert_eq!(call!(err, wm_leader(h, &mut leader)), WM_OK);
+        assert_eq!(
+            (leader.pid, leader.index, leader.term, leader.mine),
+            (std::process::id(), 0, 1, 1)
+        );
         assert_eq!(call!(err, wm_exit_worker(h, 1)), WM_OK);
         let kinds = take_kinds(h);
-        assert_eq!(kinds, [2, 3, 4], "worker_start, worker_exit, master_exit");
+        assert_eq!(
+            kinds,
+            [2, 12, 3, 4, 12],
+            "worker_start, leader_elected, worker_exit, master_exit, leader_elected"
+        );
+        assert_eq!(call!(err, wm_leader(h, &mut leader)), WM_OK);
+        assert_eq!((leader.pid, leader.index, leader.term), (0, -1, 2));
         assert_eq!(call!(err, wm_exit_worker(h, 1)), WM_ERR_WORKER);
         // The message of a failing heartbeat is in the caller's buffer, whatever
         // failed before it.
@@ -282,8 +298,9 @@ fn two_handles_in_one_process_track_independently() {
         );
         assert_eq!(call!(err, wm_register_worker(http, g_http, 0)), WM_OK);
         assert_eq!(call!(err, wm_register_worker(stream, g_stream, 0)), WM_OK);
-        assert_eq!(take_kinds(http), [1, 2]);
-        assert_eq!(take_kinds(stream), [1, 2]);
+        // Each subsystem's registry elects its own leader.
+        assert_eq!(take_kinds(http), [1, 2, 12]);
+        assert_eq!(take_kinds(stream), [1, 2, 12]);
 
         // A reload of the http subsystem: a new VM, a new handle on the same
         // registry; the old VM's end commits the new configuration.
@@ -306,13 +323,13 @@ fn two_handles_in_one_process_track_independently() {
         assert_eq!(call!(err, wm_exit_worker(stream, 0)), WM_OK);
         assert_eq!(
             take_kinds(http),
-            [3, 4],
-            "worker_exit, master_exit (reload)"
+            [3, 4, 12],
+            "worker_exit, master_exit (reload), leader_elected (none)"
         );
         assert_eq!(
             take_kinds(stream),
-            [3, 4],
-            "worker_exit, master_exit (fast stop)"
+            [3, 4, 12],
+            "worker_exit, master_exit (fast stop), leader_elected (none)"
         );
         wm_close(http);
         wm_close(http2);
@@ -320,8 +337,8 @@ fn two_handles_in_one_process_track_independently() {
     }
     let http_events = Observer::open(&http_path).unwrap().events_since(1);
     let stream_events = Observer::open(&stream_path).unwrap().events_since(1);
-    assert_eq!(http_events.len(), 5, "{http_events:#?}");
-    assert_eq!(stream_events.len(), 4, "{stream_events:#?}");
+    assert_eq!(http_events.len(), 7, "{http_events:#?}");
+    assert_eq!(stream_events.len(), 6, "{stream_events:#?}");
     assert!(http_events
         .iter()
         .chain(&stream_events)
