@@ -208,9 +208,14 @@ fn a_periodic_sweep_skips_a_held_lock_and_recovers_a_dead_holder() {
     holder.kill9();
     assert!(registry.try_sweep(|e| seen.push(*e)).unwrap());
     let kinds: Vec<EventKind> = seen.iter().map(|e| e.kind()).collect();
+    // The holder was the only worker, and the leader: no worker leads now.
     assert_eq!(
         kinds,
-        [EventKind::LockRecovered, EventKind::WorkerCrash],
+        [
+            EventKind::LockRecovered,
+            EventKind::WorkerCrash,
+            EventKind::LeaderElected
+        ],
         "{seen:?}"
     );
     assert_eq!(seen[1].worker().unwrap().pid, holder_pid);

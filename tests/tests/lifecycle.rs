@@ -322,7 +322,11 @@ fn a_silent_worker_is_reported_hung_then_recovered() {
         seen.iter().filter(|&&k| k == EventKind::WorkerHang).count(),
         1
     );
-    assert_eq!(seen.last(), Some(&EventKind::WorkerRecover));
+    // The only worker, hung, could not lead; recovered, it leads again.
+    assert_eq!(
+        seen[seen.len() - 2..],
+        [EventKind::WorkerRecover, EventKind::LeaderElected]
+    );
     assert!(!registry.snapshot().unwrap().workers[0].hung);
 }
 
@@ -344,8 +348,10 @@ fn journal_holds_every_event_in_order() {
         [
             EventKind::MasterStart,
             EventKind::WorkerStart,
+            EventKind::LeaderElected,
             EventKind::WorkerExit,
-            EventKind::MasterExit
+            EventKind::MasterExit,
+            EventKind::LeaderElected,
         ]
     );
     assert_eq!(journal[0], seen[0]);
@@ -358,13 +364,13 @@ fn journal_holds_every_event_in_order() {
         }
     ));
     assert!(matches!(
-        journal[2].detail,
+        journal[3].detail,
         Detail::WorkerExit {
             reason: ExitReason::Stop,
             ..
         }
     ));
-    assert_eq!(registry.events_since(journal[2].seq).len(), 2);
+    assert_eq!(registry.events_since(journal[3].seq).len(), 3);
 }
 
 #[test]

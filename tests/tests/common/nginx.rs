@@ -433,8 +433,6 @@ impl Nginx {
             on_worker_recover = WM_RECORD("worker_recover"),
             on_worker_crash_loop = WM_RECORD("worker_crash_loop"),
             on_worker_crash_loop_end = WM_RECORD("worker_crash_loop_end"),
-            on_leader_start = WM_RECORD("leader_start"),
-            on_leader_stop = WM_RECORD("leader_stop"),
             {opts}
         }}, WM_RECORD("master_start"), WM_RECORD("master_exit")))
     }}
