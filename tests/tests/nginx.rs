@@ -1031,7 +1031,7 @@ fn callbacks_at_the_real_exit_can_use_nginx_s_api() {
 }
 
 #[test]
-fn the_heartbeat_path_is_jit_compiled() {
+fn the_heartbeat_and_is_leader_paths_are_jit_compiled() {
     let _serial = serial();
     let mut nginx = Nginx::new();
     let jit_log = nginx.prefix().join("jit.log");
@@ -1051,12 +1051,13 @@ fn the_heartbeat_path_is_jit_compiled() {
                         local wm = require("resty.worker.manager")
                         local v = require("jit.v")
                         v.on("{log}")
-                        local beats = 0
+                        local beats, leads = 0, 0
                         for _ = 1, 5000 do
                             if wm.heartbeat() then beats = beats + 1 end
+                            if wm.is_leader() then leads = leads + 1 end
                         end
                         v.off()
-                        ngx.say(beats)
+                        ngx.say(beats, " ", leads)
                     }}
                 }}
             }}"#,
@@ -1077,7 +1078,8 @@ fn the_heartbeat_path_is_jit_compiled() {
         s.read_to_string(&mut response).unwrap();
         response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
     };
-    assert_eq!(body.trim(), "5000");
+    // The only worker leads.
+    assert_eq!(body.trim(), "5000 5000");
     let traces = std::fs::read_to_string(&jit_log).unwrap();
     // A trace was recorded for the loop, and nothing aborted on the way.
     assert!(traces.contains("[TRACE"), "no trace recorded: {traces}");

@@ -876,7 +876,11 @@ pub(crate) fn lead(plan: &mut Plan) {
                 });
             (leaving_cause(reason), Some(s.index))
         }
-        None => gone(plan, node.leader_pid),
+        None => gone(
+            plan,
+            held.and_then(|i| state.slots.get(i as usize)),
+            node.leader_pid,
+        ),
     };
     let state = plan.state();
     let newest = state.census().newest();
@@ -918,20 +922,26 @@ fn leaving_cause(reason: ExitReason) -> LeaderCause {
     }
 }
 
-/// How the leader `pid`, whose slot no longer holds it, went, and its index: its
-/// crash or its exit in this operation (the slot may be its respawn's already).
-fn gone(plan: &Plan, pid: u32) -> (LeaderCause, Option<u32>) {
-    plan.journalled()
-        .find_map(|e| match e.detail {
-            Detail::WorkerCrash { worker, .. } if worker.pid == pid => {
-                Some((LeaderCause::Death, Some(worker.index)))
-            }
-            Detail::WorkerExit { worker, reason } if worker.pid == pid => {
-                Some((leaving_cause(reason), Some(worker.index)))
-            }
-            _ => None,
-        })
-        .unwrap_or((LeaderCause::Exit, None))
+/// How the leader `pid`, whose slot (`slot`) no longer holds it running, went, and
+/// its index: its crash or its exit in this operation; else what the slot says (its
+/// tombstone, or the respawn that replaced it: a lock holder that died may have
+/// journalled the crash in an operation that ended before electing).
+fn gone(plan: &Plan, slot: Option<&Slot>, pid: u32) -> (LeaderCause, Option<u32>) {
+    let journalled = plan.journalled().find_map(|e| match e.detail {
+        Detail::WorkerCrash { worker, .. } if worker.pid == pid => {
+            Some((LeaderCause::Death, Some(worker.index)))
+        }
+        Detail::WorkerExit { worker, reason } if worker.pid == pid => {
+            Some((leaving_cause(reason), Some(worker.index)))
+        }
+        _ => None,
+    });
+    journalled.unwrap_or(match slot {
+        Some(s) if (s.pid == pid && s.is(WorkerState::Dead)) || s.replaced_pid == pid => {
+            (LeaderCause::Death, Some(s.index))
+        }
+        _ => (LeaderCause::Exit, None),
+    })
 }
 
 /// What follows a `leader_elected` entry.

@@ -814,3 +814,35 @@ fn leadership_moves_only_when_the_leader_cannot_lead() {
     ok(m.exit_worker(23, false));
     assert_eq!(m.leader(), (None, 6));
 }
+
+/// The leader killed holding the lock, after any write of its sweep: whoever
+/// elects next says `death`, whether the crash is journalled by the repair or later.
+#[test]
+fn a_leader_killed_in_the_lock_is_replaced_for_its_death() {
+    use crate::lifecycle::LeaderCause;
+    for steps in 0..6 {
+        let mut m = Model::new(CAPACITIES);
+        m.spawn(10, 1);
+        let g = ok(m.register_generation(10, &GenerationConfig::default()));
+        for (pid, index) in [(11, 0), (12, 1)] {
+            m.spawn(pid, 10);
+            ok(m.register_worker(pid, g, index));
+        }
+        assert_eq!(m.leader().0, Some(11));
+        m.kill(12);
+        m.sweep_dies_after(11, steps);
+        m.spawn(13, 10);
+        ok(m.register_worker(13, g, 0));
+        let last = m
+            .events()
+            .iter()
+            .rev()
+            .find_map(|e| match e.detail {
+                Detail::LeaderElected { cause, leader, .. } => Some((cause, leader)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(last.0, LeaderCause::Death, "steps {steps}");
+        assert_eq!(last.1.map(|w| w.pid), Some(13), "steps {steps}");
+    }
+}

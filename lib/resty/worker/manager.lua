@@ -589,6 +589,10 @@ function _M.on_init_by_lua(opts, master_start_cb, master_exit_cb)
     worker_crash_loop = valid.on_worker_crash_loop,
     worker_crash_loop_end = valid.on_worker_crash_loop_end,
   }
+  -- Any of them may run at the end of the Lua VM (see the end of this file).
+  for _, cb in pairs(callbacks) do
+    jit.off(cb, true)
+  end
   local workers = ngx.worker.count and ngx.worker.count() or 0
   local ok
   ok, err = locked("registering the generation", C.wm_register_generation,
@@ -659,6 +663,12 @@ local function tick(premature)
     -- Graceful shutdown began (reload, upgrade, quit): the process may serve for a
     -- while longer; its exit is reported when it really exits. It leads no more.
     locked("resigning", C.wm_resign, errbuf, errlen)
+    -- Its exit callbacks will run at the end of its Lua VM, in a finalizer, where a
+    -- loop that LuaJIT compiled earlier can spin forever (measured: a worker stuck
+    -- "shutting down" at 100 % CPU), and where compiled code cannot be flushed. It
+    -- is flushed here, and the JIT turned off for the little life left.
+    jit.flush()
+    jit.off()
     return
   end
   local ok, err = _M.heartbeat()
@@ -696,6 +706,12 @@ function _M.on_init_worker_by_lua(start_cb, exit_cb)
   end
   callbacks.worker_start = start_cb
   callbacks.worker_exit = exit_cb
+  for _, cb in ipairs({ start_cb or false, exit_cb or false, config.on_leader_start or false,
+                        config.on_leader_stop or false }) do
+    if cb then
+      jit.off(cb, true)
+    end
+  end
   local ok, err = locked("registering the worker", C.wm_register_worker, generation, index,
                          errbuf, errlen)
   if not ok then
@@ -835,6 +851,14 @@ function _M.metrics()
     return nil, last_error()
   end
   return ffi_string(text_out[0], len_out[0])
+end
+
+-- What runs at the end of a Lua VM (a worker's exit without exit_worker_by_lua, a
+-- master closing a configuration) runs in a finalizer, where LuaJIT cannot flush
+-- compiled code and where a compiled loop can spin forever: none of it is compiled.
+for _, f in ipairs({ describe, take_events, dispatch, run_callback, check_leadership,
+                     run_held, locked, on_vm_end }) do
+  jit.off(f, true)
 end
 
 return _M
