@@ -907,7 +907,12 @@ pub(crate) fn lead(plan: &mut Plan) {
         term,
         cause,
     };
-    let generation = next.map_or(0, |(_, w)| w.generation);
+    // A vacancy is about the generation of the leader that went.
+    let generation = next.map(|(_, w)| w.generation).unwrap_or_else(|| {
+        held.and_then(|i| plan.state().slots.get(i as usize))
+            .filter(|s| s.pid == node.leader_pid)
+            .map_or(0, |s| s.generation)
+    });
     plan.event(generation, detail, |plan| {
         set_leader(plan, next.map(|(slot, w)| (slot, w.pid)), cause, term)
     });

@@ -65,7 +65,8 @@ fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
-/// The life of one worker process: register, tick (heartbeat and sweep), exit.
+/// The life of one worker process: register, tick (heartbeat, sweep, and the
+/// once-per-node job when it leads), exit.
 fn worker(registry: &Registry, set: &libc::sigset_t, generation: u64, index: u32) -> ! {
     let me = match registry.register_worker(generation, index, printer("worker")) {
         Ok(w) => w,
@@ -74,7 +75,28 @@ fn worker(registry: &Registry, set: &libc::sigset_t, generation: u64, index: u32
             std::process::exit(1);
         }
     };
+    // The term this worker leads in; the job runs only while is_leader() says so,
+    // checked (one atomic load) before each run.
+    let mut leading: Option<u64> = None;
     loop {
+        let word = registry.leader_word();
+        match (registry.is_leader(&me), leading) {
+            (true, None) => {
+                say(
+                    "worker",
+                    &format!(
+                        "leads the node (term {}): runs the once-per-node job",
+                        word.term()
+                    ),
+                );
+                leading = Some(word.term());
+            }
+            (false, Some(_)) => {
+                say("worker", "no longer leads");
+                leading = None;
+            }
+            _ => {}
+        }
         match wait_signal(set, TICK) {
             None => {
                 let _ = registry.heartbeat(&me);
@@ -256,10 +278,12 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== SIGHUP: reload (new generation; the old workers exit with reason=reload)");
     signal(master, libc::SIGHUP);
     until(" master_exit ", 1)?;
-    println!("\n== kill -9 of a worker: the respawn reports the crash and respawn=true");
-    let victim = newest_worker(&registry)?;
+    println!("\n== kill -9 of the leader: the respawn reports the crash, respawn=true, and leads");
+    let reg = Registry::open(&registry, &Options::default())?;
+    let victim = reg.leader().0.ok_or("no leader")?.pid;
     signal(victim, libc::SIGKILL);
     until("respawn=true", 1)?;
+    until("cause=death", 1)?;
     println!("\n== SIGQUIT: graceful stop (reason=stop; the last worker fires master_exit with n_next=nil)");
     signal(master, libc::SIGQUIT);
     until("exiting", 1)?;
@@ -270,18 +294,6 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
         println!("{event}");
     }
     Ok(())
-}
-
-/// A live worker of the newest generation, read from the registry.
-fn newest_worker(registry: &Path) -> Result<u32, Box<dyn std::error::Error>> {
-    let reg = Registry::open(registry, &Options::default())?;
-    let snapshot = reg.snapshot()?;
-    let newest = snapshot.generations.last().ok_or("no generation")?.id;
-    let worker = snapshot
-        .live_workers()
-        .find(|w| w.id.generation == newest)
-        .ok_or("no live worker")?;
-    Ok(worker.id.pid)
 }
 
 fn main() {
