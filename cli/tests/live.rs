@@ -98,6 +98,18 @@ fn status_matches_the_real_workers_through_start_reload_and_kill9() {
             table.stdout
         );
     }
+    // One of them leads, from the first term.
+    let leader = s["leader"]["pid"].as_u64().unwrap() as u32;
+    assert!(pids.contains(&leader), "{s:#}");
+    assert_eq!(
+        (s["leader"]["term"].as_u64(), s["leader"]["cause"].as_str()),
+        (Some(1), Some("start"))
+    );
+    assert!(
+        table.stdout.contains(&format!("leader    1-{leader} ")),
+        "{}",
+        table.stdout
+    );
 
     // Reload: generation 2 takes over, generation 1 ends.
     signal(master, libc::SIGHUP);

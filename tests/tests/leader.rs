@@ -180,6 +180,17 @@ fn the_leader_s_callbacks_run_in_the_worker_that_gains_or_loses_it() {
                 (3, LeaderCause::Death)
             ]
         );
+        // And in the metrics and the CLI's status.
+        let observer = Observer::open(nginx.registry()).unwrap();
+        let text = worker_manager::exposition::prometheus(&observer.snapshot(), observer.path());
+        for line in [
+            "worker_manager_leader_term 3".to_string(),
+            "worker_manager_leader_changes_total{cause=\"death\"} 1".into(),
+            "worker_manager_leader_changes_total{cause=\"reload\"} 1".into(),
+            format!("worker_manager_leader_info{{worker=\"2-{}\",", respawn.by),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
         signal(master, libc::SIGQUIT);
         nginx.wait_gone(master);
     }
