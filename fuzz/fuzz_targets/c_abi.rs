@@ -259,6 +259,10 @@ enum Call {
         err: ErrArg,
     },
     Heartbeat(HandleArg, ErrArg),
+    IsLeader(HandleArg, ErrArg),
+    LeaderWord(HandleArg, ErrArg),
+    Leader(HandleArg, ErrArg),
+    Resign(HandleArg, ErrArg),
     AnnounceExit(HandleArg, ErrArg),
     ExitWorker {
         h: HandleArg,
@@ -274,6 +278,7 @@ enum Call {
     Snapshot(HandleArg, ErrArg),
     SnapshotGeneration(HandleArg, Index, ErrArg),
     SnapshotWorker(HandleArg, Index, ErrArg),
+    SnapshotCrashLoop(HandleArg, Index, ErrArg),
     Metrics(HandleArg, ErrArg),
     /// Reads the handle's last metrics text again: it must be intact until its next
     /// `wm_metrics`.
@@ -584,6 +589,10 @@ fn run(model: &mut Model, call: &Call) {
         | Call::ConfigurationClosed(h, ..)
         | Call::RegisterWorker { h, .. }
         | Call::Heartbeat(h, _)
+        | Call::IsLeader(h, _)
+        | Call::LeaderWord(h, _)
+        | Call::Leader(h, _)
+        | Call::Resign(h, _)
         | Call::AnnounceExit(h, _)
         | Call::ExitWorker { h, .. }
         | Call::Sweep(h, _)
@@ -594,6 +603,7 @@ fn run(model: &mut Model, call: &Call) {
         | Call::Snapshot(h, _)
         | Call::SnapshotGeneration(h, ..)
         | Call::SnapshotWorker(h, ..)
+        | Call::SnapshotCrashLoop(h, ..)
         | Call::Metrics(h, _)
         | Call::MetricsAgain(h) => h,
     };
@@ -711,6 +721,48 @@ fn run(model: &mut Model, call: &Call) {
             let (ebuf, elen) = e.args();
             // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
             let code = unsafe { wm_heartbeat(h, ebuf, elen) };
+            if !model.handles[i].worker {
+                assert_eq!(code, WM_ERR_WORKER);
+            }
+            code
+        }
+        Call::IsLeader(_, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let (mut leads, mut term) = (-1, 0u64);
+            // SAFETY: an open handle; `leads` and `term` are valid for a write;
+            // `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_is_leader(h, &mut leads, &mut term, ebuf, elen) };
+            assert_eq!(code, WM_OK);
+            assert!(leads == 0 || (leads == 1 && model.handles[i].worker && term > 0));
+            code
+        }
+        Call::LeaderWord(_, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let mut word = 0u64;
+            // SAFETY: an open handle; `word` is valid for a write; `ebuf`, `elen` are
+            // NULL or valid.
+            unsafe { wm_leader_word(h, &mut word, ebuf, elen) }
+        }
+        Call::Leader(_, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let mut out = wm_leader::default();
+            // SAFETY: an open handle; `out` is valid for a write; `ebuf`, `elen` are
+            // NULL or valid.
+            let code = unsafe { wm_leader(h, &mut out, ebuf, elen) };
+            if code == WM_OK {
+                assert_eq!(out.pid == 0, out.index == -1, "{out:?}");
+                assert!(out.mine == 0 || model.handles[i].worker);
+            }
+            code
+        }
+        Call::Resign(_, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            // SAFETY: an open handle; `ebuf`, `elen` are NULL or valid.
+            let code = unsafe { wm_resign(h, ebuf, elen) };
             if !model.handles[i].worker {
                 assert_eq!(code, WM_ERR_WORKER);
             }
@@ -844,6 +896,15 @@ fn run(model: &mut Model, call: &Call) {
                 model.seen = out.id;
             }
             code
+        }
+        Call::SnapshotCrashLoop(_, ref at, err) => {
+            e = ErrSlot::new(err);
+            let (ebuf, elen) = e.args();
+            let at = index(at, 64);
+            let mut out = wm_crash_loop::default();
+            // SAFETY: an open handle; `out` is valid for a write; `ebuf`, `elen` are
+            // NULL or valid.
+            unsafe { wm_snapshot_crash_loop(h, at, &mut out, ebuf, elen) }
         }
         Call::SnapshotWorker(_, ref at, err) => {
             e = ErrSlot::new(err);
