@@ -259,6 +259,7 @@ const STEADY: Settings = Settings {
     interval: 0.05,
     failed: 2.0,
     in_callback: String::new(),
+    in_worker: String::new(),
 };
 
 pub fn steady(tracker: &Tracker, reloads: u32, window: Duration) -> Steady {
