@@ -38,10 +38,10 @@ struct Args {
     /// Where to write the report.
     #[arg(long, value_name = "FILE", default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
-    /// Workers killed in each crash scenario.
+    /// Workers killed in each crash scenario, and leaders in the failover one.
     #[arg(long, default_value_t = 20)]
     kills: u32,
-    /// Reloads timed one by one.
+    /// Reloads timed one by one (and in the leader's handover).
     #[arg(long, default_value_t = 10)]
     reloads: u32,
     /// Reloads between the two steady-cost measurements.
@@ -128,6 +128,14 @@ fn run(args: &Args) -> Result<(), String> {
         verdicts: {
             eprintln!("verdicts: worker-manager");
             scenarios::verdicts(args.reloads)
+        },
+        failover: {
+            eprintln!("failover: worker-manager");
+            scenarios::failover(args.kills)
+        },
+        handover: {
+            eprintln!("handover at a reload: worker-manager");
+            scenarios::handover(args.reloads)
         },
     };
     let text = report::render(&figures);

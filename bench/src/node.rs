@@ -45,6 +45,9 @@ pub struct Settings {
     pub failed: f64,
     /// Lua run in every callback after it recorded its event (`name` in scope).
     pub in_callback: String,
+    /// Lua run in every worker's `init_worker_by_lua` once it registered (the
+    /// product only): a job of the scenario's own.
+    pub in_worker: String,
 }
 
 impl Settings {
@@ -54,6 +57,7 @@ impl Settings {
             interval,
             failed,
             in_callback: String::new(),
+            in_worker: String::new(),
         }
     }
 }
@@ -126,9 +130,11 @@ impl Node {
     init_worker_by_lua_block {{
         assert(require("resty.worker.manager").on_init_worker_by_lua(
             WM_RECORD("worker_start"), WM_RECORD("worker_exit")))
+        {in_worker}
     }}
 "#,
                     registry = nginx.registry().display(),
+                    in_worker = settings.in_worker,
                 )),
                 ..Config::default()
             },

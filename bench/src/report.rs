@@ -3,7 +3,10 @@
 use std::fmt::Write;
 use std::process::Command;
 
-use crate::scenarios::{Contention, Crash, Reload, Samples, Stall, Steady, Verdicts};
+use crate::scenarios::{
+    Changes, Contention, Crash, Failover, Handover, Reload, Samples, Stall, Steady, Verdicts,
+    JOB_PERIOD, LEADER_CHECK_S,
+};
 
 /// One scenario's figures for the product and, when measured, the original.
 pub struct Pair<T> {
@@ -31,6 +34,8 @@ pub struct Figures {
     pub contention: Pair<Contention>,
     pub stall: Pair<Stall>,
     pub verdicts: Verdicts,
+    pub failover: Failover,
+    pub handover: Handover,
 }
 
 fn output(program: &str, args: &[&str]) -> String {
@@ -157,6 +162,55 @@ fn missed<T>(out: &mut String, pair: &Pair<T>, count: impl Fn(&T) -> u32, of: us
     }
 }
 
+/// "no overlap in N changes", or how many overlapped.
+fn overlaps(c: &Changes) -> String {
+    match c.overlaps {
+        0 => format!("no overlap in {} changes", c.changes),
+        n => format!("{n} overlaps in {} changes", c.changes),
+    }
+}
+
+fn leadership(out: &mut String, failover: &Failover, handover: &Handover) {
+    let kills = failover.to_new_leader.0.len();
+    let reloads = handover.gap.0.len();
+    let _ = writeln!(
+        out,
+        "## Leadership\n\n\
+         {} workers at the defaults (interval 10 s, failed 5 s, `leader_check` {}: not set),\n\
+         each running a job: a timer every {} that, when `is_leader()` says the worker\n\
+         leads, appends its pid, the term, and the wall-clock time just before the check\n\
+         and just after it to a file, in one write. Failover: kill -9 of the leader, {kills}\n\
+         times, each once the leader runs the job; from the kill to the first run in\n\
+         another worker (the respawn, which takes over in its own registration, then runs\n\
+         the job at its timer's first expiry, a period later). Handover: SIGHUP, {reloads}\n\
+         times; from the old leader's last run to the new leader's first. The old leader\n\
+         resigns when its graceful exit begins (its timers run early), up to a period\n\
+         after its last run; the new leader's job sees it at its next run, up to a period\n\
+         later, with no wait for `leader_check` (which paces only `on_leader_start` and\n\
+         `on_leader_stop` in a worker whose leadership changed elsewhere).\n\n\
+         | figure | p50 / p95 / max |\n| --- | --- |\n\
+         | failover: kill -9 of the leader to the new leader's first run | {} |\n\
+         | handover: the old leader's last run to the new leader's first, at a reload | {} |\n",
+        failover.workers,
+        ms(LEADER_CHECK_S * 1e3),
+        ms(JOB_PERIOD.as_secs_f64() * 1e3),
+        spread(&failover.to_new_leader),
+        spread(&handover.gap)
+    );
+    let _ = writeln!(
+        out,
+        "The new leader was the dead leader's respawn in {} of {kills} kills, and a worker\n\
+         of the new generation in {} of {reloads} reloads.\n\n\
+         A change overlaps when a run of the earlier term began its `is_leader()` check\n\
+         after a run of the later term had been told it leads, or when one term ran in\n\
+         two workers: failover, {}; handover, {}.\n",
+        failover.to_respawn,
+        handover.to_new_generation,
+        overlaps(&failover.changes),
+        overlaps(&handover.changes)
+    );
+}
+
 pub fn render(f: &Figures) -> String {
     let mut out = String::new();
     let p = &f;
@@ -264,6 +318,22 @@ pub fn render(f: &Figures) -> String {
             if p95 < 5.0 { "yes" } else { "no" }
         );
     }
+    let failover_p95 = p.failover.to_new_leader.percentile(95.0);
+    let _ = writeln!(
+        out,
+        "| failover: kill -9 of the leader to the first run of the job in the new leader, p95 < 50 ms | {} | - | {} |",
+        ms(failover_p95),
+        if failover_p95 < 50.0 { "yes" } else { "no" }
+    );
+    let gap_max = p.handover.gap.max();
+    let gap_goal = LEADER_CHECK_S * 1e3 + 10.0;
+    let _ = writeln!(
+        out,
+        "| handover gap at a reload < leader_check + 10 ms (leader_check {}, the default) | {} (max) | - | {} |",
+        ms(LEADER_CHECK_S * 1e3),
+        ms(gap_max),
+        if gap_max < gap_goal { "yes" } else { "no" }
+    );
     let _ = writeln!(out);
 
     let _ = writeln!(
@@ -285,6 +355,8 @@ pub fn render(f: &Figures) -> String {
         spread(&v.master_exit),
         spread(&v.failed_reload)
     );
+
+    leadership(&mut out, &p.failover, &p.handover);
 
     let _ = writeln!(
         out,

@@ -6,6 +6,8 @@
 use std::fs;
 use std::time::Duration;
 
+use worker_manager::Observer;
+
 use crate::nginx::{signal, Ev};
 use crate::node::{at, cpu_ns, generation_of, now_ns, of, Node, Settings, Tracker};
 
@@ -259,6 +261,7 @@ const STEADY: Settings = Settings {
     interval: 0.05,
     failed: 2.0,
     in_callback: String::new(),
+    in_worker: String::new(),
 };
 
 pub fn steady(tracker: &Tracker, reloads: u32, window: Duration) -> Steady {
@@ -459,5 +462,303 @@ pub fn verdicts(trials: u32) -> Verdicts {
     Verdicts {
         master_exit,
         failed_reload,
+    }
+}
+
+/// How often every worker runs the leader's job.
+pub const JOB_PERIOD: Duration = Duration::from_millis(10);
+
+/// `leader_check` in the leadership scenarios: the default, left unset.
+pub const LEADER_CHECK_S: f64 = 1.0;
+
+/// One run of the job by a worker that found it leads.
+#[derive(Debug, Clone, Copy)]
+struct JobRun {
+    pid: u32,
+    term: u64,
+    /// Wall-clock nanoseconds just before `is_leader()`, and just after it said yes.
+    before: u64,
+    after: u64,
+}
+
+/// The leader's job: a timer in every worker, every [`JOB_PERIOD`], that appends a
+/// line to one file (in one write) when `is_leader()` says this worker leads.
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new() -> Job {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("wm-bench-job-")
+            .tempdir()
+            .unwrap();
+        // Workers run as nobody: they append to a file made for them.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let job = Job { dir };
+        fs::write(job.path(), "").unwrap();
+        fs::set_permissions(job.path(), fs::Permissions::from_mode(0o666)).unwrap();
+        job
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("runs.log")
+    }
+
+    /// The job, for `init_worker_by_lua` (after the registration); it times its runs
+    /// as the callbacks' records do, with the `timespec` type `record_lua` declares.
+    fn lua(&self) -> String {
+        format!(
+            r#"
+        do
+            local wm = require("resty.worker.manager")
+            local ffi = require("ffi")
+            local before = ffi.new("wm_test_timespec")
+            local after = ffi.new("wm_test_timespec")
+            local function ns(ts)
+                return string.format("%d%09d", tonumber(ts.sec), tonumber(ts.nsec))
+            end
+            local pid = ngx.worker.pid()
+            local log = assert(io.open("{path}", "a"))
+            assert(ngx.timer.every({period}, function(premature)
+                if premature then
+                    return
+                end
+                ffi.C.clock_gettime(0, before)
+                local leads, term = wm.is_leader()
+                if leads then
+                    ffi.C.clock_gettime(0, after)
+                    log:write(pid, " ", term, " ", ns(before), " ", ns(after), "\n")
+                    log:flush()
+                end
+            end))
+        end"#,
+            path = self.path().display(),
+            period = JOB_PERIOD.as_secs_f64(),
+        )
+    }
+
+    /// Every run recorded so far, in the order of the writes.
+    fn runs(&self) -> Vec<JobRun> {
+        let text = fs::read_to_string(self.path()).unwrap_or_default();
+        // Only whole lines: a worker may be appending one as this reads.
+        let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        whole
+            .lines()
+            .map(|line| {
+                let n: Vec<u64> = line
+                    .split_whitespace()
+                    .map(|w| w.parse().unwrap_or_else(|_| panic!("job run: {line}")))
+                    .collect();
+                assert_eq!(n.len(), 4, "job run: {line}");
+                JobRun {
+                    pid: n[0] as u32,
+                    term: n[1],
+                    before: n[2],
+                    after: n[3],
+                }
+            })
+            .collect()
+    }
+}
+
+/// A node of 4 workers at the default settings, every worker running the job.
+fn job_node(job: &Job) -> Node {
+    let mut settings = Settings::new(4, 10.0, 5.0);
+    settings.in_worker = job.lua();
+    Node::start(&Tracker::Product, &settings)
+}
+
+/// The node's leader once its job runs there: its pid and term.
+fn leader_running(node: &Node, observer: &Observer, job: &Job) -> (u32, u64) {
+    let found = std::cell::Cell::new(None);
+    node.nginx.wait("a leader running the job", |_| {
+        let s = observer.snapshot();
+        let Some(leader) = s.leader else {
+            return false;
+        };
+        let runs = job.runs();
+        let running = runs
+            .iter()
+            .any(|r| r.pid == leader.pid && r.term == s.leader_term);
+        found.set(running.then_some((leader.pid, s.leader_term)));
+        running
+    });
+    found.get().unwrap()
+}
+
+/// Leadership changes seen in the job's runs, and how many of them overlapped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Changes {
+    /// Consecutive terms that ran the job in two different workers.
+    pub changes: u32,
+    /// Changes where a run of the earlier term checked `is_leader()` after a run of
+    /// the later one had been told it leads; or terms that ran in two workers.
+    pub overlaps: u32,
+}
+
+/// Orders the runs by term: one worker a term, and every run of an earlier term
+/// began its check (`before`) before any run of a later term ended its own
+/// (`after`).
+fn changes(runs: &[JobRun]) -> Changes {
+    use std::collections::BTreeMap;
+    // term -> (its pid, its first `after`, its last `before`, whether another pid ran it)
+    let mut terms: BTreeMap<u64, (u32, u64, u64, bool)> = BTreeMap::new();
+    for r in runs {
+        let t = terms
+            .entry(r.term)
+            .or_insert((r.pid, r.after, r.before, false));
+        t.1 = t.1.min(r.after);
+        t.2 = t.2.max(r.before);
+        t.3 |= t.0 != r.pid;
+    }
+    let mut c = Changes::default();
+    let mut earlier: Option<(u32, u64)> = None;
+    for &(pid, first_after, last_before, shared) in terms.values() {
+        if shared {
+            c.overlaps += 1;
+        }
+        if let Some((previous, latest_before)) = earlier {
+            if previous != pid {
+                c.changes += 1;
+                if latest_before >= first_after {
+                    c.overlaps += 1;
+                }
+            }
+        }
+        let latest = earlier.map_or(last_before, |(_, b)| b.max(last_before));
+        earlier = Some((pid, latest));
+    }
+    c
+}
+
+pub struct Failover {
+    pub workers: u32,
+    /// From the kill of the leader to the first run of the job in the new leader.
+    pub to_new_leader: Samples,
+    /// Kills whose new leader was the dead leader's respawn.
+    pub to_respawn: u32,
+    pub changes: Changes,
+}
+
+/// kill -9 of the leader, `kills` times, each once the new leader runs the job.
+pub fn failover(kills: u32) -> Failover {
+    let job = Job::new();
+    let node = job_node(&job);
+    let observer = Observer::open(node.nginx.registry()).expect("the registry");
+    let workers = node.settings.workers;
+    let mut to_new_leader = Samples::default();
+    let mut to_respawn = 0;
+    for _ in 0..kills {
+        let (victim, term) = leader_running(&node, &observer, &job);
+        let live = node.workers();
+        let skip = job.runs().len();
+        let t0 = now_ns();
+        kill9(victim);
+        let first = std::cell::Cell::new(None);
+        node.nginx.wait("the new leader's job", |_| {
+            let runs = job.runs();
+            let next = after_runs(&runs, skip)
+                .iter()
+                .find(|r| r.pid != victim && r.term > term)
+                .copied();
+            first.set(next);
+            next.is_some()
+        });
+        let first = first.get().unwrap();
+        to_new_leader.push_ns(t0, first.after);
+        if !live.contains(&first.pid) {
+            to_respawn += 1;
+        }
+        node.nginx.wait("all workers back", |_| {
+            node.workers().len() == workers as usize
+        });
+    }
+    Failover {
+        workers,
+        to_new_leader,
+        to_respawn,
+        changes: changes(&job.runs()),
+    }
+}
+
+/// The runs recorded after the first `skip`.
+fn after_runs(runs: &[JobRun], skip: usize) -> &[JobRun] {
+    &runs[skip.min(runs.len())..]
+}
+
+pub struct Handover {
+    /// From the old leader's last run of the job to the new leader's first.
+    pub gap: Samples,
+    /// Reloads whose first new leader was a worker of the new generation.
+    pub to_new_generation: u32,
+    pub changes: Changes,
+}
+
+/// `reloads` reloads, each once the leader runs the job: the gap in its runs.
+pub fn handover(reloads: u32) -> Handover {
+    let job = Job::new();
+    let node = job_node(&job);
+    let observer = Observer::open(node.nginx.registry()).expect("the registry");
+    let mut gap = Samples::default();
+    let mut to_new_generation = 0;
+    for _ in 0..reloads {
+        let (old, term) = leader_running(&node, &observer, &job);
+        let old_workers = node.workers();
+        let old_generation = node.generation();
+        signal(node.master, libc::SIGHUP);
+        node.nginx.wait("the new leader's job", |_| {
+            job.runs().iter().any(|r| r.pid != old && r.term > term)
+        });
+        let runs = job.runs();
+        let last = runs
+            .iter()
+            .filter(|r| r.pid == old)
+            .map(|r| r.after)
+            .max()
+            .unwrap();
+        let next = runs.iter().find(|r| r.pid != old && r.term > term).unwrap();
+        gap.push_ns(last, next.after);
+        if !old_workers.contains(&next.pid) {
+            to_new_generation += 1;
+        }
+        node.nginx
+            .wait("the new generation", |_| node.generation() > old_generation);
+        node.wait_started(node.generation(), node.settings.workers);
+        wait_settled(&node);
+    }
+    Handover {
+        gap,
+        to_new_generation,
+        changes: changes(&job.runs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pid: u32, term: u64, before: u64) -> JobRun {
+        JobRun {
+            pid,
+            term,
+            before,
+            after: before + 1,
+        }
+    }
+
+    #[test]
+    fn a_change_overlaps_when_the_old_term_checks_after_the_new_one_was_told() {
+        let clean = [run(1, 1, 10), run(1, 1, 20), run(2, 2, 25), run(2, 2, 35)];
+        let c = changes(&clean);
+        assert_eq!((c.changes, c.overlaps), (1, 0));
+        // The old leader began a check after the new one had been told it leads.
+        let late = [run(1, 1, 10), run(2, 2, 25), run(1, 1, 30), run(2, 3, 40)];
+        let c = changes(&late);
+        assert_eq!((c.changes, c.overlaps), (1, 1));
+        // Two workers in one term.
+        let shared = [run(1, 1, 10), run(2, 2, 25), run(3, 2, 26)];
+        assert_eq!(changes(&shared).overlaps, 1);
     }
 }
