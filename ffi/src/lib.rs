@@ -368,6 +368,18 @@ fn no_worker() -> Failure {
     Failure(WM_ERR_WORKER, "this handle has no registered worker".into())
 }
 
+/// Runs `op`, a locked operation of the handle's worker, its events queued for the
+/// caller.
+fn worker_operation(
+    handle: &mut wm_handle,
+    op: impl FnOnce(&Registry, &Worker, &mut dyn FnMut(&Event)) -> worker_manager::Result<()>,
+) -> Result<(), Failure> {
+    let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
+    let events = &mut handle.events;
+    op(&handle.registry, worker, &mut |e| events.push(e.encode()))?;
+    Ok(())
+}
+
 /// A C string argument as UTF-8.
 ///
 /// # Safety
@@ -978,12 +990,9 @@ pub unsafe extern "C" fn wm_resign(
     // SAFETY: guaranteed by the caller.
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
-            let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
-            let events = &mut handle.events;
-            handle
-                .registry
-                .resign(worker, |e| events.push(e.encode()))?;
-            Ok(())
+            worker_operation(handle, |registry, worker, on_event| {
+                registry.resign(worker, on_event)
+            })
         })
     }
 }
@@ -1004,12 +1013,9 @@ pub unsafe extern "C" fn wm_announce_exit(
     // SAFETY: guaranteed by the caller.
     unsafe {
         with_handle(h, ErrBuf::new(errbuf, errbuf_len), |handle| {
-            let worker = handle.worker.as_ref().ok_or_else(no_worker)?;
-            let events = &mut handle.events;
-            handle
-                .registry
-                .announce_exit(worker, |e| events.push(e.encode()))?;
-            Ok(())
+            worker_operation(handle, |registry, worker, on_event| {
+                registry.announce_exit(worker, on_event)
+            })
         })
     }
 }
