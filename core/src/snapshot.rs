@@ -293,18 +293,20 @@ impl Snapshot {
             .map_or(0, |g| g.live_workers)
     }
 
+    /// The workers of `generation` whose process is alive as far as the registry
+    /// knows: running, or exiting (announced, still there).
+    fn present_workers(&self, generation: u64) -> impl Iterator<Item = &WorkerInfo> {
+        self.workers.iter().filter(move |w| {
+            w.id.generation == generation
+                && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
+        })
+    }
+
     /// The counts a callback about `generation` would get, with `n_mine` its live
     /// workers: the registry's own rule (`docs/design.md` 4.2).
     pub fn counts(&self, generation: u64) -> Counts {
         let census = Census::new(self.generations.iter().map(|g| {
-            let present = self
-                .workers
-                .iter()
-                .filter(|w| {
-                    w.id.generation == g.id
-                        && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
-                })
-                .count() as u32;
+            let present = self.present_workers(g.id).count() as u32;
             (g.id, g.live_workers, present, g.committed.is_some())
         }));
         census.counts(generation, self.live(generation))
@@ -316,12 +318,7 @@ impl Snapshot {
     pub fn oldest_draining(&self, now: SystemTime) -> Option<Duration> {
         self.generations
             .iter()
-            .filter(|g| {
-                self.workers.iter().any(|w| {
-                    w.id.generation == g.id
-                        && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
-                })
-            })
+            .filter(|g| self.present_workers(g.id).next().is_some())
             .filter_map(|g| {
                 self.generations
                     .iter()
@@ -346,24 +343,18 @@ impl Snapshot {
         if recorded.is_alive() {
             return Some(recorded);
         }
-        self.workers
-            .iter()
-            .filter(|w| {
-                w.id.generation == generation.id
-                    && matches!(w.state, WorkerState::Running | WorkerState::Exiting)
-            })
-            .find_map(|w| {
-                let worker = Identity {
-                    pid: w.id.pid,
-                    start_time: w.start_time,
-                };
-                // Still its parent (not reparented: its master lives), and no
-                // younger than the worker (not a process that reused the pid since).
-                if worker.parent()? != w.ppid {
-                    return None;
-                }
-                Identity::of(w.ppid).filter(|m| m.start_time <= w.start_time)
-            })
+        self.present_workers(generation.id).find_map(|w| {
+            let worker = Identity {
+                pid: w.id.pid,
+                start_time: w.start_time,
+            };
+            // Still its parent (not reparented: its master lives), and no
+            // younger than the worker (not a process that reused the pid since).
+            if worker.parent()? != w.ppid {
+                return None;
+            }
+            Identity::of(w.ppid).filter(|m| m.start_time <= w.start_time)
+        })
     }
 
     /// The live workers, in slot order.
